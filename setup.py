@@ -23,6 +23,7 @@ setup(
         "scipy",
         "scikit-learn",
         "scikit-image",
+        "connected-components-3d",
         "SimpleITK>=2.2",
         "pydicom>=2.4",
         "highdicom>=0.22",

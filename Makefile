@@ -1,0 +1,34 @@
+# Two entry points (see README): `make demo` runs the main job on the embedded phantom, `make test`
+# runs the test suite. Both create .venv and install the package there when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.isrg-installed
+
+# nnU-Net folders for the demo and the tests; a user's own exported values win.
+export nnUNet_raw ?= $(CURDIR)/work/nnUNet_raw
+export nnUNet_preprocessed ?= $(CURDIR)/work/nnUNet_preprocessed
+export nnUNet_results ?= $(CURDIR)/work/nnUNet_results
+# nnU-Net's defaults start 8 worker processes of ~0.7 GB each; a 2-core machine wants 2.
+export nnUNet_def_n_proc ?= 2
+export nnUNet_n_proc_DA ?= 2
+
+.PHONY: install demo test clean-work
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/isrg setup-env
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest tests -q -p no:cacheprovider
+
+clean-work:
+	rm -rf work

@@ -1,0 +1,54 @@
+"""The ``isrg`` command. Each subcommand lives in the module that implements it; this file only wires them."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable
+
+# name -> (module, function adding arguments, function running the parsed args, help)
+_SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "phantom": ("nnunet_isrg.data.phantom", "add_phantom_arguments", "run_phantom_from_args",
+                "generate the synthetic CT lesion phantom as an nnU-Net raw dataset"),
+    "verify": ("nnunet_isrg.data.verify", "add_verify_arguments", "run_verify_from_args",
+               "check a raw dataset's attribute labels against its schema and cases"),
+    "import": ("nnunet_isrg.data.import_dataset", "add_import_arguments", "run_import_from_args",
+               "turn a folder of image/mask pairs into an nnU-Net raw dataset"),
+    "plan": ("nnunet_isrg_planners.isrg_planner", "add_plan_arguments", "run_plan_from_args",
+             "nnU-Net planning + preprocessing, optionally with the ISRG planner (cubic, ViT-friendly patch)"),
+    "trainers-path": ("nnunet_isrg.environment", "add_trainers_path_arguments", "run_trainers_path_from_args",
+                      "print the folder to put in nnUNet_extTrainer"),
+    "setup-env": ("nnunet_isrg.environment", "add_setup_env_arguments", "run_setup_env_from_args",
+                  "make this Python environment find the ISRG trainers (writes a .pth file)"),
+}
+
+
+def _load(module: str, name: str) -> Callable:
+    return getattr(importlib.import_module(module), name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="isrg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, add_args, run, help_text) in _SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            _load(module, add_args)(p)
+        except ImportError as e:  # keeps the other subcommands usable if an optional dependency is missing
+            p.set_defaults(_import_error=f"isrg {name} is unavailable: {e}")
+        p.set_defaults(_run=(module, run))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "_import_error", None):
+        print(args._import_error, file=sys.stderr)
+        return 2
+    module, run = args._run
+    result = _load(module, run)(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Named size presets and the one builder of the ISRG network.
+
+    model = build_isrg_model("tiny")                                  # 64^3 crop, trains on a CPU
+    model = build_isrg_model("base", schema=schema_from_dataset_json(ds))
+    model = build_isrg_model("tiny", crop_size=32, depth=2, feature_synergy=False)
+
+``model.config`` is a JSON-serialisable record of every resolved setting;
+``build_isrg_model_from_config(model.config)`` rebuilds the same architecture (e.g. from a checkpoint).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Mapping, Sequence
+
+from ..attributes import DEFAULT_SCHEMA, validate_schema
+from .attribute_head import AttributeHead
+from .feature_synergy import FeatureSynergy
+from .image_encoder import ImageEncoderViT3D
+from .isrg_model import ISRGModel
+from .mask_head import IoUHead, MaskHead
+from .point_refinement import PointRefinement
+from .prompt_encoder import PromptEncoder3D
+from .transformer import TwoWayTransformer3D
+
+#: Settings of each preset. Encoder: ``embed_dim`` (ViT width), ``depth``, ``num_heads``, ``mlp_ratio``,
+#: ``patch_size``, ``window_size`` (local attention window, in tokens), ``global_every`` (every k-th
+#: block attends globally). Decoder: ``prompt_embed_dim`` (width of the embedding grid, prompts and
+#: tokens), ``decoder_depth`` (two-way blocks), ``decoder_heads``, ``decoder_mlp_dim``,
+#: ``mask_head_depth``, ``mask_in_chans``, ``iou_head_hidden``, ``synergy_dim`` (common latent width).
+#: Point refinement: ``refine_window`` (w, odd, grid cells), ``refine_k`` (clusters), ``refine_max_iter``.
+PRESETS: "OrderedDict[str, dict[str, Any]]" = OrderedDict(
+    tiny=dict(crop_size=(64, 64, 64), patch_size=8, embed_dim=192, depth=4, num_heads=6, mlp_ratio=4.0,
+              window_size=4, global_every=2, prompt_embed_dim=128, decoder_depth=2, decoder_heads=4,
+              decoder_mlp_dim=512, mask_head_depth=1, mask_in_chans=16, iou_head_hidden=128, synergy_dim=64,
+              refine_window=3, refine_k=3, refine_max_iter=20),
+    small=dict(crop_size=(96, 96, 96), patch_size=8, embed_dim=384, depth=8, num_heads=8, mlp_ratio=4.0,
+               window_size=4, global_every=4, prompt_embed_dim=256, decoder_depth=2, decoder_heads=8,
+               decoder_mlp_dim=1024, mask_head_depth=1, mask_in_chans=16, iou_head_hidden=256, synergy_dim=128,
+               refine_window=3, refine_k=3, refine_max_iter=20),
+    base=dict(crop_size=(128, 128, 128), patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+              window_size=4, global_every=3, prompt_embed_dim=384, decoder_depth=2, decoder_heads=8,
+              decoder_mlp_dim=2048, mask_head_depth=1, mask_in_chans=16, iou_head_hidden=256, synergy_dim=192,
+              refine_window=3, refine_k=3, refine_max_iter=20),
+)
+
+
+def _crop(crop_size: int | Sequence[int]) -> tuple[int, int, int]:
+    if isinstance(crop_size, int):
+        return (crop_size,) * 3
+    t = tuple(int(c) for c in crop_size)
+    if len(t) != 3 or min(t) < 1:
+        raise ValueError(f"crop_size must be an int or three positive ints (D, H, W), got {crop_size!r}")
+    return t
+
+
+def build_isrg_model(preset: str = "tiny", crop_size: int | Sequence[int] | None = None,
+                     schema: Mapping[str, Sequence[str]] | None = None, point_refinement: bool = True,
+                     feature_synergy: bool = True, **overrides: Any) -> ISRGModel:
+    """Builds the ISRG network.
+
+    Args:
+        preset: a key of :data:`PRESETS`.
+        crop_size: input crop (D, H, W) in voxels (an int means cubic); None takes the preset's.
+            Every axis must be a multiple of the patch size.
+        schema: {attribute: [class strings]} (only names, order and class counts matter); None takes
+            :data:`nnunet_isrg.attributes.DEFAULT_SCHEMA`.
+        point_refinement, feature_synergy: the ablation switches (Vanilla = both off, Full = both on).
+        overrides: any setting of the preset (see :data:`PRESETS`), e.g. ``depth=2, refine_k=2``.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
+    cfg = dict(PRESETS[preset])
+    unknown = sorted(set(overrides) - set(cfg) - {"crop_size"})
+    if unknown:
+        raise TypeError(f"unknown model setting(s) {unknown}; allowed: {sorted(set(cfg) - {'crop_size'})}")
+    cfg.update(overrides)
+    cfg["crop_size"] = _crop(cfg["crop_size"] if crop_size is None else crop_size)
+    schema = validate_schema(DEFAULT_SCHEMA if schema is None else schema, "model schema")
+    num_classes = OrderedDict((k, len(v)) for k, v in schema.items())
+
+    depth, ge = int(cfg["depth"]), int(cfg["global_every"])
+    global_idx = [i for i in range(depth) if ge > 0 and (i + 1) % ge == 0]
+    dim = int(cfg["prompt_embed_dim"])
+    encoder = ImageEncoderViT3D(cfg["crop_size"], cfg["patch_size"], cfg["embed_dim"], depth, cfg["num_heads"],
+                                cfg["mlp_ratio"], dim, cfg["window_size"], global_idx)
+    prompt_encoder = PromptEncoder3D(dim, encoder.grid_size, encoder.img_size, cfg["mask_in_chans"])
+    refiner = (PointRefinement(cfg["refine_window"], cfg["refine_k"], cfg["refine_max_iter"])
+               if point_refinement else None)
+    transformer = TwoWayTransformer3D(cfg["decoder_depth"], dim, cfg["decoder_heads"], cfg["decoder_mlp_dim"])
+    mask_head = MaskHead(dim, cfg["decoder_heads"], cfg["decoder_mlp_dim"], cfg["mask_head_depth"])
+    iou_head = IoUHead(dim, cfg["iou_head_hidden"])
+    attribute_head = AttributeHead(dim, cfg["decoder_heads"], cfg["decoder_mlp_dim"], num_classes)
+    synergy = FeatureSynergy(dim, cfg["synergy_dim"], cfg["decoder_heads"]) if feature_synergy else None
+
+    config = {"preset": preset, **cfg, "crop_size": list(cfg["crop_size"]), "point_refinement": bool(point_refinement),
+              "feature_synergy": bool(feature_synergy), "num_classes": dict(num_classes)}
+    return ISRGModel(encoder, prompt_encoder, refiner, transformer, mask_head, iou_head, attribute_head, synergy,
+                     num_classes, config)
+
+
+def build_isrg_model_from_config(config: Mapping[str, Any]) -> ISRGModel:
+    """Rebuilds the architecture recorded in ``model.config`` (weights not included)."""
+    cfg = dict(config)
+    preset = cfg.pop("preset")
+    num_classes = cfg.pop("num_classes")
+    schema = OrderedDict((name, [f"class_{i}" for i in range(int(c))]) for name, c in num_classes.items())
+    return build_isrg_model(preset, crop_size=cfg.pop("crop_size"), schema=schema,
+                            point_refinement=cfg.pop("point_refinement"), feature_synergy=cfg.pop("feature_synergy"),
+                            **cfg)

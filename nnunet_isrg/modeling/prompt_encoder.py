@@ -1,0 +1,107 @@
+"""Prompt encoder E_P: random-Fourier positional encoding of 3D clicks, label embeddings, dense mask prompt.
+
+Coordinate convention: points are continuous voxel coordinates of the crop in (z, y, x) order, with
+voxel ``i`` centred at ``i`` (so a crop axis of size S spans [-0.5, S - 0.5]). They are normalised to
+[0, 1] as ``(p + 0.5) / S`` before the Fourier features. Grid cell ``g`` of a feature grid with ``n``
+cells on that axis is centred at normalised ``(g + 0.5) / n``, the same place in the crop, so the
+dense image PE and the click PE agree.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .common import LayerNorm3d
+
+
+class PositionEmbeddingRandom3D(nn.Module):
+    """Positional encoding with random spatial frequencies (SAM's PositionEmbeddingRandom, 3D)."""
+
+    def __init__(self, num_pos_feats: int, scale: float = 1.0, seed: int = 0) -> None:
+        super().__init__()
+        # A fixed generator keeps the (non-learned) frequencies identical across processes and builds.
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("gaussian_matrix", scale * torch.randn(3, num_pos_feats, generator=g))
+
+    def encode(self, coords01: torch.Tensor) -> torch.Tensor:
+        """coords01 (..., 3) in [0, 1] -> (..., 2 * num_pos_feats)."""
+        c = (2 * coords01 - 1) @ self.gaussian_matrix.to(coords01.dtype)
+        c = 2 * math.pi * c
+        return torch.cat([torch.sin(c), torch.cos(c)], dim=-1)
+
+    def dense(self, grid_size: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
+        """PE of every cell centre of a (d, h, w) grid -> (C, d, h, w)."""
+        axes = [(torch.arange(n, device=device, dtype=dtype) + 0.5) / n for n in grid_size]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+        return self.encode(grid).permute(3, 0, 1, 2)
+
+    def points(self, points: torch.Tensor, crop_size: Sequence[int]) -> torch.Tensor:
+        """points (B, N, 3) voxel coordinates (z, y, x) -> (B, N, C)."""
+        size = torch.as_tensor(crop_size, dtype=points.dtype, device=points.device)
+        return self.encode((points + 0.5) / size)
+
+
+class PromptEncoder3D(nn.Module):
+    """Sparse (click) and dense (previous mask) prompt embeddings.
+
+    - Each click token is its Fourier PE plus a learned label embedding (0 negative, 1 positive).
+      Padding clicks (label -1) are returned with ``valid=False``; the transformer masks them out of
+      every attention, so they have no influence at all (a batch may pad its click lists freely).
+    - One learned not-a-point token is always appended (SAM's padding point): it is what the decoder
+      sees as prompt when every click is padding (the learned "no click" case) and keeps the sparse
+      key set non-empty.
+    - Dense prompt: the previous low-res logits plus a presence channel go through two strided convs
+      (4x down, to the feature grid). Without a mask prompt the same convs see an all-zero input,
+      whose output is a spatially constant, learned no-mask embedding made of their biases; so both
+      paths use the same parameters and DDP never sees an unused one.
+    """
+
+    def __init__(self, embed_dim: int, grid_size: Sequence[int], crop_size: Sequence[int],
+                 mask_in_chans: int = 16) -> None:
+        super().__init__()
+        if embed_dim % 2:
+            raise ValueError(f"prompt embedding width must be even for sin/cos features, got {embed_dim}")
+        self.embed_dim = embed_dim
+        self.grid_size = tuple(grid_size)
+        self.crop_size = tuple(crop_size)
+        self.mask_input_size = tuple(4 * g for g in self.grid_size)
+        self.pe_layer = PositionEmbeddingRandom3D(embed_dim // 2)
+        self.point_embeddings = nn.Embedding(2, embed_dim)  # row 0 negative, row 1 positive
+        self.not_a_point_embed = nn.Embedding(1, embed_dim)
+        self.mask_downscaling = nn.Sequential(
+            nn.Conv3d(2, mask_in_chans // 4, kernel_size=2, stride=2),
+            LayerNorm3d(mask_in_chans // 4),
+            nn.GELU(),
+            nn.Conv3d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
+            LayerNorm3d(mask_in_chans),
+            nn.GELU(),
+            nn.Conv3d(mask_in_chans, embed_dim, kernel_size=1),
+        )
+
+    def get_dense_pe(self, device=None, dtype=torch.float32) -> torch.Tensor:
+        """(1, C, d, h, w) positional encoding of the image embedding grid."""
+        return self.pe_layer.dense(self.grid_size, device=device, dtype=dtype)[None]
+
+    def embed_points(self, points: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """points (B, N, 3), labels (B, N) -> tokens (B, N + 1, C) and valid (B, N + 1) bool."""
+        b = points.shape[0]
+        valid = labels >= 0
+        emb = self.pe_layer.points(points, self.crop_size) + self.point_embeddings(labels.clamp(min=0))
+        emb = torch.where(valid[..., None], emb, torch.zeros_like(emb))
+        nap = self.not_a_point_embed.weight[None].expand(b, -1, -1).to(emb.dtype)
+        tokens = torch.cat([emb, nap], dim=1)
+        return tokens, torch.cat([valid, valid.new_ones(b, 1)], dim=1)
+
+    def embed_mask(self, mask_prompt: torch.Tensor | None, batch_size: int, dtype=torch.float32,
+                   device=None) -> torch.Tensor:
+        """(B, 1, 4d, 4h, 4w) logits or None -> dense embedding (B, C, d, h, w)."""
+        if mask_prompt is None:
+            # The convs have no padding, so an all-zero input gives the same vector at every cell:
+            # computing it on one 4^3 block is exact and costs nothing.
+            zero = torch.zeros(1, 2, 4, 4, 4, device=device, dtype=dtype)
+            return self.mask_downscaling(zero).expand(batch_size, -1, *self.grid_size)
+        x = torch.cat([mask_prompt, torch.ones_like(mask_prompt)], dim=1)
+        return self.mask_downscaling(x)

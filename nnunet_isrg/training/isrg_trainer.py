@@ -1,0 +1,265 @@
+"""ISRGTrainer: nnU-Net's trainer with the ISRG network, simulated clicks and attribute labels.
+
+Everything that is not about clicks and attributes stays nnU-Net's: plans, preprocessing, the
+data loader and augmentation, logging and the progress plot, checkpoints and ``--c``, DDP, the
+5-fold splits, ``--val`` and ``--npz``.
+"""
+from __future__ import annotations
+
+from os.path import isfile, join
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import autocast, distributed as dist
+from torch._dynamo import OptimizedModule
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+from nnunet_isrg.attributes import (ATTRIBUTES_FILENAME, IGNORE_INDEX, lesion_labels_from_dataset_json,
+                                    read_attribute_table, schema_from_dataset_json)
+from nnunet_isrg.clicks import sample_target_and_first_click, simulate_correction_click
+from nnunet_isrg.training.data_loader import AttributeLabels, LesionCentredDataLoader
+from nnunet_isrg.training.losses import ISRGLoss
+from nnunet_isrg.training.network_config import (PLANS_KEY, build_isrg_network, isrg_block_of, make_isrg_block,
+                                                 preset_crop_size)
+from nnunet_isrg.training.schedule import WarmupPolyLRScheduler
+
+
+class ISRGTrainer(nnUNetTrainer):
+    """Full ISRG (point refinement + feature synergy), ``base`` preset. Variants change class attributes."""
+
+    model_preset: str = "base"
+    crop_size: tuple[int, int, int] | None = None     # None: the preset's crop
+    point_refinement: bool = True
+    feature_synergy: bool = True
+    model_overrides: Mapping = {}
+    batch_size_override: int | None = 2               # None: the plans' batch size
+    max_correction_rounds: int = 3                    # each iteration draws 0..max rounds without gradient
+    first_click_interior_fraction: float = 0.3        # first click away from the lesion boundary
+    learn_lambda: bool = True
+    initial_lambda: float = 1.0
+    validation_clicks: int = 5
+    # schedule (None: nnU-Net's 1000 epochs x 250 iterations); set by the CPU and debug variants
+    epochs: int | None = None
+    iterations_per_epoch: int | None = None
+    val_iterations_per_epoch: int | None = None
+    learning_rate: float = 3e-4
+    warmup_epochs: int = 5
+    checkpoint_every: int | None = None
+    EXTRA_LOG_KEYS = ("train_seg_loss", "train_attr_loss", "attr_lambda")
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.enable_deep_supervision = False
+        self.initial_lr = self.learning_rate
+        self.weight_decay = 5e-2
+        self.num_epochs = self.epochs or self.num_epochs
+        self.num_iterations_per_epoch = self.iterations_per_epoch or self.num_iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch or self.num_val_iterations_per_epoch
+        self.save_every = self.checkpoint_every or self.save_every
+        self.oversample_foreground_percent = 0.9      # most crops centred on a lesion, the rest nnU-Net's random crops
+        self.schema = schema_from_dataset_json(dataset_json)
+        self.lesion_labels = lesion_labels_from_dataset_json(dataset_json)
+        self._store_isrg_block_in_plans(configuration)
+        self.attribute_table: dict[str, dict[str, str]] = {}
+        self.attribute_labels: AttributeLabels | None = None
+        self._second_largest_lesion: dict[str, int] = {}
+        self._click_generator = torch.Generator().manual_seed(12345 + (fold if isinstance(fold, int) else 0))
+        # nnU-Net's local logger accepts only keys it knows and wants one value per epoch for each
+        self.logger.local_logger.my_fantastic_logging.update({k: [] for k in self.EXTRA_LOG_KEYS})
+
+    # ------------------------------------------------------------------ plans and network
+    def _store_isrg_block_in_plans(self, configuration: str) -> None:
+        crop = self.crop_size or preset_crop_size(self.model_preset)
+        block = make_isrg_block(self.model_preset, crop, self.schema, self.point_refinement, self.feature_synergy,
+                                self.model_overrides, self.learn_lambda, self.initial_lambda)
+        # The crop is the network's input: nnU-Net's loaders crop patch_size, the saved plans.json
+        # carries the block so inference rebuilds this exact network.
+        updates = {PLANS_KEY: block, "patch_size": list(block["crop_size"])}
+        if self.batch_size_override:
+            updates["batch_size"] = int(self.batch_size_override)
+        for cfg in (self.plans_manager.plans["configurations"][configuration], self.configuration_manager.configuration):
+            cfg.update(updates)
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> torch.nn.Module:
+        return build_isrg_network(isrg_block_of(configuration_manager.configuration,
+                                                f"plans '{plans_manager.plans_name}'"), num_input_channels)
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        pass  # the ISRG network has a single output resolution
+
+    def _build_loss(self):
+        return ISRGLoss()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                                      betas=(0.9, 0.98))
+        return optimizer, WarmupPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs, self.warmup_epochs)
+
+    def _do_i_compile(self):
+        return False  # the click loop changes shapes every iteration; compiling would recompile constantly
+
+    @property
+    def model(self):
+        """The bare ISRG model (unwrapped from DDP / torch.compile)."""
+        mod = self.network.module if self.is_ddp else self.network
+        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    # ------------------------------------------------------------------ data
+    def get_dataloaders(self):
+        # nnU-Net builds its loaders here; swap in the lesion-centred one by class, everything else unchanged
+        import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
+        original = trainer_module.nnUNetDataLoader
+        trainer_module.nnUNetDataLoader = LesionCentredDataLoader
+        try:
+            return super().get_dataloaders()
+        finally:
+            trainer_module.nnUNetDataLoader = original
+
+    def on_train_start(self):
+        self._load_attribute_labels()
+        super().on_train_start()
+        self._measure_lesion_components()
+
+    def _load_attribute_labels(self) -> None:
+        from nnunet_isrg.data.verify import copy_attributes_to_preprocessed
+        from nnunetv2.paths import nnUNet_raw
+
+        here = join(self.preprocessed_dataset_folder_base, ATTRIBUTES_FILENAME)
+        if not isfile(here) and nnUNet_raw.is_set():
+            raw = join(str(nnUNet_raw), self.plans_manager.dataset_name)
+            if isfile(join(raw, ATTRIBUTES_FILENAME)):
+                copy_attributes_to_preprocessed(raw, self.preprocessed_dataset_folder_base)
+        if isfile(here):
+            self.attribute_table = read_attribute_table(here, self.schema)
+            self.print_to_log_file(f"attribute labels: {len(self.attribute_table)} cases from {here}")
+        else:
+            self.attribute_table = {}
+            self.print_to_log_file(f"WARNING: no {ATTRIBUTES_FILENAME} in {self.preprocessed_dataset_folder_base} or "
+                                   f"the raw dataset: every attribute is unknown and the attribute loss is masked")
+        self.attribute_labels = AttributeLabels(self.attribute_table, self.schema)
+
+    def _measure_lesion_components(self) -> None:
+        """Size of each training case's second-largest lesion, to tell when a crop shows the labelled lesion."""
+        import cc3d
+
+        tr_keys, _ = self.do_split()
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, tr_keys)
+        for k in tr_keys:
+            _, seg, _, _ = dataset.load_case(k)
+            lesion = np.isin(np.asarray(seg[0]), self.lesion_labels)
+            sizes = np.sort(np.bincount(cc3d.connected_components(lesion, connectivity=26).ravel())[1:])[::-1]
+            self._second_largest_lesion[k] = int(sizes[1]) if len(sizes) > 1 else 0
+
+    def _attribute_targets(self, keys, targets: torch.Tensor) -> torch.Tensor:
+        """Attribute labels of the batch; masked where the target is not the case's labelled (largest) lesion."""
+        labels = self.attribute_labels.for_keys(keys).to(self.device)
+        sizes = targets.flatten(1).sum(1).cpu()
+        for i, k in enumerate(keys):
+            second = self._second_largest_lesion.get(str(k), 0)
+            # augmentation scales a lesion by up to 1.4 per axis, so only a component well above the
+            # second-largest lesion's size is surely the largest one
+            if sizes[i] == 0 or (second > 0 and sizes[i] <= 3 * second):
+                labels[i] = IGNORE_INDEX
+        return labels
+
+    # ------------------------------------------------------------------ one iteration
+    def _lesion_mask(self, target) -> torch.Tensor:
+        target = target[0] if isinstance(target, list) else target
+        return torch.isin(target, torch.tensor(self.lesion_labels, device=target.device, dtype=target.dtype))
+
+    def _simulate_clicks(self, data: torch.Tensor, lesion: torch.Tensor, n_rounds: int):
+        """First click and ``n_rounds`` correction rounds without gradient (paper section 2.3).
+
+        Returns the target component, all clicks, the previous round's low-res logits (or None) and
+        the image embedding (with gradient) for the final round when it can be reused.
+        """
+        targets, points, labels = sample_target_and_first_click(
+            lesion, self._click_generator, interior_fraction=self.first_click_interior_fraction)
+        prev = None
+        reuse_embedding = not self.is_ddp  # DDP synchronises gradients only through forward()
+        embedding = self.model.encode_image(data) if reuse_embedding else None
+        if n_rounds > 0:
+            with torch.no_grad():
+                emb = embedding.detach() if embedding is not None else self.model.encode_image(data)
+                for _ in range(n_rounds):
+                    out = self.model.decode(emb, points, labels, prev)
+                    p, l = simulate_correction_click(out["mask_logits"] > 0, targets, self._click_generator)
+                    points, labels = torch.cat([points, p], 1), torch.cat([labels, l], 1)
+                    prev = out["low_res_logits"]
+        return targets, points, labels, prev, embedding
+
+    def _predict_final(self, data, points, labels, prev, embedding):
+        if embedding is not None:
+            return self.model.decode(embedding, points, labels, prev)
+        return self.network(data, points, labels, prev)
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        lesion = self._lesion_mask(batch["target"]).to(self.device)
+        n_rounds = int(torch.randint(0, self.max_correction_rounds + 1, (1,), generator=self._click_generator))
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            targets, points, labels, prev, embedding = self._simulate_clicks(data, lesion, n_rounds)
+            attr_targets = self._attribute_targets(batch["keys"], targets)
+            out = self._predict_final(data, points, labels, prev, embedding)
+            loss, parts = self.loss(out, targets, attr_targets, self.model.loss_weighting)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy(), "seg": parts["seg"], "attr": parts["attr"],
+                "lambda": parts["lambda"]}
+
+    def on_train_epoch_end(self, train_outputs):
+        super().on_train_epoch_end(train_outputs)
+        for key, name in (("seg", "train_seg_loss"), ("attr", "train_attr_loss"), ("lambda", "attr_lambda")):
+            value = float(np.mean([o[key] for o in train_outputs]))
+            if self.is_ddp:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, value)
+                value = float(np.mean(gathered))
+            self.logger.log(name, value, self.current_epoch)
+        self.print_to_log_file(f"seg loss {self.logger.get_value('train_seg_loss', -1):.4f}, attribute loss "
+                               f"{self.logger.get_value('train_attr_loss', -1):.4f}, lambda "
+                               f"{self.logger.get_value('attr_lambda', -1):.3f}")
+
+    def validation_step(self, batch: dict) -> dict:
+        """Pseudo Dice after one random click inside the lesion (nnU-Net's green curve)."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        lesion = self._lesion_mask(batch["target"]).to(self.device)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            targets, points, labels, prev, embedding = self._simulate_clicks(data, lesion, 0)
+            attr_targets = self._attribute_targets(batch["keys"], targets)
+            out = self._predict_final(data, points, labels, prev, embedding)
+            loss, _ = self.loss(out, targets, attr_targets, self.model.loss_weighting)
+        pred = out["mask_logits"] > 0
+        has_target = targets.flatten(1).any(1)
+        pred, tgt = pred[has_target], targets[has_target]
+        tp = (pred & tgt).sum().item()
+        fp = (pred & ~tgt).sum().item()
+        fn = (~pred & tgt).sum().item()
+        return {"loss": loss.detach().cpu().numpy(), "tp_hard": np.array([tp]), "fp_hard": np.array([fp]),
+                "fn_hard": np.array([fn])}
+
+    # ------------------------------------------------------------------ final validation
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        from nnunet_isrg.training.interactive_validation import run_interactive_validation
+
+        if self.attribute_labels is None:
+            self._load_attribute_labels()
+        self.network.eval()
+        run_interactive_validation(self, save_probabilities=save_probabilities)

@@ -1,0 +1,1 @@
+"""ISRG experiment planner for nnU-Net (run through `isrg plan`)."""

@@ -1,0 +1,330 @@
+"""Tests of the ISRG network (nnunet_isrg/modeling): shapes, gradients, K-means, refinement, split API."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnunet_isrg.attributes import DEFAULT_SCHEMA
+from nnunet_isrg.modeling.build import PRESETS, build_isrg_model, build_isrg_model_from_config
+from nnunet_isrg.modeling.point_refinement import PointRefinement, farthest_point_init, kmeans
+
+torch.set_num_threads(1)
+
+# A much smaller tiny: same architecture, small widths, so each test takes well under a second.
+SMALL = dict(embed_dim=48, depth=2, num_heads=4, prompt_embed_dim=32, decoder_heads=2, decoder_mlp_dim=64,
+             iou_head_hidden=32, synergy_dim=16)
+CONFIGS = {"vanilla": (False, False), "refine": (True, False), "synergy": (False, True), "full": (True, True)}
+
+
+def small_model(crop=32, refine=True, synergy=True, schema=None, seed=0, **kw):
+    torch.manual_seed(seed)
+    return build_isrg_model("tiny", crop_size=crop, schema=schema, point_refinement=refine,
+                            feature_synergy=synergy, **{**SMALL, **kw})
+
+
+def clicks(batch=2):
+    pts = torch.tensor([[[10.0, 12.0, 14.0], [20.0, 5.0, 30.0], [0.0, 0.0, 0.0]],
+                        [[31.0, 31.0, 31.0], [15.5, 16.2, 3.7], [8.0, 8.0, 8.0]]])[:batch]
+    lab = torch.tensor([[1, 0, -1], [1, 1, 0]])[:batch]
+    return pts, lab
+
+
+def assert_outputs_close(a, b, atol=1e-5):
+    for key in ("mask_logits", "low_res_logits", "iou_pred"):
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-4)
+    assert list(a["attribute_logits"]) == list(b["attribute_logits"])
+    for k in a["attribute_logits"]:
+        torch.testing.assert_close(a["attribute_logits"][k], b["attribute_logits"][k], atol=atol, rtol=1e-4)
+
+
+# --- shapes ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("crop,batch", [((32, 32, 32), 1), ((32, 48, 40), 2), ((64, 64, 64), 2)])
+def test_output_shapes(crop, batch):
+    schema = OrderedDict(a=["x", "y"], b=["1", "2", "3", "4", "5"], c=["p", "q", "r"])
+    model = small_model(crop, schema=schema).eval()
+    assert model.crop_size == crop
+    grid = tuple(c // 8 for c in crop)
+    assert model.grid_size == grid and model.low_res_size == tuple(4 * g for g in grid)
+    assert model.attribute_names == ["a", "b", "c"] and dict(model.num_classes) == {"a": 2, "b": 5, "c": 3}
+    pts, lab = clicks(batch)
+    x = torch.randn(batch, 1, *crop)
+    with torch.no_grad():
+        out = model(x, pts, lab)
+        out2 = model(x, pts, lab, mask_prompt=out["low_res_logits"])
+    for o in (out, out2):
+        assert o["mask_logits"].shape == (batch, 1, *crop)
+        assert o["low_res_logits"].shape == (batch, 1, *model.low_res_size)
+        assert o["iou_pred"].shape == (batch, 1)
+        assert ((o["iou_pred"] >= 0) & (o["iou_pred"] <= 1)).all()
+        assert list(o["attribute_logits"]) == ["a", "b", "c"]
+        assert [v.shape for v in o["attribute_logits"].values()] == [(batch, 2), (batch, 5), (batch, 3)]
+        assert torch.isfinite(o["mask_logits"]).all()
+    # the mask prompt is used: feeding back the previous logits changes the result
+    assert not torch.allclose(out["mask_logits"], out2["mask_logits"])
+
+
+def test_mask_logits_are_the_upsampled_low_res_logits():
+    model = small_model(32).eval()
+    pts, lab = clicks(1)
+    with torch.no_grad():
+        out = model(torch.randn(1, 1, 32, 32, 32), pts, lab)
+    ref = F.interpolate(out["low_res_logits"], size=(32, 32, 32), mode="trilinear", align_corners=False)
+    torch.testing.assert_close(out["mask_logits"], ref)
+
+
+def test_crop_not_multiple_of_patch_is_a_clear_error():
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        small_model((32, 36, 32))
+
+
+def test_bad_inputs_are_clear_errors():
+    model = small_model(32).eval()
+    pts, lab = clicks(1)
+    with pytest.raises(ValueError, match=r"\(B, 1, 32, 32, 32\)"):
+        model(torch.randn(1, 1, 32, 32, 24), pts, lab)
+    with pytest.raises(ValueError, match="mask_prompt must have shape"):
+        model(torch.randn(1, 1, 32, 32, 32), pts, lab, mask_prompt=torch.zeros(1, 1, 32, 32, 32))
+    with pytest.raises(ValueError, match="labels must be 1"):
+        model(torch.randn(1, 1, 32, 32, 32), pts, torch.tensor([[1, 2, 0]]))
+    with pytest.raises(ValueError, match="labels"):
+        model(torch.randn(1, 1, 32, 32, 32), pts, None)
+
+
+def test_no_clicks_raises_and_points_to_isrg_predict():
+    model = small_model(32).eval()
+    with pytest.raises(RuntimeError, match="isrg predict"):
+        model(torch.randn(1, 1, 32, 32, 32))
+    with pytest.raises(RuntimeError, match="isrg predict"):
+        model.decode(torch.randn(1, 32, 4, 4, 4), None, None)
+
+
+# --- gradients and ablation switches --------------------------------------------------------------
+
+def _loss(out, target):
+    prob = torch.sigmoid(out["mask_logits"])
+    dice = 1 - (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
+    ce = sum(F.cross_entropy(v, torch.zeros(v.shape[0], dtype=torch.long)) for v in out["attribute_logits"].values())
+    iou_target = torch.full_like(out["iou_pred"], 0.7)
+    return dice + ce + F.mse_loss(out["iou_pred"], iou_target)
+
+
+def _sphere(crop, centre, r):
+    zz, yy, xx = np.meshgrid(*[np.arange(c) for c in crop], indexing="ij")
+    m = (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= r ** 2
+    return torch.from_numpy(m.astype(np.float32))[None, None]
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_every_parameter_gets_a_gradient_and_disabled_modules_are_absent(name):
+    refine, synergy = CONFIGS[name]
+    model = small_model(32, refine=refine, synergy=synergy).train()
+    names = [n for n, _ in model.named_parameters()]
+    assert (model.point_refiner is not None) == refine
+    assert (model.synergy is not None) == synergy
+    assert any(n.startswith("synergy.") for n in names) == synergy
+    assert not any("point_refiner" in n for n in names)  # refinement is parameter-free
+    if refine:
+        assert sum(p.numel() for p in model.point_refiner.parameters()) == 0
+
+    pts, lab = clicks(2)
+    x = torch.randn(2, 1, 32, 32, 32)
+    target = torch.cat([_sphere((32,) * 3, (10, 12, 14), 6), _sphere((32,) * 3, (20, 20, 20), 8)])
+    mask_prompt = torch.randn(2, 1, *model.low_res_size)
+    _loss(model(x, pts, lab, mask_prompt), target).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"parameters without a (non-zero) gradient in {name}: {missing}"
+
+    # Without a mask prompt (first round) every parameter must still be part of the graph (DDP).
+    model.zero_grad(set_to_none=True)
+    _loss(model(x, pts, lab, None), target).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters outside the graph without mask prompt in {name}: {missing}"
+
+
+# --- K-means and point refinement -----------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_torch_kmeans_matches_sklearn(seed):
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(seed)
+    m, p, c, k = 6, 27, 8, 3
+    centres = rng.normal(0, 3, size=(m, k, c))
+    x = centres[np.arange(m)[:, None], rng.integers(0, k, size=(m, p))] + rng.normal(0, 1.5, size=(m, p, c))
+    valid = np.ones((m, p), bool)
+    valid[1, :9] = False          # a window clipped at a border: only valid points take part
+    valid[2, ::2] = False
+    xt, vt = torch.from_numpy(x), torch.from_numpy(valid)
+    first = torch.full((m,), p // 2)
+    init = farthest_point_init(xt, k, first, vt)
+    res = kmeans(xt, init, vt, max_iter=300)
+    for i in range(m):
+        xi = x[i][valid[i]]
+        km = KMeans(n_clusters=k, init=init[i].numpy(), n_init=1, max_iter=300, tol=0.0, algorithm="lloyd").fit(xi)
+        ours = res.labels[i][vt[i]].numpy()
+        assert (res.labels[i][~vt[i]] == -1).all()
+        same_partition = np.array_equal(ours, km.labels_)
+        rel = abs(float(res.inertia[i]) - km.inertia_) / km.inertia_
+        assert same_partition or rel < 1e-3, (i, rel)
+        assert rel < 1e-3
+
+
+def test_farthest_point_init_is_maxmin():
+    x = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [0.0, 4.0], [5.0, 5.0]]])
+    init = farthest_point_init(x, 3, torch.tensor([0]))
+    # first: point 0; farthest from it: (10, 0); farthest from both: (0, 4) (min dist 16 vs (5,5): 25/50 -> 50?)
+    d = lambda a, b: ((a - b) ** 2).sum()
+    assert torch.equal(init[0, 0], x[0, 0]) and torch.equal(init[0, 1], x[0, 2])
+    cand = [i for i in range(5) if i not in (0, 2)]
+    best = max(cand, key=lambda i: min(d(x[0, i], x[0, 0]), d(x[0, i], x[0, 2])))
+    assert torch.equal(init[0, 2], x[0, best])
+
+
+def _oracle_refine(emb, click, patch, w, k):
+    """Independent numpy/sklearn version of eq. 1-2 for one click: window cells, K-means, nearest."""
+    from sklearn.cluster import KMeans
+
+    c, *grid = emb.shape
+    cell = [min(max(int(np.floor((v + 0.5) / patch)), 0), g - 1) for v, g in zip(click, grid)]
+    r = w // 2
+    cells, feats = [], []
+    for dz in range(-r, r + 1):
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                q = (cell[0] + dz, cell[1] + dy, cell[2] + dx)
+                if all(0 <= a < g for a, g in zip(q, grid)):
+                    cells.append(q)
+                    feats.append(emb[:, q[0], q[1], q[2]])
+    feats = np.stack(feats).astype(np.float64)
+    # max-min initialisation from the clicked cell
+    chosen = [cells.index(tuple(cell))]
+    dmin = ((feats - feats[chosen[0]]) ** 2).sum(1)
+    for _ in range(1, k):
+        chosen.append(int(np.argmax(dmin)))
+        dmin = np.minimum(dmin, ((feats - feats[chosen[-1]]) ** 2).sum(1))
+    km = KMeans(n_clusters=k, init=feats[chosen], n_init=1, max_iter=300, tol=0.0, algorithm="lloyd").fit(feats)
+    out = set()
+    for i in range(k):
+        members = np.flatnonzero(km.labels_ == i)
+        dist = ((feats[members] - km.cluster_centers_[i]) ** 2).sum(1)
+        out.add(cells[members[np.argmin(dist)]])
+    return out, cell
+
+
+def test_refined_points_on_grid_inside_window_with_click_label():
+    torch.manual_seed(0)
+    w, k, patch = 3, 3, 8
+    emb = torch.randn(2, 16, 4, 5, 6, dtype=torch.float64)
+    pts = torch.tensor([[[0.0, 0.0, 0.0], [17.3, 20.9, 30.1], [31.0, 39.0, 47.0]],
+                        [[12.0, 12.0, 12.0], [3.0, 35.0, 44.0], [0.0, 0.0, 0.0]]], dtype=torch.float64)
+    lab = torch.tensor([[1, 0, 1], [0, 1, -1]])
+    ref = PointRefinement(w, k, max_iter=300)
+    rp, rl = ref(emb, pts, lab, (patch, patch, patch))
+    assert rp.shape == (2, 3 * k, 3) and rl.shape == (2, 3 * k)
+    assert torch.equal(rl, lab.repeat_interleave(k, dim=1))
+    cells = (rp + 0.5) / patch - 0.5
+    assert torch.allclose(cells, cells.round(), atol=1e-9), "refined points must be grid cell centres"
+    for b in range(2):
+        for n in range(3):
+            if lab[b, n] < 0:
+                continue
+            expected, click_cell = _oracle_refine(emb[b].numpy(), pts[b, n].tolist(), patch, w, k)
+            got = {tuple(int(v) for v in c) for c in cells[b, n * k:(n + 1) * k].round()}
+            for c in got:
+                assert all(abs(a - b_) <= w // 2 for a, b_ in zip(c, click_cell))
+                assert all(0 <= a < g for a, g in zip(c, (4, 5, 6)))
+            assert got == expected
+
+
+def test_refinement_settings_are_validated():
+    with pytest.raises(ValueError, match="odd"):
+        PointRefinement(window=4)
+    with pytest.raises(ValueError, match="refine_k"):
+        PointRefinement(window=3, k=9)
+
+
+# --- split API, padding ---------------------------------------------------------------------------
+
+def test_decode_of_cached_embedding_equals_forward():
+    model = small_model(32).eval()
+    x = torch.randn(2, 1, 32, 32, 32)
+    pts, lab = clicks(2)
+    with torch.no_grad():
+        emb = model.encode_image(x)
+        emb_copy = emb.clone()
+        first = model.decode(emb, pts, lab)
+        assert_outputs_close(first, model(x, pts, lab), atol=1e-6)
+        prev = first["low_res_logits"]
+        pts2 = torch.cat([pts, torch.tensor([[[5.0, 6.0, 7.0]], [[25.0, 2.0, 9.0]]])], 1)
+        lab2 = torch.cat([lab, torch.tensor([[0], [1]])], 1)
+        assert_outputs_close(model.decode(emb, pts2, lab2, prev), model(x, pts2, lab2, prev), atol=1e-6)
+    assert torch.equal(emb, emb_copy)
+
+
+def test_batch_items_are_independent():
+    model = small_model(32).eval()
+    x = torch.randn(2, 1, 32, 32, 32)
+    pts, lab = clicks(2)
+    with torch.no_grad():
+        both = model(x, pts, lab)
+        one = model(x[1:], pts[1:], lab[1:])
+    torch.testing.assert_close(both["mask_logits"][1:], one["mask_logits"], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "full"])
+def test_padding_clicks_change_nothing(name):
+    refine, synergy = CONFIGS[name]
+    model = small_model(32, refine=refine, synergy=synergy).eval()
+    x = torch.randn(2, 1, 32, 32, 32)
+    pts, lab = clicks(2)
+    nan = torch.full((2, 1, 3), float("nan"))
+    padded_pts = torch.cat([pts[:, :1], nan, pts[:, 1:], torch.full((2, 1, 3), 5.0)], 1)
+    padded_lab = torch.cat([lab[:, :1], torch.full((2, 1), -1), lab[:, 1:], torch.full((2, 1), -1)], 1)
+    with torch.no_grad():
+        mp = torch.randn(2, 1, *model.low_res_size)
+        assert_outputs_close(model(x, pts, lab, mp), model(x, padded_pts, padded_lab, mp))
+
+
+def test_all_padding_clicks_give_finite_outputs():
+    model = small_model(32).eval()
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        for n in (0, 2):
+            out = model(x, torch.zeros(2, n, 3), torch.full((2, n), -1))
+            assert torch.isfinite(out["mask_logits"]).all() and torch.isfinite(out["iou_pred"]).all()
+            assert all(torch.isfinite(v).all() for v in out["attribute_logits"].values())
+
+
+# --- presets and builder --------------------------------------------------------------------------
+
+def test_presets():
+    tiny = PRESETS["tiny"]
+    assert tiny["crop_size"] == (64, 64, 64) and tiny["patch_size"] == 8
+    assert tiny["embed_dim"] <= 192 and tiny["depth"] <= 4
+    base = build_isrg_model("base")
+    assert base.crop_size == (128, 128, 128) and base.grid_size == (8, 8, 8)
+    enc = base.image_encoder
+    assert enc.patch_embed.out_channels == 768 and len(enc.blocks) == 12
+    assert enc.global_attn_indexes == (2, 5, 8, 11)
+    assert [b.window_size for b in enc.blocks] == [4, 4, 0] * 4
+    assert base.attribute_names == list(DEFAULT_SCHEMA)
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_isrg_model("huge")
+    with pytest.raises(TypeError, match="unknown model setting"):
+        build_isrg_model("tiny", depht=2)
+
+
+def test_rebuild_from_config_loads_weights():
+    model = small_model(32, refine_k=2, schema=OrderedDict(a=["x", "y"], b=["1", "2", "3"]))
+    again = build_isrg_model_from_config(model.config)
+    again.load_state_dict(model.state_dict())
+    assert again.config == model.config and again.point_refiner.k == 2
+    pts, lab = clicks(1)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert_outputs_close(model.eval()(x, pts, lab), again.eval()(x, pts, lab), atol=1e-6)
