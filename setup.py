@@ -11,7 +11,7 @@ setup(
     # install still has the folder that nnU-Net's nnUNet_extTrainer points to (`isrg trainers-path`).
     packages=find_packages(include=["nnunet_isrg", "nnunet_isrg.*"]) + ["nnunet_isrg_trainers", "nnunet_isrg_planners"],
     package_dir={"nnunet_isrg_trainers": "trainers", "nnunet_isrg_planners": "planners"},
-    package_data={"nnunet_isrg": ["server/static/*", "report/*.json"]},
+    package_data={"nnunet_isrg": ["server/static/*", "report/*.json", "report/schema/*.json"]},
     install_requires=[
         "nnunetv2>=2.7",
         "torch>=2.1,<=2.14.1",

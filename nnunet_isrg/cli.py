@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, run = args._run
     result = _load(module, run)(args)
-    return int(result or 0)
+    return result if isinstance(result, int) else 0  # some runners return what they wrote
 
 
 if __name__ == "__main__":

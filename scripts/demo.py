@@ -64,7 +64,7 @@ def main() -> int:
 
     if not (raw / "dataset.json").exists():
         run([str(bindir / "isrg"), "phantom", "--out", env["nnUNet_raw"], "--dataset-id", str(args.dataset_id),
-             "--name", "ISRGPhantom", "--cases", str(args.cases), "--holdout", "gallstone", "liver_cyst"], env)
+             "--name", "ISRGPhantom", "--n-cases", str(args.cases), "--paper-holdout"], env)
     timings["phantom_s"] = time.time() - t0
 
     t = time.time()

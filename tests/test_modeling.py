@@ -93,6 +93,8 @@ def test_bad_inputs_are_clear_errors():
         model(torch.randn(1, 1, 32, 32, 32), pts, torch.tensor([[1, 2, 0]]))
     with pytest.raises(ValueError, match="labels"):
         model(torch.randn(1, 1, 32, 32, 32), pts, None)
+    with pytest.raises(ValueError, match="finite"):
+        model(torch.randn(1, 1, 32, 32, 32), torch.full((1, 1, 3), float("nan")), torch.tensor([[1]]))
 
 
 def test_no_clicks_raises_and_points_to_isrg_predict():
@@ -177,12 +179,9 @@ def test_torch_kmeans_matches_sklearn(seed):
 def test_farthest_point_init_is_maxmin():
     x = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [0.0, 4.0], [5.0, 5.0]]])
     init = farthest_point_init(x, 3, torch.tensor([0]))
-    # first: point 0; farthest from it: (10, 0); farthest from both: (0, 4) (min dist 16 vs (5,5): 25/50 -> 50?)
-    d = lambda a, b: ((a - b) ** 2).sum()
-    assert torch.equal(init[0, 0], x[0, 0]) and torch.equal(init[0, 1], x[0, 2])
-    cand = [i for i in range(5) if i not in (0, 2)]
-    best = max(cand, key=lambda i: min(d(x[0, i], x[0, 0]), d(x[0, i], x[0, 2])))
-    assert torch.equal(init[0, 2], x[0, best])
+    # from point 0 the farthest is (10, 0); then the largest squared distance to the nearer of the
+    # two: (0, 4) -> min(16, 116) = 16, (5, 5) -> min(50, 50) = 50, (1, 0) -> 1: so (5, 5)
+    assert init[0].tolist() == [[0.0, 0.0], [10.0, 0.0], [5.0, 5.0]]
 
 
 def _oracle_refine(emb, click, patch, w, k):
@@ -208,11 +207,14 @@ def _oracle_refine(emb, click, patch, w, k):
         chosen.append(int(np.argmax(dmin)))
         dmin = np.minimum(dmin, ((feats - feats[chosen[-1]]) ** 2).sum(1))
     km = KMeans(n_clusters=k, init=feats[chosen], n_init=1, max_iter=300, tol=0.0, algorithm="lloyd").fit(feats)
-    out = set()
+    # Per cluster (in init order) the member nearest the centroid; near-ties (a two-member cluster
+    # has both at the same distance from its midpoint) go to the cell nearest the click.
+    out = []
     for i in range(k):
         members = np.flatnonzero(km.labels_ == i)
         dist = ((feats[members] - km.cluster_centers_[i]) ** 2).sum(1)
-        out.add(cells[members[np.argmin(dist)]])
+        tied = [cells[j] for j in members[dist <= dist.min() * (1 + PointRefinement.TIE_RTOL) + 1e-12]]
+        out.append(min(tied, key=lambda q: (sum((a - b) ** 2 for a, b in zip(q, cell)), cells.index(q))))
     return out, cell
 
 
@@ -234,10 +236,11 @@ def test_refined_points_on_grid_inside_window_with_click_label():
             if lab[b, n] < 0:
                 continue
             expected, click_cell = _oracle_refine(emb[b].numpy(), pts[b, n].tolist(), patch, w, k)
-            got = {tuple(int(v) for v in c) for c in cells[b, n * k:(n + 1) * k].round()}
+            got = [tuple(int(v) for v in c) for c in cells[b, n * k:(n + 1) * k].round()]
             for c in got:
                 assert all(abs(a - b_) <= w // 2 for a, b_ in zip(c, click_cell))
                 assert all(0 <= a < g for a, g in zip(c, (4, 5, 6)))
+            # refined point i is the selection of cluster i (same init order as the oracle)
             assert got == expected
 
 

@@ -124,19 +124,19 @@ def find_pairs(source_dir: str | os.PathLike, image_glob: str = "*/CT_image.nii.
             raise DatasetImportError(f"{image}: mask pattern '{mask_name}' resolves to the image itself")
         if case_id in pairs:
             raise DatasetImportError(f"{image} and {pairs[case_id].image} both give case id '{case_id}'; "
-                               f"rename one or change image_glob")
+                                     f"rename one or change image_glob")
         pairs[case_id] = Pair(name, case_id, image, mask)
     if cases is not None:
         wanted = set(cases)
         unknown = wanted - {p.source_name for p in pairs.values()} - set(pairs)
         if unknown:
             raise DatasetImportError(f"{source_dir}: requested case(s) {sorted(unknown)} not found; "
-                               f"available: {sorted(p.source_name for p in pairs.values())[:10]}")
+                                     f"available: {sorted(p.source_name for p in pairs.values())[:10]}")
         pairs = {k: p for k, p in pairs.items() if p.source_name in wanted or k in wanted}
     missing = [p for p in pairs.values() if not p.mask.is_file()]
     if missing:
         raise DatasetImportError(f"no mask for {len(missing)} image(s): {missing[0].image} expects {missing[0].mask} "
-                           f"(mask_name='{mask_name}')")
+                                 f"(mask_name='{mask_name}')")
     return [pairs[k] for k in sorted(pairs)]
 
 
@@ -206,10 +206,10 @@ def _binary_label(pair: Pair, image_geometry, tolerance: float) -> tuple[sitk.Im
     diff = geometry_differences(image_geometry, mask_geometry, tolerance)
     if diff:
         raise DatasetImportError(f"case '{pair.source_name}': image {pair.image} and mask {pair.mask} have different "
-                           f"geometry: {'; '.join(diff)}. Resample the mask onto the image grid first.")
+                                 f"geometry: {'; '.join(diff)}. Resample the mask onto the image grid first.")
     if mask_geometry.n_components != 1:
         raise DatasetImportError(f"{pair.mask}: mask has {mask_geometry.n_components} components per voxel; "
-                           f"expected a scalar label map")
+                                 f"expected a scalar label map")
     mask = sitk.ReadImage(str(pair.mask))
     arr = sitk.GetArrayViewFromImage(mask)
     if np.issubdtype(arr.dtype, np.floating) and np.isnan(read_raw_voxels(pair.mask)).any():
@@ -256,7 +256,7 @@ def import_image_mask_pairs(source_dir: str | os.PathLike, out_root: str | os.Pa
         if out_root.is_dir() else []
     if clashing:
         raise DatasetImportError(f"{clashing[0]}: another dataset already uses id {int(dataset_id):03d}; nnU-Net needs "
-                           f"unique ids, choose another id or remove it")
+                                 f"unique ids, choose another id or remove it")
     if final.exists() and not overwrite:
         raise DatasetImportError(f"{final}: already exists; pass overwrite=True (--overwrite) to replace it")
 
@@ -278,7 +278,7 @@ def import_image_mask_pairs(source_dir: str | os.PathLike, out_root: str | os.Pa
             image_geometry = read_geometry(pair.image)
             if image_geometry.n_components != 1 or len(image_geometry.size) != 3:
                 raise DatasetImportError(f"{pair.image}: expected a 3D scalar CT image, got size {image_geometry.size} "
-                                   f"with {image_geometry.n_components} component(s)")
+                                         f"with {image_geometry.n_components} component(s)")
             label, n_lesion, other_values = _binary_label(pair, image_geometry, tolerance)
             voxels = read_raw_voxels(pair.image)
             if np.issubdtype(voxels.dtype, np.floating) and np.isnan(voxels).any():

@@ -14,14 +14,14 @@ shape          Round-like: ellipsoid (axis ratios >= 0.7); Irregular: lobulated 
                thickened patch of a hollow organ's wall; Punctate, nodular: a small nodule
                (radius ~2-4 mm)
 density        lesion HU = host HU + offset: hypo/hyper offsets of >= 35 HU (cysts near water,
-               stones calcified); Isodense: offset within +-4 HU plus a thin rim of +-40 HU
+               stones calcified); Isodense: offset within +-4 HU plus a one-voxel rim of +-25-35 HU
                (capsule) whose mean over the lesion is compensated, so the lesion is findable
                while its mean stays at the host's
-heterogeneity  Heterogeneous: band-limited texture (25-40 HU), sometimes a necrotic core;
+heterogeneity  Heterogeneous: band-limited texture (30-45 HU), sometimes a necrotic core;
                Homogeneous: no texture beyond the image noise
 surface        the lesion is blended into the background with a logistic edge of width w
                around the labelled boundary: Well-defined w = 0.15 mm (sharp, then only the
-               partial-volume blur); Ill-defined w = 1.2-2.5 mm plus an infiltrative fringe
+               partial-volume blur); Ill-defined w = 1.5-2.5 mm plus a patchy infiltrative tail
 invasion       No close relationship: the lesion lies inside its host with >= 3.5 mm of host
                tissue all round (any extra vessel is >= 6 mm away); Close relationship: the
                lesion crosses the host boundary into the neighbouring tissue and abuts an
@@ -79,7 +79,7 @@ ORGAN_LABELS: dict[str, int] = {
 HU = {  # unenhanced-ish soft tissue, enhanced vessels
     "air": -1000.0, "lung": -850.0, "fat": -100.0, "visceral_fat": -90.0, "muscle": 50.0, "heart": 45.0,
     "liver": 60.0, "spleen": 50.0, "kidney": 35.0, "pancreas": 40.0, "wall": 45.0, "bile": 10.0,
-    "urine": 5.0, "gas": -950.0, "aorta": 190.0, "ivc": 170.0, "vessel": 190.0,
+    "urine": 5.0, "gas": -950.0, "aorta": 190.0, "ivc": 170.0, "vessel": 200.0,
     "bone_trabecular": 350.0, "bone_cortical": 800.0,
 }
 
@@ -105,10 +105,10 @@ _ANATOMY: tuple[_Organ, ...] = (
     _Organ("liver", "ellipsoid", (-0.36, -0.05, 0.35), (0.5, 0.55, 0.42), "liver"),
     _Organ("spleen", "ellipsoid", (0.6, 0.3, 0.35), (0.2, 0.27, 0.28), "spleen"),
     _Organ("stomach", "ellipsoid", (0.33, -0.3, 0.35), (0.3, 0.25, 0.3), "wall", "gas", 3.0),
-    _Organ("kidney_right", "ellipsoid", (-0.5, 0.36, -0.12), (0.22, 0.2, 0.32), "kidney"),
-    _Organ("kidney_left", "ellipsoid", (0.5, 0.36, -0.12), (0.22, 0.2, 0.32), "kidney"),
+    _Organ("kidney_right", "ellipsoid", (-0.5, 0.34, -0.15), (0.26, 0.25, 0.34), "kidney"),
+    _Organ("kidney_left", "ellipsoid", (0.5, 0.34, -0.15), (0.26, 0.25, 0.34), "kidney"),
     _Organ("gallbladder", "ellipsoid", (-0.3, -0.42, 0.0), (0.22, 0.24, 0.3), "wall", "bile", 2.5),
-    _Organ("pancreas", "ellipsoid", (0.08, 0.08, 0.05), (0.42, 0.22, 0.22), "pancreas", rot_z_deg=15.0),
+    _Organ("pancreas", "ellipsoid", (0.08, 0.06, 0.05), (0.42, 0.25, 0.25), "pancreas", rot_z_deg=15.0),
     _Organ("colon", "tube_x", (0.0, -0.4, -0.45), (0.16, 0, 0), "wall", "gas", 2.5, (-0.75, 0.75)),
     _Organ("bladder", "ellipsoid", (0.0, -0.15, -0.85), (0.32, 0.3, 0.3), "wall", "urine", 3.0),
     _Organ("oesophagus", "tube_z", (-0.05, 0.3, 0.0), (0.15, 0, 0), "wall", "gas", 3.0, (0.2, 1.1)),
@@ -209,11 +209,18 @@ def _smooth_noise(rng: np.random.Generator, shape, sigma_vox) -> np.ndarray:
     return f / max(float(f.std()), 1e-6)
 
 
-def _edt(mask: np.ndarray, spacing_zyx) -> np.ndarray:
-    """Distance (mm) of each voxel inside ``mask`` to the nearest voxel outside it (0 outside)."""
+def _edt_inside(mask: np.ndarray, spacing_zyx) -> np.ndarray:
+    """Distance (mm) of each voxel inside ``mask`` to the nearest voxel outside it (0 outside).
+
+    Computed on the mask's bounding box plus one voxel, which is exact and much faster.
+    """
+    out = np.zeros(mask.shape, np.float32)
     if not mask.any():
-        return np.zeros(mask.shape, np.float32)
-    return ndi.distance_transform_edt(mask, sampling=spacing_zyx).astype(np.float32)
+        return out
+    bb = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in ndi.find_objects(mask.astype(np.uint8))[0])
+    sub = np.pad(mask[bb], 1)  # a border of background where the box touches the image edge
+    out[bb] = ndi.distance_transform_edt(sub, sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    return out
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -254,6 +261,16 @@ class _Grid:
         y = ((np.arange(ny) - (ny - 1) / 2) * sy).astype(np.float32)[None, :, None]
         x = ((np.arange(nx) - (nx - 1) / 2) * sx).astype(np.float32)[None, None, :]
         return cls((nz, ny, nx), (szp, sy, sx), z, y, x, min(nx * sx, ny * sy) / 2, nz * szp / 2)
+
+    def box(self, c_zyx, half_mm: float) -> tuple[slice, slice, slice]:
+        """Voxel slices of the box of half-width ``half_mm`` around a point (mm), clipped to the image."""
+        axes = (self.z.ravel(), self.y.ravel(), self.x.ravel())
+        return tuple(slice(int(np.searchsorted(a, c - half_mm)), int(np.searchsorted(a, c + half_mm, "right")))
+                     for a, c in zip(axes, c_zyx))
+
+    def sub(self, bb) -> "_Grid":
+        return _Grid(tuple(s.stop - s.start for s in bb), self.spacing_zyx, self.z[bb[0]], self.y[:, bb[1]],
+                     self.x[:, :, bb[2]], self.s, self.sz)
 
     def mm(self, p_fov) -> np.ndarray:
         """(x, y, z) FOV units -> (z, y, x) mm."""
@@ -339,7 +356,7 @@ def _render_anatomy(grid: _Grid, rng: np.random.Generator) -> tuple[np.ndarray, 
             img[lumen] = HU[organ.lumen_hu] + 3.0 * texture[lumen]
             entry.update(lumen=lumen, lumen_hu=HU[organ.lumen_hu], wall_mm=organ.wall_mm)
         if organ.name == "vertebra":
-            trabecular = _edt(solid, grid.spacing_zyx) > 1.6
+            trabecular = _edt_inside(solid, grid.spacing_zyx) > 1.6
             img[solid & ~trabecular] = HU["bone_cortical"]
             img[trabecular] = HU["bone_trabecular"] + 20.0 * texture[trabecular]
             entry["trabecular"] = trabecular
@@ -496,18 +513,15 @@ def generate_case(rng_or_seed, lesion_type: str, size=64, spacing=1.5,
     else:
         host, host_hu = entry["solid"], entry["hu"]
     hollow = "lumen" in entry and t.host != "gallbladder_lumen"
-    edt_host = _edt(host, sp)
+    edt_host = _edt_inside(host, sp)
+    capacity = float(edt_host.max())
     close = attrs["invasion"] == INVASION[1]
     ill = attrs["surface"] == SURFACE[1]
     shape = attrs["shape"]
-
-    # --- lesion body (boolean), placed by the invasion attribute -----------------------------
     scale = grid.s
-    if shape == "Punctate, nodular":
-        r0 = max(rng.uniform(0.045, 0.075) * scale, 1.2 * max(sp[1:]))
-    else:
-        r0 = rng.uniform(0.12, 0.28) * scale
-    reach = {"Irregular": 1.45, "Round-like": 1.0}.get(shape, 1.0)
+    r_min = max(1.2 * max(sp[1:]), 0.75 * sp[0])  # smallest lesion radius that spans a few voxels
+
+    # --- lesion body (boolean, on a crop around the lesion), placed by the invasion attribute --
     vessel_n = None
     if shape == "Wall thickening":
         wall_mm = entry["wall_mm"]
@@ -516,92 +530,111 @@ def generate_case(rng_or_seed, lesion_type: str, size=64, spacing=1.5,
         if c_idx is None:
             c_idx = _choose_center(rng, depth_ok)
         c_mm = grid.index_to_mm(c_idx)
-        n = _outward_normal(edt_host, c_idx, sp)
-        thick = min(rng.uniform(0.1, 0.16) * scale, 0.7 * float(edt_host.max()))
-        patch = grid.dist2(c_mm) <= (rng.uniform(0.22, 0.35) * scale) ** 2
-        body = patch & host & (edt_host <= thick)
+        thick = max(min(rng.uniform(0.1, 0.16) * scale, 0.7 * capacity), min(r_min, 0.9 * capacity))
+        patch_r = rng.uniform(0.22, 0.35) * scale
+        bb = grid.box(c_mm, patch_r + 14.0)
+        sub = grid.sub(bb)
+        patch = sub.dist2(c_mm) <= patch_r ** 2
+        body = patch & host[bb] & (edt_host[bb] <= thick)
         if close:  # grows through the wall into the surrounding fat
-            out = _edt(~host, sp)
-            body |= patch & ~host & (out <= rng.uniform(2.5, 5.0)) & (organ_map != 0)
+            out = _edt_inside(~host[bb], sp)
+            body |= patch & ~host[bb] & (out <= rng.uniform(2.5, 5.0)) & (organ_map[bb] != 0)
         r_eff = thick
-        vessel_n = n
+        vessel_n = _outward_normal(edt_host, c_idx, sp)
     else:
-        margin = _NO_CLOSE_MARGIN_MM + (2.0 if ill else 0.0)
+        if shape == "Punctate, nodular":
+            r0 = max(rng.uniform(0.045, 0.075) * scale, r_min)
+        else:
+            r0 = max(rng.uniform(0.12, 0.28) * scale, 2 * r_min)
+        # margins scale with the field of view (3.5 mm at 64 x 1.5 mm) so small FOVs still fit
+        margin = min(_NO_CLOSE_MARGIN_MM, 0.073 * scale) * (1.4 if ill else 1.0)
+        if hollow:  # polypoid mass: never wider than the organ
+            r0 = max(min(r0, 0.8 * capacity), r_min)
+        elif not close:
+            if capacity - margin < r_min:
+                margin = max(capacity - r_min, 0.0)
+            r0 = max(min(r0, capacity - margin), r_min)
+        c_idx = None
         for _ in range(12):
             if close:
-                lo, hi = 0.15 * r0, 0.55 * r0
-                if hollow:  # polypoid mass crossing the wall
-                    lo, hi = 0.1 * r0, 0.4 * r0
+                lo, hi = (0.1 * r0, 0.4 * r0) if hollow else (0.15 * r0, 0.55 * r0)
                 cand = host & (edt_host >= lo) & (edt_host <= max(hi, lo + max(sp)))
+            elif hollow:  # sessile mass on the wall, inside the organ outline
+                cand = host & (edt_host >= min(0.6 * r0 + entry["wall_mm"], 0.8 * capacity))
             else:
-                need = reach * r0 + margin
-                if hollow:  # intraluminal (sessile) mass: base on the wall, inside the organ outline
-                    need = 0.6 * r0 + margin
-                cand = host & (edt_host >= need)
+                cand = host & (edt_host >= min(r0 + margin, capacity) - 1e-3)
             c_idx = _choose_center(rng, cand)
             if c_idx is not None:
                 break
-            r0 *= 0.85
-        if c_idx is None:
-            raise RuntimeError(f"no room for a {lesion_type} lesion in {organ} at size {size_xyz}")
+            r0 = max(0.85 * r0, r_min)
+        if c_idx is None:  # tiny field of view: the deepest host voxel
+            c_idx = np.array(np.unravel_index(int(np.argmax(edt_host)), edt_host.shape))
         c_mm = grid.index_to_mm(c_idx)
-        body = _blob(grid, rng, c_mm, r0, shape)
-        body &= organ_map != 0  # never into the air outside the body
+        bb = grid.box(c_mm, 1.5 * r0 + 14.0)
+        sub = grid.sub(bb)
+        body = _blob(sub, rng, c_mm, r0, shape)
+        body &= organ_map[bb] != 0  # never into the air outside the body
         if not close:
-            body &= edt_host >= margin
+            body &= edt_host[bb] >= (entry["wall_mm"] + 0.5 if hollow else min(margin, capacity - 1e-3))
         else:
             vessel_n = _outward_normal(edt_host, c_idx, sp)
         r_eff = r0
-    if body.sum() < 4:
-        raise RuntimeError(f"degenerate {lesion_type} lesion ({int(body.sum())} voxels) at size {size_xyz}")
+    if body.sum() < 4:  # tiny field of view: fall back to a small ball at the chosen centre
+        body = (sub.dist2(c_mm) <= r_min ** 2) & (organ_map[bb] != 0)
+        if body.sum() < 4:
+            raise RuntimeError(f"degenerate {lesion_type} lesion ({int(body.sum())} voxels) at size {size_xyz}")
 
     # --- adjacent vessel: touching when close, clearly apart otherwise -----------------------
-    rv = max(1.7, 1.1 * max(sp[1:]))
+    rv = max(2.2, 1.2 * max(sp[1:]))  # >= 3 voxels across, so it stays bright after partial volume
     vessel_contact = False
     if vessel_n is not None:
-        reach_n = _exit_distance(body, grid, c_mm, vessel_n)
+        reach_n = _exit_distance(body, sub, c_mm, vessel_n)
         q = c_mm + vessel_n * (reach_n + 0.5 * rv)
         vessel = grid.line_dist(q, _perpendicular(rng, vessel_n)) <= rv
-        vessel &= (organ_map != 0) & ~body
+        vessel &= organ_map != 0
+        vessel[bb] &= ~body
         img[vessel] = HU["vessel"]
         vessel_contact = True
     elif rng.random() < 0.5:
         nrand = _unit(rng.standard_normal(3))
-        extent = float(np.sqrt(grid.dist2(c_mm)[body].max()))
+        extent = float(np.sqrt(sub.dist2(c_mm)[body].max()))
         q = c_mm + nrand * (extent + rv + rng.uniform(6.0, 10.0))
         vessel = (grid.line_dist(q, _perpendicular(rng, nrand)) <= rv) & (organ_map != 0)
         img[vessel] = HU["vessel"]
 
-    # --- lesion intensity -----------------------------------------------------------------
-    label = body
-    inside = _edt(label, sp)
-    outside = _edt(~label, sp)
-    sd = np.where(label, -inside, outside)      # signed distance to the labelled boundary, mm
+    # --- lesion intensity (on the crop) -------------------------------------------------------
+    inside = _edt_inside(body, sp)
+    outside = ndi.distance_transform_edt(~body, sampling=sp).astype(np.float32)
     depth = float(inside.max())
     target = _lesion_hu(rng, t, attrs["density"], host_hu)
-    L = np.full(grid.shape, target, np.float32)
+    L = np.full(body.shape, target, np.float32)
     if attrs["heterogeneity"] == HETEROGENEITY[1]:
-        amp = rng.uniform(25, 40)
-        L += amp * _smooth_noise(rng, grid.shape, max(1.5 / min(sp), 0.8))
+        amp = rng.uniform(30, 45)
+        L += amp * _smooth_noise(rng, body.shape, tuple(max(2.0 / d, 0.8) for d in sp))
         if depth >= 4.0 and rng.random() < 0.4:  # necrotic core
             L[inside >= 0.6 * depth] -= rng.uniform(25, 40)
-    if attrs["density"] == "Isodense":
-        rim = (inside > 0) & (inside <= max(1.3, 0.8 * min(sp)))
-        L[rim] += rng.choice([-1.0, 1.0]) * rng.uniform(35, 45)
+    if attrs["density"] == "Isodense":  # capsule-like rim makes an isodense lesion findable
+        rim = (inside > 0) & (inside <= max(1.3, min(sp)) + 1e-3)  # outermost voxel layer
+        L[rim] += rng.choice([-1.0, 1.0]) * rng.uniform(25, 35)
     # keep the labelled mean exactly at the target (isodense: at the host), whatever texture/rim
-    L[label] += target - float(L[label].mean())
+    L[body] += target - float(L[body].mean())
 
+    # alpha: lesion fraction, 0.5 on the labelled boundary. Well-defined: a sharp step (then only
+    # the partial-volume blur). Ill-defined: a wide logistic ramp (10-90 % over ~4.4 w) with a
+    # patchy infiltrative tail outside. Inside the label the lesion mixes with host tissue (it
+    # infiltrates the host), so gas or fat next to a thin lesion does not leak into it.
+    w = 0.15
     if ill:
-        w = float(np.clip(0.3 * depth, 1.2, 2.5))
-        alpha = 1.0 / (1.0 + np.exp(np.clip(sd / w, -30, 30)))
-        fringe = np.clip(1.0 + 0.7 * _smooth_noise(rng, grid.shape, max(1.0 / min(sp), 0.7)), 0.0, 1.6)
-        alpha = np.where(label, alpha, np.minimum(alpha * fringe, 0.49))
-        alpha[label] = np.maximum(alpha[label], 0.5)
-    else:
-        w = 0.15
-        alpha = 1.0 / (1.0 + np.exp(np.clip(sd / w, -30, 30)))
-    alpha[organ_map == 0] = 0.0
-    img = img * (1 - alpha) + L * alpha
+        w = float(np.clip(rng.uniform(0.35, 0.5) * max(depth, 3.0), 1.5, 2.5))
+    alpha = 1.0 / (1.0 + np.exp(np.clip(np.where(body, -inside, outside) / w, -40, 40)))
+    if ill:
+        fringe = np.clip(1.0 + 0.6 * _smooth_noise(rng, body.shape, max(1.0 / min(sp), 0.7)), 0.2, 1.5)
+        alpha = np.where(body, alpha, np.minimum(alpha * fringe, 0.49))
+    alpha[organ_map[bb] == 0] = 0.0
+    background = np.where(body, np.float32(host_hu), img[bb])
+    img[bb] = background * (1 - alpha) + L * alpha
+    label = np.zeros(grid.shape, bool)
+    label[bb] = body
 
     # --- acquisition: partial volume, noise, integer HU ---------------------------------------
     img = ndi.gaussian_filter(img, _PV_SIGMA_VOX)

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 from typing import Any, Mapping, Sequence
 
@@ -45,8 +46,8 @@ PRESETS: "OrderedDict[str, dict[str, Any]]" = OrderedDict(
 
 
 def _crop(crop_size: int | Sequence[int]) -> tuple[int, int, int]:
-    if isinstance(crop_size, int):
-        return (crop_size,) * 3
+    if isinstance(crop_size, numbers.Integral):
+        return (int(crop_size),) * 3
     t = tuple(int(c) for c in crop_size)
     if len(t) != 3 or min(t) < 1:
         raise ValueError(f"crop_size must be an int or three positive ints (D, H, W), got {crop_size!r}")

@@ -16,10 +16,12 @@ class LayerNorm3d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float() if dtype in (torch.float16, torch.bfloat16) else x  # statistics in float32 under autocast
         u = x.mean(1, keepdim=True)
         s = (x - u).pow(2).mean(1, keepdim=True)
         x = (x - u) / torch.sqrt(s + self.eps)
-        return self.weight[:, None, None, None] * x + self.bias[:, None, None, None]
+        return (self.weight[:, None, None, None] * x + self.bias[:, None, None, None]).to(dtype)
 
 
 class MLPBlock(nn.Module):

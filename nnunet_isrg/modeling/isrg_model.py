@@ -110,7 +110,8 @@ class ISRGModel(nn.Module):
         b = embedding.shape[0]
         self._check_prompts(b, points, labels, mask_prompt)
         labels = labels.long()
-        points = points.to(embedding.dtype)
+        # At least float32 for coordinates, also when the embedding comes out of autocast in half precision.
+        points = points.to(torch.promote_types(embedding.dtype, torch.float32))
         # Padding coordinates are arbitrary (even NaN); zero them so masked tokens stay finite.
         points = torch.where(labels[..., None] < 0, torch.zeros_like(points), points)
         if self.point_refiner is not None:
@@ -120,11 +121,10 @@ class ISRGModel(nn.Module):
         sparse, sparse_valid = self.prompt_encoder.embed_points(points, labels)
         dense = self.prompt_encoder.embed_mask(mask_prompt, b, dtype=embedding.dtype, device=embedding.device)
 
-        n_attr = len(self.attribute_names)
         out_tokens = torch.cat([self.iou_token.weight, self.mask_token.weight, self.attribute_tokens.weight], 0)
         tokens = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], dim=1)
         token_valid = torch.cat([sparse_valid.new_ones(b, out_tokens.shape[0]), sparse_valid], dim=1)
-        image_pe = self.prompt_encoder.get_dense_pe(embedding.device, embedding.dtype)
+        image_pe = self.prompt_encoder.get_dense_pe(embedding.device, points.dtype)
 
         z, image_tokens = self.transformer(embedding + dense, image_pe.expand(b, -1, -1, -1, -1), tokens, token_valid)
         iou_pred = self.iou_head(z[:, 0])
@@ -134,7 +134,6 @@ class ISRGModel(nn.Module):
             m, a = self.synergy(m, a)
         low_res = self.mask_head.predict(m, image_tokens, self.grid_size)
         mask_logits = F.interpolate(low_res, size=self.crop_size, mode="trilinear", align_corners=False)
-        assert a.shape[1] == n_attr
         return {"mask_logits": mask_logits, "low_res_logits": low_res, "iou_pred": iou_pred,
                 "attribute_logits": self.attribute_head.classify(a)}
 
@@ -152,6 +151,9 @@ class ISRGModel(nn.Module):
         if labels.numel() and (labels.min() < -1 or labels.max() > 1):
             raise ValueError(f"labels must be 1 (positive), 0 (negative) or -1 (padding), got values "
                              f"{sorted(set(labels.unique().tolist()))}")
+        if not bool(torch.isfinite(points[labels >= 0]).all()):
+            raise ValueError("points of real clicks (label 0 or 1) must have finite coordinates; only padding "
+                             "(label -1) may hold NaN")
         if mask_prompt is not None:
             want = (batch, 1, *self.low_res_size)
             if tuple(mask_prompt.shape) != want:

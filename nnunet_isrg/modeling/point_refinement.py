@@ -4,7 +4,9 @@ For each click p, the image-embedding vectors of the w x w x w window of grid ce
 (cells outside the grid are left out, i.e. the window is clipped at the borders) are clustered into
 k clusters; in each cluster C_i the cell whose feature is nearest the centroid mu_i,
 ``q_i* = argmin_{q in C_i} ||I(q) - mu_i||``, becomes an extra prompt with the click's label, placed
-at the voxel centre of that cell.
+at the voxel centre of that cell. Near-ties in eq. 2 (relative 1e-3; every two-member cluster has
+one, its members being equally far from their midpoint) go to the cell nearest the click, so the
+choice does not hinge on rounding.
 
 K-means is batched over all clicks of a batch in torch (Lloyd iterations with a validity mask) with
 deterministic farthest-point initialisation seeded by the click's own cell: centroid 1 is the
@@ -93,6 +95,8 @@ class PointRefinement(nn.Module):
         max_iter: most Lloyd iterations.
     """
 
+    TIE_RTOL = 1e-3
+
     def __init__(self, window: int = 3, k: int = 3, max_iter: int = 20) -> None:
         super().__init__()
         if window < 1 or window % 2 == 0:
@@ -106,6 +110,9 @@ class PointRefinement(nn.Module):
         rng = torch.arange(-r, r + 1)
         offsets = torch.stack(torch.meshgrid(rng, rng, rng, indexing="ij"), -1).reshape(-1, 3)
         self.register_buffer("offsets", offsets, persistent=False)  # (P, 3), centre at P // 2
+        # Preference among tied cells: squared distance to the click's cell, then offset order.
+        n = offsets.shape[0]
+        self.register_buffer("preference", (offsets.pow(2).sum(-1) * n + torch.arange(n)).float(), persistent=False)
 
     def extra_repr(self) -> str:
         return f"window={self.window}, k={self.k}, max_iter={self.max_iter}"
@@ -138,7 +145,8 @@ class PointRefinement(nn.Module):
         valid = ((cells >= 0) & (cells < grid_t)).all(-1)  # (B, N, P)
         cells_c = torch.minimum(cells.clamp(min=0), grid_t - 1)
         flat = (cells_c[..., 0] * grid[1] + cells_c[..., 1]) * grid[2] + cells_c[..., 2]  # (B, N, P)
-        feats = embedding.detach().flatten(2).transpose(1, 2)  # (B, L, C)
+        # K-means in at least float32, also under autocast (half-precision distances would tie often).
+        feats = embedding.detach().to(torch.promote_types(embedding.dtype, torch.float32)).flatten(2).transpose(1, 2)
         p = flat.shape[-1]
         x = torch.gather(feats, 1, flat.reshape(b, n * p, 1).expand(-1, -1, c)).reshape(b * n, p, c)
         valid = valid.reshape(b * n, p)
@@ -147,11 +155,17 @@ class PointRefinement(nn.Module):
         res = kmeans(x, init, valid, self.max_iter)
         d = _sq_dist(x, res.centroids)  # (M, P, k)
         member = (res.labels[..., None] == torch.arange(self.k, device=dev)) & valid[..., None]
-        inf = torch.full_like(d, float("inf"))
-        sel = torch.where(member, d, inf).argmin(1)  # (M, k)
         # An empty cluster (only with duplicate features) falls back to the nearest valid cell.
-        empty = ~member.any(1)
-        sel = torch.where(empty, torch.where(valid[..., None], d, inf).argmin(1), sel)
+        member = torch.where(member.any(1, keepdim=True), member, valid[..., None].expand_as(member))
+        inf = torch.full_like(d, float("inf"))
+        dm = torch.where(member, d, inf)
+        # Eq. 2 with a stable tie-break: the two members of a two-point cluster are equally far from
+        # their midpoint, so rounding noise (e.g. batch composition) would pick either. Cells within
+        # TIE_RTOL of the minimum count as tied; the one nearest the click wins, then offset order.
+        best = dm.min(1, keepdim=True).values
+        tied = member & (dm <= best * (1 + self.TIE_RTOL) + 1e-12)
+        pref = self.preference[None, :, None].expand_as(tied)
+        sel = torch.where(tied, pref, torch.full_like(pref, float("inf"))).argmin(1)  # (M, k)
         sel_cells = torch.gather(cells_c.reshape(b * n, p, 3), 1, sel[..., None].expand(-1, -1, 3))
         ref_points = (sel_cells.to(points.dtype) + 0.5) * patch - 0.5
         ref_labels = labels[:, :, None].expand(-1, -1, self.k).reshape(b, n * self.k)

@@ -11,6 +11,7 @@
   lesion, referencing its SEG segment, with volume, long/short axis, HU mean/std and the report's
   attributes as qualitative evaluations. Attribute names and values use the local coding scheme
   ``99ISRG`` (there are no standard codes for the PASTA classes), except "Shape" (SCT 300842002).
+  The organ of the report, when known, is the group's finding site (local code as well).
   Reader overrides vs model predictions are not distinguishable in TID 1500 qualitative
   evaluations; the JSON report keeps that distinction.
 """
@@ -307,6 +308,34 @@ def _measurements_for(report, hd, codes) -> list:
     return out
 
 
+def _referenced_segment(seg, number: int, hd):
+    """``ReferencedSegment`` of one SEG segment with its frames and source images.
+
+    Written here rather than ``ReferencedSegment.from_segmentation`` because that one (highdicom
+    0.28) fails on a single-segment SEG, whose segment identification lives in the shared
+    functional groups instead of the per-frame ones.
+    """
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    shared_number = (int(shared.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+                     if "SegmentIdentificationSequence" in shared else None)
+    frames, sources = [], {}
+    for i, frame in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
+        n = (int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+             if "SegmentIdentificationSequence" in frame else shared_number)
+        if n != number:
+            continue
+        frames.append(i)
+        for der in frame.get("DerivationImageSequence", []):
+            for src in der.get("SourceImageSequence", []):
+                sources[src.ReferencedSOPInstanceUID] = src.ReferencedSOPClassUID
+    images = [hd.sr.SourceImageForSegmentation(cls, uid) for uid, cls in sources.items()]
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
+        frame_numbers=frames or None, source_images=images or None,
+        source_series=None if images else hd.sr.SourceSeriesForSegmentation(
+            seg.ReferencedSeriesSequence[0].SeriesInstanceUID))
+
+
 def write_dicom_sr(source_datasets: Sequence, seg_dataset, reports: Sequence, out_path: str | os.PathLike,
                    series_number: int = 301, segment_numbers: Sequence[int] | None = None):
     """Writes a Comprehensive 3D SR (TID 1500) for ``reports``; returns the highdicom SR.
@@ -333,10 +362,14 @@ def write_dicom_sr(source_datasets: Sequence, seg_dataset, reports: Sequence, ou
     for report, number in zip(reports, segment_numbers):
         qualitative = [hd.sr.QualitativeEvaluation(attribute_name_code(name), attribute_value_code(name, f.value))
                        for name, f in report.attributes.items()]
+        organ = (report.location or {}).get("organ")
+        sites = ([hd.sr.FindingSite(anatomic_location=hd.sr.CodedConcept(_local_code(organ), CODING_SCHEME, organ[:64]))]
+                 if organ else None)
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=str(report.lesion_id)[:64]),
-            referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg_dataset, number),
+            referenced_segment=_referenced_segment(seg_dataset, number, hd),
             finding_type=codes.SCT.Lesion,
+            finding_sites=sites,
             measurements=_measurements_for(report, hd, codes),
             qualitative_evaluations=qualitative))
     observer = hd.sr.ObserverContext(

@@ -16,7 +16,7 @@ from typing import Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_isrg.report.measurements import AIR_HU, BONE_HU, lesion_measurements
+from nnunet_isrg.report.measurements import BONE_HU, lesion_measurements
 
 #: name -> (width, level) in HU
 WINDOWS = {"soft_tissue": (400.0, 40.0), "lung": (1500.0, -600.0), "bone": (1800.0, 400.0)}

@@ -7,26 +7,32 @@ never confused. Measurements come from :mod:`nnunet_isrg.report.measurements`; t
 state, for each attribute, the measured quantity that supports or contradicts the reported class by
 the simple rules below (heuristics for a reader to check, not a second classifier).
 
-Evidence rules (thresholds are module constants):
+Evidence rules (thresholds are module constants). The quantities come from the basic measurements
+and, where present, from :func:`nnunet_isrg.report.evidence.lesion_evidence` (which wins):
 
-- density: contrast = mean HU inside minus mean HU of the surrounding shell. Hypodense is
-  supported by contrast < -``ISO_BAND_HU``, hyperdense by contrast > ``ISO_BAND_HU``, isodense by
-  ``|contrast| <= ISO_BAND_HU``; otherwise contradicted.
+- density: contrast = lesion minus surrounding tissue (median - median from the evidence module,
+  else mean - mean over the measurement shell). Hypodense is supported by contrast <
+  -``ISO_BAND_HU``, hyperdense by contrast > ``ISO_BAND_HU``, isodense by ``|contrast| <=
+  ISO_BAND_HU``; otherwise contradicted.
 - heterogeneity: HU standard deviation inside. <= ``HOMOGENEOUS_STD_HU`` supports homogeneous
   (contradicts heterogeneous), >= ``HETEROGENEOUS_STD_HU`` the reverse, neutral in between.
-- shape: sphericity (if the evidence module gives it) >= ``ROUND_SPHERICITY`` supports round-like,
-  < ``IRREGULAR_SPHERICITY`` supports irregular; the ratio of the shortest to the longest principal
-  axis >= ``ROUND_AXIS_RATIO`` supports round-like; a RECIST long axis <= ``PUNCTATE_MAX_MM``
-  supports punctate/nodular (>= 2x that contradicts it). Wall thickening has no automatic measure.
-- invasion: with an organ map, the lesion overlapping a second organ (>= ``INVASION_MIN_OVERLAP``
-  of its voxels) supports a close relationship; lying within one organ supports none.
-- surface: margin HU gradient (if the evidence module gives it) >= ``SHARP_MARGIN_HU_PER_MM``
-  supports a well-defined margin, <= ``BLURRED_MARGIN_HU_PER_MM`` an ill-defined one.
+- shape: sphericity >= ``ROUND_SPHERICITY`` supports round-like, < ``IRREGULAR_SPHERICITY``
+  supports irregular; the ratio of the shortest to the longest principal axis >=
+  ``ROUND_AXIS_RATIO`` supports round-like; a thickness ratio (max inscribed radius /
+  equivalent-sphere radius) <= ``WALL_THICKNESS_RATIO`` supports wall thickening; a RECIST long
+  axis <= ``PUNCTATE_MAX_MM`` supports punctate/nodular (>= 2x that contradicts it).
+- invasion (organ map needed): another structure touching the lesion (evidence module), or the
+  lesion overlapping a second organ (>= ``INVASION_MIN_OVERLAP`` of its voxels), supports a close
+  relationship; otherwise it supports none.
+- surface: edge width of the mean radial HU profile <= ``SHARP_EDGE_WIDTH_MM`` supports a
+  well-defined margin, >= ``BLURRED_EDGE_WIDTH_MM`` an ill-defined one (no verdict when the HU step
+  across the margin is below ``MIN_EDGE_STEP_HU``); without it, the mean margin gradient.
 """
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -53,6 +59,11 @@ PUNCTATE_MAX_MM = 10.0
 INVASION_MIN_OVERLAP = 0.05
 SHARP_MARGIN_HU_PER_MM = 20.0
 BLURRED_MARGIN_HU_PER_MM = 8.0
+SHARP_EDGE_WIDTH_MM = 2.5
+BLURRED_EDGE_WIDTH_MM = 5.0
+MIN_EDGE_STEP_HU = 20.0
+WALL_THICKNESS_RATIO = 0.5
+SOLID_THICKNESS_RATIO = 0.8
 PROBABILITY_SUM_TOLERANCE = 1e-2
 
 SUPPORTS, CONTRADICTS, NEUTRAL = "supports", "contradicts", "neutral"
@@ -223,10 +234,12 @@ def _fmt(v: float, nd: int = 0) -> str:
 
 
 def _density_evidence(value: str, q: Mapping) -> list:
-    inside, shell, c = q.get("mean_hu_inside"), q.get("mean_hu_shell"), q.get("contrast_hu")
+    # the evidence module's contrast is median - median; the basic measurements' is mean - mean
+    stat = "median" if q.get("median_hu_inside") is not None and q.get("median_hu_shell") is not None else "mean"
+    inside, shell, c = q.get(f"{stat}_hu_inside"), q.get(f"{stat}_hu_shell"), q.get("contrast_hu")
     if c is None or inside is None or shell is None:
         return []
-    text = f"mean {_fmt(inside)} HU vs {_fmt(shell)} HU around it (contrast {c:+.0f} HU)"
+    text = f"{stat} {_fmt(inside)} HU vs {_fmt(shell)} HU around it (contrast {c:+.0f} HU)"
     v = canonical_class(value)
     if v == "hypodense":
         verdict = SUPPORTS if c < -ISO_BAND_HU else CONTRADICTS
@@ -268,6 +281,12 @@ def _shape_evidence(value: str, q: Mapping) -> list:
         verdict = SUPPORTS if ratio >= ROUND_AXIS_RATIO else CONTRADICTS if ratio < ELONGATED_AXIS_RATIO else NEUTRAL
         out.append(Evidence("axis_ratio", ratio, "1",
                             f"shortest/longest principal axis {ratio:.2f}", verdict))
+    tr = q.get("thickness_ratio")
+    if tr is not None and v == "wall thickening":
+        verdict = SUPPORTS if tr <= WALL_THICKNESS_RATIO else CONTRADICTS if tr >= SOLID_THICKNESS_RATIO else NEUTRAL
+        out.append(Evidence("thickness_ratio", tr, "1",
+                            f"thickness ratio {tr:.2f} (max inscribed radius / equivalent-sphere radius; 1 = ball)",
+                            verdict))
     la = q.get("long_axis_mm")
     if la is not None and v == "punctate, nodular":
         verdict = SUPPORTS if la <= PUNCTATE_MAX_MM else CONTRADICTS if la >= 2 * PUNCTATE_MAX_MM else NEUTRAL
@@ -276,27 +295,47 @@ def _shape_evidence(value: str, q: Mapping) -> list:
 
 
 def _invasion_evidence(value: str, q: Mapping) -> list:
-    n = q.get("n_organs_touched")
-    if n is None:
-        return []
     v = canonical_class(value)
-    close = n >= 2
-    text = (f"lesion overlaps {int(n)} organs of the organ map" if close
-            else "lesion lies within one organ of the organ map" if n == 1 else "lesion lies in no labelled organ")
+    adj = q.get("n_adjacent_structures")
+    if adj is not None:  # the evidence module's count of other structures touching the lesion's shell
+        close = adj >= 1
+        n = 2.0 if close else 1.0
+        text = (f"{int(adj)} other structure(s) of the organ map touch the lesion" if close
+                else "no other structure of the organ map touches the lesion")
+        quantity, qvalue = "n_adjacent_structures", float(adj)
+    else:
+        n = q.get("n_organs_touched")
+        if n is None:
+            return []
+        close = n >= 2
+        text = (f"lesion overlaps {int(n)} organs of the organ map" if close
+                else "lesion lies within one organ of the organ map" if n == 1 else "lesion lies in no labelled organ")
+        quantity, qvalue = "n_organs_touched", float(n)
     if v.startswith("close relationship"):
         verdict = SUPPORTS if close else CONTRADICTS if n == 1 else NEUTRAL
     elif v.startswith("no close relationship"):
         verdict = CONTRADICTS if close else SUPPORTS if n == 1 else NEUTRAL
     else:
         verdict = NEUTRAL
-    return [Evidence("n_organs_touched", float(n), "1", text, verdict)]
+    return [Evidence(quantity, qvalue, "1", text, verdict)]
 
 
 def _surface_evidence(value: str, q: Mapping) -> list:
-    g = q.get("margin_gradient_hu_per_mm")
-    if g is None:
+    width, step, g = q.get("edge_width_mm"), q.get("edge_step_hu"), q.get("margin_gradient_hu_per_mm")
+    if width is not None and step is not None:
+        if step < MIN_EDGE_STEP_HU:  # too little contrast to see a margin: no verdict
+            quantity, qv, unit, sharp_side = "edge_step_hu", step, "HU", NEUTRAL
+            text = f"HU step across the margin only {step:.0f} HU: margin not measurable"
+        else:
+            quantity, qv, unit = "edge_width_mm", width, "mm"
+            sharp_side = SUPPORTS if width <= SHARP_EDGE_WIDTH_MM else CONTRADICTS if width >= BLURRED_EDGE_WIDTH_MM else NEUTRAL
+            text = f"edge width {width:.1f} mm across a {step:.0f} HU step"
+    elif g is not None:
+        quantity, qv, unit = "margin_gradient_hu_per_mm", g, "HU/mm"
+        sharp_side = SUPPORTS if g >= SHARP_MARGIN_HU_PER_MM else CONTRADICTS if g <= BLURRED_MARGIN_HU_PER_MM else NEUTRAL
+        text = f"mean HU gradient across the margin {g:.0f} HU/mm"
+    else:
         return []
-    sharp_side = SUPPORTS if g >= SHARP_MARGIN_HU_PER_MM else CONTRADICTS if g <= BLURRED_MARGIN_HU_PER_MM else NEUTRAL
     v = canonical_class(value)
     if v.startswith("well-defined"):
         verdict = sharp_side
@@ -304,7 +343,7 @@ def _surface_evidence(value: str, q: Mapping) -> list:
         verdict = {SUPPORTS: CONTRADICTS, CONTRADICTS: SUPPORTS, NEUTRAL: NEUTRAL}[sharp_side]
     else:
         verdict = NEUTRAL
-    return [Evidence("margin_gradient_hu_per_mm", g, "HU/mm", f"mean HU gradient across the margin {g:.0f} HU/mm", verdict)]
+    return [Evidence(quantity, qv, unit, text, verdict)]
 
 
 EVIDENCE_RULES = {"density": _density_evidence, "heterogeneity": _heterogeneity_evidence, "shape": _shape_evidence,
@@ -432,9 +471,14 @@ def build_lesion_report(image: sitk.Image, mask, attribute_probs: Mapping | None
     if evidence is None:
         fn = _load_evidence_fn()
         if fn is not None:
-            arr = sitk.GetArrayFromImage(image)
+            arr = sitk.GetArrayViewFromImage(image)  # read-only view: no copy of a large CT
             om = sitk.GetArrayViewFromImage(organ_map) if isinstance(organ_map, sitk.Image) else organ_map
-            evidence = fn(arr, np.asarray(mask, bool), tuple(float(s) for s in image.GetSpacing()[::-1]), om)
+            try:
+                evidence = fn(arr, np.asarray(mask, bool), tuple(float(s) for s in image.GetSpacing()[::-1]), om)
+            except Exception as e:  # the evidence lines are optional: a report without them beats no report
+                warnings.warn(f"lesion '{lesion_id}': evidence.lesion_evidence failed ({type(e).__name__}: {e}); "
+                              "the report's evidence uses the basic measurements only")
+                evidence = None
     quantities = evidence_quantities(meas, location, evidence)
 
     attrs: "OrderedDict[str, AttributeFinding]" = OrderedDict()

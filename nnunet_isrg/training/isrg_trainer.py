@@ -6,7 +6,6 @@ data loader and augmentation, logging and the progress plot, checkpoints and ``-
 """
 from __future__ import annotations
 
-from os.path import isfile, join
 from typing import Mapping
 
 import numpy as np
@@ -129,17 +128,13 @@ class ISRGTrainer(nnUNetTrainer):
         self._measure_lesion_components()
 
     def _load_attribute_labels(self) -> None:
-        from nnunet_isrg.data.verify import copy_attributes_to_preprocessed
-        from nnunetv2.paths import nnUNet_raw
+        from nnunet_isrg.data.verify import find_attribute_table
 
-        here = join(self.preprocessed_dataset_folder_base, ATTRIBUTES_FILENAME)
-        if not isfile(here) and nnUNet_raw.is_set():
-            raw = join(str(nnUNet_raw), self.plans_manager.dataset_name)
-            if isfile(join(raw, ATTRIBUTES_FILENAME)):
-                copy_attributes_to_preprocessed(raw, self.preprocessed_dataset_folder_base)
-        if isfile(here):
-            self.attribute_table = read_attribute_table(here, self.schema)
-            self.print_to_log_file(f"attribute labels: {len(self.attribute_table)} cases from {here}")
+        # copies the raw dataset's table next to the preprocessed data when it is missing or older
+        path = find_attribute_table(self.preprocessed_dataset_folder_base)
+        if path is not None:
+            self.attribute_table = read_attribute_table(path, self.schema)
+            self.print_to_log_file(f"attribute labels: {len(self.attribute_table)} cases from {path}")
         else:
             self.attribute_table = {}
             self.print_to_log_file(f"WARNING: no {ATTRIBUTES_FILENAME} in {self.preprocessed_dataset_folder_base} or "

@@ -1,0 +1,552 @@
+"""Baselines versus ISRG in the paper's layout (``isrg compare``): Tables 2 and 3, the click figure, zero-shot.
+
+Rows are methods (nnU-Net trainers), scored on the same validation cases of the same folds:
+
+- Table 2 (segmentation): DSC, HD95 (mm) and NSD @ 2 mm at the requested clicks (default 1, 3, 5),
+  mean +- std (ddof=0) over all validation cases of the folds (pooled). A no-click baseline
+  (``nnUNetTrainer`` or a variant) has the same value at every click.
+- Table 3 (attributes): accuracy per attribute at the last click and their average, for the
+  interactive trainers and, with ``attribute_baseline``, the non-deep baseline of
+  :mod:`nnunet_isrg.evaluation.attribute_baseline` (evidence measured inside the ground-truth mask
+  + scikit-learn classifier per attribute, fitted on each fold's training cases and evaluated on
+  its validation cases). The majority-class rate of the same cases is given as a reference row.
+- Zero-shot (``zero_shot``): the same tables on the held-out lesion types of the raw dataset's
+  ``imagesTs``/``labelsTs``/``attributesTs.json``: each fold's model is run on every held-out case
+  (interactive trainers through the click protocol with :class:`CropPredictor`, UNets through
+  ``nnUNetPredictor`` on the same nnU-Net-preprocessed volume) and the results are pooled over
+  folds and cases.
+
+Everything a table needs is checked first; anything missing (trainer, fold, validation, clicks,
+checkpoints, held-out cases) stops the comparison with one message listing all of it, and nothing
+is written. Outputs (``out_dir``): ``comparison.md``, ``comparison.json``,
+``comparison_segmentation.csv``, ``comparison_attributes.csv``, ``dice_vs_clicks.png``,
+``attribute_accuracy.png``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..attributes import (lesion_labels_from_dataset_json, normalise_class, read_attribute_table,
+                          schema_from_dataset_json, write_json_atomic)
+from .aggregate import (KIND_BASELINE, KIND_INTERACTIVE, MissingResultsError, TrainerEvaluation, csv_text,
+                        dataset_name, evaluate_trainer, find_missing, is_interactive, load_splits, results_root,
+                        score_no_click_prediction, trainer_folder, write_text_atomic)
+from .protocol import METRICS, CaseResult, summarise_cases
+
+ATTRIBUTE_BASELINE = "attribute-baseline"
+METRIC_HEADINGS = {"dice": "DSC", "hd95": "HD95", "nsd": "NSD"}
+TABLE_METRICS = ("dice", "hd95", "nsd")  # the paper's Table 2 order, NSD added
+
+
+def method_label(trainer: str) -> str:
+    """Paper-style row name of a trainer (its class name stays in the table too)."""
+    if trainer == ATTRIBUTE_BASELINE:
+        return "Image measurements + random forest (non-deep)"
+    if not trainer.startswith("ISRGTrainer"):
+        return "nnU-Net UNet (no clicks)"
+    for key, label in (("_Vanilla", "ISRG Vanilla"), ("_PointRefinement", "ISRG + Point Refinement"),
+                       ("_FeatureSynergy", "ISRG + Feature Synergy")):
+        if key in trainer:
+            return label
+    return "ISRG (Full)"
+
+
+# ------------------------------------------------------------------------------------------ zero-shot data
+@dataclass
+class HeldOutCase:
+    case_id: str
+    image_files: list[str]
+    label_file: str
+    truth: dict = field(default_factory=dict)
+
+
+def held_out_cases(dataset: str | int, folder: str | Path | None = None,
+                   dataset_json: Mapping | None = None) -> tuple[list[HeldOutCase], dict]:
+    """Held-out cases: ``imagesTs``/``labelsTs`` (+ ``attributesTs.json``) of ``folder``.
+
+    ``folder`` defaults to the raw dataset (``nnUNet_raw/DatasetX``); ``dataset_json`` (file ending,
+    channels, schema) defaults to that folder's ``dataset.json``, else the raw dataset's.
+    """
+    from nnunetv2.paths import nnUNet_raw
+
+    raw = Path(nnUNet_raw.get()) / dataset_name(dataset) if nnUNet_raw.is_set() else None
+    folder = Path(folder) if folder else raw
+    if folder is None:
+        raise MissingResultsError(["nnUNet_raw is not set: the zero-shot block reads imagesTs/labelsTs from it"])
+    if dataset_json is None:
+        for candidate in (folder / "dataset.json", raw / "dataset.json" if raw else None):
+            if candidate is not None and candidate.is_file():
+                dataset_json = json.loads(candidate.read_text())
+                break
+        else:
+            raise MissingResultsError([f"{folder}: no dataset.json to read the file ending and channels from"])
+    ending = dataset_json["file_ending"]
+    labels = sorted((folder / "labelsTs").glob(f"*{ending}")) if (folder / "labelsTs").is_dir() else []
+    if not labels:
+        raise MissingResultsError([f"{folder / 'labelsTs'}: no held-out (zero-shot) cases; generate the dataset with "
+                                   f"held-out lesion types (isrg phantom --holdout-types ...)"])
+    schema = schema_from_dataset_json(dataset_json)
+    table_path = folder / "attributesTs.json"
+    table = read_attribute_table(table_path, schema) if table_path.is_file() else {}
+    n_channels = len(dataset_json["channel_names"])
+    cases, missing = [], []
+    for lab in labels:
+        cid = lab.name[: -len(ending)]
+        imgs = [folder / "imagesTs" / f"{cid}_{c:04d}{ending}" for c in range(n_channels)]
+        absent = [str(p) for p in imgs if not p.is_file()]
+        if absent:
+            missing.append(f"held-out case {cid}: image(s) missing: {absent}")
+        cases.append(HeldOutCase(cid, [str(p) for p in imgs], str(lab), table.get(cid, {})))
+    if missing:
+        raise MissingResultsError(missing)
+    types = sorted({c.truth.get("lesion_type") for c in cases if c.truth.get("lesion_type")})
+    return cases, {"types": types or ["unknown"], "n_cases": len(cases), "folder": str(folder)}
+
+
+def _preprocess_held_out(cases: Sequence[HeldOutCase], folder: Path, configuration: str) -> dict[str, tuple]:
+    """nnU-Net's DefaultPreprocessor on each held-out case (image and label), with this trainer's plans."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    pm = PlansManager(str(folder / "plans.json"))
+    cm = pm.get_configuration(configuration)
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    pre = DefaultPreprocessor(verbose=False)
+    return {c.case_id: pre.run_case(c.image_files, c.label_file, pm, cm, dataset_json) for c in cases}
+
+
+def zero_shot_trainer(ev: TrainerEvaluation, cases: Sequence[HeldOutCase], configuration: str,
+                      n_clicks: int, device: str = "cpu") -> dict[int, list[CaseResult]]:
+    """Each fold's model on every held-out case; interactive through the click protocol, UNet without clicks."""
+    import torch
+
+    from nnunet_isrg.evaluation.protocol import run_interactive_protocol
+    from nnunet_isrg.inference.crop_predictor import CropPredictor
+    from nnunet_isrg.training.interactive_validation import largest_lesion_component
+
+    folder = ev.folder
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    schema = schema_from_dataset_json(dataset_json)
+    lesion_labels = lesion_labels_from_dataset_json(dataset_json)
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    spacing = [float(s) for s in PlansManager(str(folder / "plans.json")).get_configuration(configuration).spacing]
+    pre = _preprocess_held_out(cases, folder, configuration)
+    out: dict[int, list[CaseResult]] = {}
+    for f in ev.folds:
+        results = []
+        if ev.kind == KIND_INTERACTIVE:
+            from nnunet_isrg.inference.model_loading import load_trained_model
+
+            model = load_trained_model(folder, folds=(f,), device=device).network
+            for c in cases:
+                data, seg, _ = pre[c.case_id]
+                gt, label_value = largest_lesion_component(np.asarray(seg[0]), lesion_labels)
+                if label_value == 0:
+                    continue
+                predictor = CropPredictor(model, schema, torch.from_numpy(np.asarray(data, dtype=np.float32)),
+                                          device=device)
+
+                def predict_fn(clicks, predictor=predictor):
+                    p = predictor.predict(clicks)
+                    return p.mask, p.attribute_probs
+
+                with torch.no_grad():
+                    r = run_interactive_protocol(predict_fn, gt, spacing, n_clicks=n_clicks,
+                                                 attribute_truth={a: v for a, v in c.truth.items() if a in schema}
+                                                 or None, case_id=c.case_id, lesion_type=c.truth.get("lesion_type"),
+                                                 keep_final_mask=False)
+                results.append(r)
+        else:
+            from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+            predictor = nnUNetPredictor(device=torch.device(device), verbose=False, allow_tqdm=False)
+            predictor.initialize_from_trained_model_folder(str(folder), use_folds=(f,),
+                                                           checkpoint_name="checkpoint_final.pth")
+            for c in cases:
+                data, seg, _ = pre[c.case_id]
+                logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(np.asarray(data)))
+                pred = np.asarray(predictor.label_manager.convert_logits_to_segmentation(logits))
+                r = score_no_click_prediction(pred, np.asarray(seg[0]), lesion_labels, spacing, n_clicks, c.case_id,
+                                              {a: v for a, v in c.truth.items() if a in schema} or None,
+                                              c.truth.get("lesion_type"))
+                if r is not None:
+                    results.append(r)
+        out[f] = results
+    return out
+
+
+# ------------------------------------------------------------------------------------------ attribute baseline
+def _attribute_scores(truth: Mapping[str, list], pred: Mapping[str, list], schema) -> dict:
+    """Accuracy, majority-class rate and confusion matrix per attribute, in the layout of summarise_cases."""
+    from sklearn.metrics import confusion_matrix
+
+    per = {}
+    for name, classes in schema.items():
+        pairs = [(t, p) for t, p in zip(truth.get(name, []), pred.get(name, [])) if t is not None and p is not None]
+        entry = {"classes": list(classes), "n": len(pairs), "accuracy": None, "majority_rate": None,
+                 "confusion_matrix": np.zeros((len(classes), len(classes)), int).tolist()}
+        if pairs:
+            t = [normalise_class(schema, name, a) for a, _ in pairs]
+            p = [normalise_class(schema, name, b) for _, b in pairs]
+            entry["accuracy"] = float(np.mean([a == b for a, b in zip(t, p)]))
+            entry["majority_rate"] = max(t.count(c) for c in classes) / len(t)
+            entry["confusion_matrix"] = confusion_matrix(t, p, labels=list(classes)).tolist()
+        per[name] = entry
+    accs = [e["accuracy"] for e in per.values() if e["accuracy"] is not None]
+    return {"per_attribute": per, "mean_accuracy": float(np.mean(accs)) if accs else None}
+
+
+def attribute_baseline_scores(dataset: str | int, folds: Sequence[int], val_cases: Mapping[int, Sequence[str]],
+                              held_out: Sequence[HeldOutCase] | None = None) -> dict:
+    """The non-deep attribute baseline per fold: fit on the fold's training cases, predict its validation
+    cases (and, when given, the held-out cases); scores pooled over folds."""
+    from nnunetv2.paths import nnUNet_raw
+
+    from .attribute_baseline import case_features, extract_features, fit_attribute_baseline, predict
+
+    raw = Path(nnUNet_raw.get()) / dataset_name(dataset)
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    schema = schema_from_dataset_json(dataset_json)
+    lesion_labels = lesion_labels_from_dataset_json(dataset_json)
+    ids, X, names, labels = extract_features(raw, "Tr", progress=False)
+    index = {c: i for i, c in enumerate(ids)}
+    splits = load_splits(dataset)
+    if held_out:
+        rows = [case_features(c.image_files[0], c.label_file, lesion_labels) for c in held_out]
+        names_ts = sorted(set().union(*(r.keys() for r in rows)))
+        X_ts = np.array([[r.get(k, np.nan) for k in names_ts] for r in rows], dtype=np.float64)
+    truth, pred = {a: [] for a in schema}, {a: [] for a in schema}
+    truth_ts, pred_ts = {a: [] for a in schema}, {a: [] for a in schema}
+    for f in folds:
+        train = [index[c] for c in splits[f]["train"] if c in index]
+        val = [index[c] for c in val_cases[f]]
+        model = fit_attribute_baseline(X[train], {a: [labels[a][i] for i in train] for a in schema}, names)
+        p = predict(model, X[val], names)
+        for a in schema:
+            truth[a] += [labels[a][i] for i in val]
+            pred[a] += p.get(a, [None] * len(val))
+        if held_out:
+            pt = predict(model, X_ts, names_ts)
+            for a in schema:
+                truth_ts[a] += [c.truth.get(a) for c in held_out]
+                pred_ts[a] += pt.get(a, [None] * len(held_out))
+    out = {"validation": _attribute_scores(truth, pred, schema),
+           "features": list(names), "fitted_on": "each fold's training cases (splits_final.json)",
+           "mask": "ground-truth lesion mask"}
+    if held_out:
+        out["zero_shot"] = _attribute_scores(truth_ts, pred_ts, schema)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the comparison
+@dataclass
+class ComparisonRequest:
+    dataset: str | int
+    trainers: list[str]
+    baselines: list[str] = field(default_factory=lambda: ["nnUNetTrainer"])
+    plans: str = "nnUNetPlans"
+    configuration: str = "3d_fullres"
+    folds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    clicks: list[int] = field(default_factory=lambda: [1, 3, 5])
+    attribute_baseline: bool = False
+    zero_shot: bool = False
+    zero_shot_dir: str | Path | None = None  # default: the raw dataset's imagesTs/labelsTs
+    out_dir: str | Path | None = None
+    device: str = "cpu"
+
+
+def _check(req: ComparisonRequest) -> tuple[str, list[str]]:
+    name = dataset_name(req.dataset)
+    methods = list(dict.fromkeys(list(req.baselines) + list(req.trainers)))
+    missing = find_missing(name, methods, req.plans, req.configuration, req.folds)
+    if not req.clicks or any(int(k) < 1 for k in req.clicks):
+        missing.append(f"clicks must be >= 1, got {req.clicks}")
+    for tr in req.trainers:
+        folder = trainer_folder(name, tr, req.plans, req.configuration)
+        if (folder / "plans.json").is_file() and not is_interactive(folder, req.configuration):
+            missing.append(f"{tr} is listed with --trainers but is not an interactive (ISRG) trainer; "
+                           f"pass it with --baseline")
+        for f in req.folds:
+            summary = folder / f"fold_{f}" / "validation" / "interactive_summary.json"
+            if summary.is_file():
+                n = json.loads(summary.read_text()).get("n_clicks")
+                if n is not None and max(req.clicks) > int(n):
+                    missing.append(f"{tr} fold {f}: validated with {n} clicks, the table asks for click "
+                                   f"{max(req.clicks)} (use --clicks up to {n}, or validate with more clicks)")
+    if req.zero_shot:
+        try:
+            held_out_cases(name, req.zero_shot_dir)
+        except MissingResultsError as e:
+            missing += e.missing
+        for tr in methods:
+            folder = trainer_folder(name, tr, req.plans, req.configuration)
+            for f in req.folds:
+                ckpt = folder / f"fold_{f}" / "checkpoint_final.pth"
+                if folder.is_dir() and (folder / f"fold_{f}").is_dir() and not ckpt.is_file():
+                    missing.append(f"{tr} fold {f}: {ckpt} missing (the zero-shot block runs the trained model)")
+    if req.attribute_baseline:
+        from nnunetv2.paths import nnUNet_raw
+
+        if not nnUNet_raw.is_set() or not (Path(nnUNet_raw.get()) / name / "imagesTr").is_dir():
+            missing.append(f"the attribute baseline needs the raw dataset (nnUNet_raw/{name}/imagesTr, labelsTr)")
+    return name, missing
+
+
+def _segmentation_rows(label: str, trainer: str, kind: str, summary: dict, clicks: Sequence[int], split: str):
+    for m in TABLE_METRICS:
+        for k in clicks:
+            c = summary["per_click"][m][k - 1]
+            yield [split, label, trainer, kind, m, k, c["mean"], c["std"], c["n"], c["n_nan"]]
+
+
+def _fmt(mean, std, metric: str) -> str:
+    if mean is None:
+        return "n/a"
+    digits = 2 if metric == "hd95" else 3
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _markdown_segmentation(block: Mapping[str, dict], clicks: Sequence[int]) -> str:
+    head = ["Method", "Trainer"] + [f"{METRIC_HEADINGS[m]}@{k}" for m in TABLE_METRICS for k in clicks]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for trainer, r in block.items():
+        cells = [r["label"], f"`{trainer}`"]
+        cells += [_fmt(r[m][str(k)]["mean"], r[m][str(k)]["std"], m) for m in TABLE_METRICS for k in clicks]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _markdown_attributes(block: Mapping[str, dict], schema) -> str:
+    head = ["Method", "Trainer"] + list(schema) + ["Average"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for trainer, r in block.items():
+        per = r["per_attribute"]
+        cells = [r["label"], f"`{trainer}`" if trainer != ATTRIBUTE_BASELINE else "—"]
+        cells += ["n/a" if per[a]["accuracy"] is None else f"{per[a]['accuracy']:.3f}" for a in schema]
+        cells.append("n/a" if r["mean_accuracy"] is None else f"**{r['mean_accuracy']:.3f}**")
+        lines.append("| " + " | ".join(cells) + " |")
+    if block:  # every method is scored on the same cases, so one majority-class rate per attribute
+        per = next(iter(block.values()))["per_attribute"]
+        rates = [per[a]["majority_rate"] for a in schema]
+        known = [v for v in rates if v is not None]
+        cells = ["Majority-class rate (reference)", "—"] + ["n/a" if v is None else f"{v:.3f}" for v in rates]
+        cells.append(f"{np.mean(known):.3f}" if known else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _check_same_cases(evals: Sequence[TrainerEvaluation]) -> None:
+    ref = evals[0]
+    problems = []
+    for ev in evals[1:]:
+        for f in ref.folds:
+            a = sorted(r.case_id for r in ref.cases[f])
+            b = sorted(r.case_id for r in ev.cases[f])
+            if a != b:
+                problems.append(f"fold {f}: {ev.trainer} was validated on {len(b)} cases, {ref.trainer} on {len(a)} "
+                                f"(differing: {sorted(set(a) ^ set(b))[:6]}); the methods must share splits_final.json")
+    if problems:
+        raise MissingResultsError(problems, "comparison (methods scored on different cases)")
+
+
+def run_comparison(req: ComparisonRequest, progress: bool = True) -> dict:
+    """Builds the comparison tables, CSV, JSON and plots; returns the JSON document (see module docstring)."""
+    t0 = time.time()
+    name, missing = _check(req)
+    if missing:
+        raise MissingResultsError(missing, "comparison")
+    say = print if progress else (lambda *a, **k: None)
+    folds = [int(f) for f in req.folds]
+    clicks = sorted({int(k) for k in req.clicks})
+    evals: list[TrainerEvaluation] = []
+    for tr in req.trainers:
+        say(f"evaluating {tr} (folds {folds})")
+        evals.append(evaluate_trainer(name, tr, req.plans, req.configuration, folds))
+    n_clicks = max([e.n_clicks for e in evals] + [max(clicks)])
+    base_evals = []
+    for tr in req.baselines:
+        say(f"scoring the no-click baseline {tr} on the same validation cases")
+        base_evals.append(evaluate_trainer(name, tr, req.plans, req.configuration, folds, n_clicks=n_clicks))
+    all_evals = base_evals + evals
+    _check_same_cases(all_evals)
+    schema = schema_from_dataset_json(json.loads((all_evals[0].folder / "dataset.json").read_text()))
+    val_cases = {f: [r.case_id for r in all_evals[0].cases[f]] for f in folds}
+    out_dir = Path(req.out_dir) if req.out_dir else \
+        results_root() / name / f"isrg_comparison__{req.plans}__{req.configuration}"
+
+    # ---- validation tables
+    seg_rows, attr_rows = [], []
+    for ev in all_evals:
+        seg_rows.append({"label": method_label(ev.trainer), "trainer": ev.trainer, "kind": ev.kind,
+                         "summary": ev.summary["pooled"]})
+        if ev.kind == KIND_INTERACTIVE and "attributes" in ev.summary["pooled"]:
+            attr_rows.append({"label": method_label(ev.trainer), "trainer": ev.trainer,
+                              "attributes": ev.summary["pooled"]["attributes"]})
+    held, held_info = (None, None)
+    if req.zero_shot:
+        held, held_info = held_out_cases(name, req.zero_shot_dir)
+    attr_base = None
+    if req.attribute_baseline:
+        say("fitting the non-deep attribute baseline per fold")
+        attr_base = attribute_baseline_scores(name, folds, val_cases, held)
+        attr_rows.append({"label": method_label(ATTRIBUTE_BASELINE), "trainer": ATTRIBUTE_BASELINE,
+                          "attributes": attr_base["validation"]})
+
+    # ---- zero-shot
+    zs_seg_rows, zs_attr_rows = [], []
+    if req.zero_shot:
+        for ev in all_evals:
+            say(f"zero-shot: {ev.trainer} on {len(held)} held-out cases x {len(folds)} fold(s)")
+            per_fold = zero_shot_trainer(ev, held, req.configuration, ev.n_clicks if ev.kind == KIND_INTERACTIVE
+                                         else n_clicks, req.device)
+            pooled_cases = [r for f in folds for r in per_fold[f]]
+            if not pooled_cases:
+                raise MissingResultsError([f"zero-shot: no held-out case with a lesion for {ev.trainer}"])
+            s = summarise_cases(pooled_cases, schema if ev.kind == KIND_INTERACTIVE else None)
+            zs_seg_rows.append({"label": method_label(ev.trainer), "trainer": ev.trainer, "kind": ev.kind,
+                                "summary": s})
+            if ev.kind == KIND_INTERACTIVE and "attributes" in s:
+                zs_attr_rows.append({"label": method_label(ev.trainer), "trainer": ev.trainer,
+                                     "attributes": s["attributes"]})
+        if attr_base is not None:
+            zs_attr_rows.append({"label": method_label(ATTRIBUTE_BASELINE), "trainer": ATTRIBUTE_BASELINE,
+                                 "attributes": attr_base["zero_shot"]})
+
+    # ---- files
+    doc = _document(req, name, folds, clicks, val_cases, seg_rows, attr_rows, zs_seg_rows, zs_attr_rows, held_info,
+                    attr_base, schema)
+    files = _write_outputs(out_dir, doc, seg_rows, attr_rows, zs_seg_rows, zs_attr_rows, clicks, schema)
+    doc["files"] = {k: str(v) for k, v in files.items()}
+    doc["run_time_s"] = round(time.time() - t0, 1)
+    write_json_atomic(out_dir / "comparison.json", doc)
+    say(f"wrote {out_dir / 'comparison.md'}")
+    return doc
+
+
+def _plot_names(rows: list[dict]) -> list[str]:
+    """Row labels for legends; the trainer name is added where two rows share a label."""
+    labels = [r["label"] for r in rows]
+    return [l if labels.count(l) == 1 else f"{l} [{r['trainer']}]" for l, r in zip(labels, rows)]
+
+
+def _curves(rows: list[dict], max_click: int) -> dict:
+    return {name: {"mean": r["summary"]["mean_per_click"]["dice"][:max_click],
+                   "std": [c["std"] for c in r["summary"]["per_click"]["dice"][:max_click]],
+                   "no_clicks": r["kind"] == KIND_BASELINE} for name, r in zip(_plot_names(rows), rows)}
+
+
+def _document(req, name, folds, clicks, val_cases, seg_rows, attr_rows, zs_seg_rows, zs_attr_rows, held_info,
+              attr_base, schema) -> dict:
+    def seg_block(rows):
+        return {r["trainer"]: {"label": r["label"], "kind": r["kind"], "n_cases": r["summary"]["n_cases"],
+                               **{m: {str(k): {key: r["summary"]["per_click"][m][k - 1][key]
+                                               for key in ("mean", "std", "n", "n_nan")} for k in clicks}
+                                  for m in METRICS},
+                               "mean_per_click": r["summary"]["mean_per_click"],
+                               "auc": r["summary"]["auc"], "noc": r["summary"]["noc"],
+                               "by_lesion_type": {t: s["mean_per_click"] for t, s in
+                                                  r["summary"].get("by_lesion_type", {}).items()}}
+                for r in rows}
+
+    def attr_block(rows):
+        return {r["trainer"]: {"label": r["label"], "mean_accuracy": r["attributes"]["mean_accuracy"],
+                               "per_attribute": {a: {k: e.get(k) for k in ("accuracy", "majority_rate", "n",
+                                                                            "confusion_matrix")}
+                                                 for a, e in r["attributes"]["per_attribute"].items()}}
+                for r in rows}
+
+    doc = {"dataset": name, "plans": req.plans, "configuration": req.configuration, "folds": folds,
+           "clicks": clicks, "n_validation_cases": sum(len(v) for v in val_cases.values()),
+           "validation_cases": {str(f): v for f, v in val_cases.items()},
+           "protocol": "DESIGN.md section 7: first click at the interior point farthest from the boundary, then the "
+                       "centre of the largest error component; metrics on the preprocessed volume (plans' target "
+                       "spacing) against the largest lesion component; NSD at 2 mm; mean ± std (ddof=0) pooled "
+                       "over all validation cases of the folds",
+           "methods": [{"trainer": r["trainer"], "label": r["label"], "kind": r["kind"]} for r in seg_rows],
+           "validation": {"segmentation": seg_block(seg_rows), "attributes": attr_block(attr_rows)},
+           "schema": {k: list(v) for k, v in schema.items()}}
+    if attr_base is not None:
+        doc["attribute_baseline"] = {k: attr_base[k] for k in ("features", "fitted_on", "mask")}
+    if zs_seg_rows:
+        doc["zero_shot"] = {"types": held_info["types"], "n_cases": held_info["n_cases"],
+                            "pooled_over": "every fold's model x every held-out case",
+                            "segmentation": seg_block(zs_seg_rows), "attributes": attr_block(zs_attr_rows)}
+    return doc
+
+
+def comparison_markdown(doc: Mapping, figures: Mapping[str, str] | None = None) -> str:
+    """The Markdown tables of a comparison document (``comparison.json``); ``figures``: caption -> path."""
+    schema, clicks = doc["schema"], doc["clicks"]
+    folds = ", ".join(map(str, doc["folds"]))
+    val = doc["validation"]
+    parts = [f"**{doc['dataset']}**, plans `{doc['plans']}`, configuration `{doc['configuration']}`, "
+             f"fold(s) {folds}: {doc['n_validation_cases']} validation cases (pooled), mean ± std. "
+             f"DSC and NSD (2 mm tolerance) in [0, 1], HD95 in mm; the UNet takes no clicks (same value at every "
+             f"click).",
+             "", "**Interactive segmentation (validation)**", "", _markdown_segmentation(val["segmentation"], clicks)]
+    if val["attributes"]:
+        parts += ["", "**Attribute accuracy (validation, at the last click)**", "",
+                  _markdown_attributes(val["attributes"], schema)]
+    if "zero_shot" in doc:
+        z = doc["zero_shot"]
+        parts += ["", f"**Zero-shot: held-out lesion types {', '.join(z['types'])}** ({z['n_cases']} cases, "
+                      f"each evaluated with every fold's model)", "", _markdown_segmentation(z["segmentation"], clicks)]
+        if z["attributes"]:
+            parts += ["", _markdown_attributes(z["attributes"], schema)]
+    if "attribute_baseline" in doc:
+        parts += ["", f"Non-deep attribute baseline: {len(doc['attribute_baseline']['features'])} image measurements "
+                      f"inside the {doc['attribute_baseline']['mask']}, one random forest per attribute fitted on "
+                      f"{doc['attribute_baseline']['fitted_on']}."]
+    if figures:
+        parts += [""] + [f"![{k}]({v})" for k, v in figures.items()]
+    return "\n".join(parts) + "\n"
+
+
+def _write_outputs(out_dir: Path, doc, seg_rows, attr_rows, zs_seg_rows, zs_attr_rows, clicks, schema) -> dict:
+    from .plots import plot_attribute_accuracy, plot_metric_vs_clicks
+
+    files = {"markdown": out_dir / "comparison.md", "segmentation_csv": out_dir / "comparison_segmentation.csv",
+             "attributes_csv": out_dir / "comparison_attributes.csv", "dice_plot": out_dir / "dice_vs_clicks.png",
+             "attribute_plot": out_dir / "attribute_accuracy.png", "json": out_dir / "comparison.json"}
+    rows = []
+    for split, block in (("validation", seg_rows), ("zero-shot", zs_seg_rows)):
+        for r in block:
+            rows += list(_segmentation_rows(r["label"], r["trainer"], r["kind"], r["summary"], clicks, split))
+    write_text_atomic(files["segmentation_csv"], csv_text(
+        ["split", "method", "trainer", "kind", "metric", "click", "mean", "std", "n", "n_nan"], rows))
+    arows = []
+    for split, block in (("validation", attr_rows), ("zero-shot", zs_attr_rows)):
+        for r in block:
+            for a, e in r["attributes"]["per_attribute"].items():
+                arows.append([split, r["label"], r["trainer"], a, e["accuracy"], e["majority_rate"], e["n"]])
+            arows.append([split, r["label"], r["trainer"], "average", r["attributes"]["mean_accuracy"], None, None])
+    write_text_atomic(files["attributes_csv"], csv_text(
+        ["split", "method", "trainer", "attribute", "accuracy", "majority_rate", "n"], arows))
+    max_click = max(max(clicks), max(len(r["summary"]["mean_per_click"]["dice"]) for r in seg_rows))
+    panels = {"validation": _curves(seg_rows, max_click)}
+    if zs_seg_rows:
+        panels["zero-shot (" + ", ".join(doc["zero_shot"]["types"]) + ")"] = _curves(zs_seg_rows, max_click)
+    plot_metric_vs_clicks(panels, files["dice_plot"], "dice", f"{doc['dataset']}: Dice against clicks")
+    figures = {"Dice against clicks": files["dice_plot"].name}
+    if attr_rows:
+        acc = {name: {a: e["accuracy"] for a, e in r["attributes"]["per_attribute"].items()}
+               for name, r in zip(_plot_names(attr_rows), attr_rows)}
+        majority = {a: e["majority_rate"] for a, e in attr_rows[0]["attributes"]["per_attribute"].items()}
+        plot_attribute_accuracy(acc, files["attribute_plot"], majority, f"{doc['dataset']}: attribute accuracy "
+                                                                        f"(validation)")
+        figures["Attribute accuracy"] = files["attribute_plot"].name
+    else:
+        files.pop("attribute_plot")
+    write_text_atomic(files["markdown"], comparison_markdown(doc, figures))
+    return files
+
+
+__all__ = ["ComparisonRequest", "run_comparison", "method_label", "held_out_cases", "zero_shot_trainer",
+           "attribute_baseline_scores", "comparison_markdown", "ATTRIBUTE_BASELINE"]

@@ -1,0 +1,108 @@
+"""Comparison figures: Dice (or NSD/HD95) against clicks per method, and per-attribute accuracy bars.
+
+Matplotlib with the Agg backend (no display needed); every figure is written atomically.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+METRIC_LABELS = {"dice": "Dice", "nsd": "NSD @ 2 mm", "hd95": "HD95 (mm)"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _nan(values: Sequence) -> np.ndarray:
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+
+
+def plot_metric_vs_clicks(panels: Mapping[str, Mapping[str, dict]], out_png: str | os.PathLike,
+                          metric: str = "dice", title: str | None = None) -> Path:
+    """One panel per block (e.g. "validation", "zero-shot"), one curve per method.
+
+    ``panels[block][method] = {"mean": [...], "std": [...], "no_clicks": bool}`` with one value per
+    click (1..n). Methods that take no clicks are drawn as a dashed line at their (constant) value.
+    """
+    plt = _pyplot()
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.8), dpi=120, squeeze=False)
+    for ax, (block, curves) in zip(axes[0], panels.items()):
+        n_max = 1
+        for i, (method, c) in enumerate(curves.items()):
+            mean, std = _nan(c["mean"]), _nan(c.get("std") or [0.0] * len(c["mean"]))
+            x = np.arange(1, mean.size + 1)
+            n_max = max(n_max, mean.size)
+            style = dict(linestyle="--", marker=None) if c.get("no_clicks") else dict(linestyle="-", marker="o")
+            line, = ax.plot(x, mean, label=method, color=f"C{i}", **style)
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.12)
+        ax.set_xlabel("clicks")
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        if metric in ("dice", "nsd"):
+            ax.set_ylim(0, 1)
+        ax.set_xticks(np.arange(1, n_max + 1))
+        ax.set_title(block)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right" if metric != "hd95" else "upper right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = _save(fig, out_png)
+    plt.close(fig)
+    return path
+
+
+def plot_attribute_accuracy(accuracy: Mapping[str, Mapping[str, float | None]], out_png: str | os.PathLike,
+                            majority_rate: Mapping[str, float | None] | None = None,
+                            title: str | None = None) -> Path:
+    """Grouped bars: per attribute (x) one bar per method; a black tick marks the majority-class rate.
+
+    ``accuracy[method][attribute]`` in [0, 1] (None: not available, drawn as no bar).
+    """
+    plt = _pyplot()
+    methods = list(accuracy)
+    attributes = list(dict.fromkeys(a for m in methods for a in accuracy[m]))
+    x = np.arange(len(attributes))
+    width = 0.8 / max(len(methods), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(attributes) + 2), 4.4), dpi=120)
+    for i, m in enumerate(methods):
+        vals = _nan([accuracy[m].get(a) for a in attributes])
+        ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(vals), width, label=m, color=f"C{i}")
+    if majority_rate:
+        rates = _nan([majority_rate.get(a) for a in attributes])
+        ax.hlines(rates, x - 0.42, x + 0.42, colors="k", linestyles=":", label="majority-class rate")
+    ax.set_xticks(x)
+    ax.set_xticklabels(attributes)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    # below the axes: inside, the legend would hide bars near 1.0
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(3, len(methods) + 1),
+              frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = _save(fig, out_png)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["plot_metric_vs_clicks", "plot_attribute_accuracy", "METRIC_LABELS"]

@@ -1,0 +1,219 @@
+"""``isrg predict``: images + a trained model + clicks -> masks, structured reports, key images, DICOM.
+
+    isrg predict -i case.nii.gz ct_dicom_folder/ -m nnUNet_results/Dataset501_X/ISRGTrainer__nnUNetPlans__3d_fullres \\
+        -f 0 1 2 3 4 -c clicks.json -o out/ [--dicom]
+
+``clicks.json`` for one image (or the same clicks for every image)::
+
+    {"space": "voxel",                       # "voxel": (z, y, x) index of the original image;
+                                             # "world": (x, y, z) mm, LPS, as SimpleITK
+     "lesions": [{"clicks": [{"point": [40, 120, 98], "positive": true},
+                             {"point": [44, 120, 98], "positive": false}],
+                  "attributes": {"density": "Hypodense"}},        # optional reader overrides
+                 ...]}
+
+or, for several images, a mapping from image name (file or folder name, with or without
+``.nii.gz``, or the path as given) to such an object. Per image, into ``OUT_DIR/<name>/``:
+``mask.nii.gz`` (original geometry, label = lesion number), ``report.json`` (all lesions),
+``report.md``, ``key_lesion_<n>.png`` per lesion and, with ``--dicom``, ``dicom/seg.dcm`` +
+``dicom/sr.dcm`` (for NIfTI input a CT series is written first to ``dicom/ct/`` for them to reference).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_isrg.attributes import write_json_atomic
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+
+
+class ClicksFileError(ValueError):
+    """The clicks file is missing, not JSON, or not in the expected form."""
+
+
+def image_name(path: str | os.PathLike) -> str:
+    """Output name of an input image: the file name without its image suffix, or the folder name."""
+    p = Path(str(path).rstrip("/\\"))
+    for suf in NIFTI_SUFFIXES:
+        if p.name.endswith(suf):
+            return p.name[: -len(suf)]
+    return p.name
+
+
+def _check_spec(spec: Any, where: str) -> dict:
+    if not isinstance(spec, Mapping) or "lesions" not in spec:
+        raise ClicksFileError(f"{where}: expected an object {{\"space\": \"voxel\"|\"world\", \"lesions\": [...]}}")
+    space = spec.get("space", "voxel")
+    if space not in ("voxel", "world"):
+        raise ClicksFileError(f"{where}: \"space\" must be \"voxel\" (z, y, x index) or \"world\" (x, y, z mm), "
+                              f"got {space!r}")
+    lesions = spec["lesions"]
+    if not isinstance(lesions, list) or not lesions:
+        raise ClicksFileError(f"{where}: \"lesions\" must be a non-empty list")
+    for i, lesion in enumerate(lesions):
+        w = f"{where}: lesions[{i}]"
+        clicks = lesion.get("clicks") if isinstance(lesion, Mapping) else None
+        if not isinstance(clicks, list) or not clicks:
+            raise ClicksFileError(f"{w} needs a non-empty \"clicks\" list")
+        for j, c in enumerate(clicks):
+            pt = c.get("point") if isinstance(c, Mapping) else None
+            if not isinstance(pt, list) or len(pt) != 3 or not all(isinstance(v, (int, float)) for v in pt):
+                raise ClicksFileError(f"{w}.clicks[{j}]: \"point\" must be three numbers, got {pt!r}")
+            if not isinstance(c.get("positive", True), bool):
+                raise ClicksFileError(f"{w}.clicks[{j}]: \"positive\" must be true or false")
+        if not isinstance(lesion.get("attributes", {}), Mapping):
+            raise ClicksFileError(f"{w}: \"attributes\" must map attribute -> class")
+    return dict(spec)
+
+
+def load_clicks(path: str | os.PathLike, images: Sequence[str]) -> dict[str, dict]:
+    """Reads the clicks file and returns {image path as given: spec}; every image must get clicks."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClicksFileError(f"clicks file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ClicksFileError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(data, Mapping) and "lesions" in data:
+        spec = _check_spec(data, str(path))
+        return {img: spec for img in images}
+    if not isinstance(data, Mapping):
+        raise ClicksFileError(f"{path}: expected a JSON object (one clicks spec, or image name -> clicks spec)")
+    out = {}
+    for img in images:
+        candidates = [img, str(Path(img)), Path(img.rstrip("/\\")).name, image_name(img)]
+        key = next((k for k in candidates if k in data), None)
+        if key is None:
+            raise ClicksFileError(f"{path}: no clicks for image {img} (looked for keys {candidates}; "
+                                  f"the file has {sorted(data)})")
+        out[img] = _check_spec(data[key], f"{path} [{key}]")
+    unused = set(data) - {k for img in images for k in (img, str(Path(img)), Path(img.rstrip('/\\')).name,
+                                                          image_name(img))}
+    if unused:
+        raise ClicksFileError(f"{path}: clicks given for images not in -i: {sorted(unused)}")
+    return out
+
+
+def _write_nifti_atomic(image: sitk.Image, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(suffix=".nii.gz", dir=path.parent, prefix=".tmp_")
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_text_atomic(text: str, path: Path) -> None:
+    tmp = path.with_name(f".tmp_{path.name}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def predict_image(session, image: str, spec: Mapping, out_dir: Path, dicom: bool = False) -> dict:
+    """Runs the clicks of ``spec`` on ``image`` in ``session`` and writes every output; returns the paths."""
+    from nnunet_isrg.report.key_image import write_key_image
+    from nnunet_isrg.report.render_text import render_markdown_document, render_text
+
+    session.set_image(image)
+    name = image_name(image)
+    space = spec.get("space", "voxel")
+    for i, lesion in enumerate(spec["lesions"]):
+        lid = session.new_lesion()
+        for c in lesion["clicks"]:
+            session.add_click(c["point"], positive=c.get("positive", True), space=space)
+        for attr, value in lesion.get("attributes", {}).items():
+            session.set_attribute(lid, attr, value)
+        if session.state(lid).mask_in_bbox is None:
+            raise RuntimeError(f"{image}: lesion {i + 1} (clicks {lesion['clicks']}) came out empty")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = session.label_image()
+    paths = {"mask": str(out_dir / "mask.nii.gz")}
+    _write_nifti_atomic(labels, out_dir / "mask.nii.gz")
+    reports = session.reports()
+    key_images = {}
+    for rep in reports:
+        png = out_dir / f"key_{rep.lesion_id}.png"
+        write_key_image(session.image, session.state(rep.label).mask, png, measurements=rep.measurements,
+                        title=f"{name} {rep.lesion_id}")
+        key_images[rep.lesion_id] = png.name
+    paths["key_images"] = [str(out_dir / v) for v in key_images.values()]
+    doc = {"image": str(image), "name": name, "model": str(session.model.folder),
+           "folds": [str(f) for f in session.model.folds], "coordinate_space_of_input": space,
+           "summaries": {rep.lesion_id: render_text(rep) for rep in reports},
+           "lesions": [rep.to_dict() for rep in reports]}
+    write_json_atomic(out_dir / "report.json", doc)
+    paths["report_json"] = str(out_dir / "report.json")
+    _write_text_atomic(render_markdown_document(reports, title=f"Structured lesion report: {name}",
+                                                key_images=key_images), out_dir / "report.md")
+    paths["report_md"] = str(out_dir / "report.md")
+    if dicom:
+        from nnunet_isrg.report.dicom_export import export_dicom
+
+        paths["dicom"] = export_dicom(session.image, sitk.GetArrayViewFromImage(labels), reports, out_dir / "dicom",
+                                      source_datasets=session.dicom_datasets)
+    return paths
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("-i", "--images", nargs="+", required=True,
+                        help="input CT(s): NIfTI files and/or DICOM series folders")
+    parser.add_argument("-m", "--model", required=True,
+                        help="trained model folder: nnUNet_results/DatasetXXX_Name/<Trainer>__<Plans>__3d_fullres")
+    parser.add_argument("-f", "--folds", nargs="+", default=["0"],
+                        help="folds to use, averaged (default 0); 'all' for fold_all, 'available' for every "
+                             "fold with a checkpoint")
+    parser.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
+    parser.add_argument("-c", "--clicks", required=True,
+                        help="clicks JSON: {space, lesions: [{clicks: [{point, positive}], attributes}]} or "
+                             "image name -> that object")
+    parser.add_argument("-o", "--out", required=True, help="output folder (one subfolder per image)")
+    parser.add_argument("--dicom", action="store_true",
+                        help="also write DICOM SEG + SR (for NIfTI input a CT series is written for them)")
+    parser.add_argument("-device", "--device", default="cpu", help="torch device (cpu, cuda, mps)")
+    return parser
+
+
+def _parse_folds(folds: Sequence[str]):
+    if len(folds) == 1 and folds[0] in ("available", "all_available"):
+        return "all available"
+    return [f if f == "all" else int(f) for f in folds]
+
+
+def run_predict_from_args(args: argparse.Namespace) -> dict[str, dict]:
+    """Entry point of ``isrg predict``; returns {image: output paths}."""
+    from tqdm import tqdm
+
+    from nnunet_isrg.inference.session import ISRGSession
+
+    clicks = load_clicks(args.clicks, args.images)
+    names = [image_name(i) for i in args.images]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ClicksFileError(f"several input images share the output name(s) {dup}; rename them")
+    session = ISRGSession(args.model, folds=_parse_folds(args.folds), checkpoint=args.checkpoint, device=args.device)
+    out = Path(args.out)
+    results = {}
+    for img in tqdm(args.images, desc="isrg predict", unit="image", disable=len(args.images) < 2):
+        results[img] = predict_image(session, img, clicks[img], out / image_name(img), dicom=args.dicom)
+        print(f"{img}: {len(clicks[img]['lesions'])} lesion(s) -> {out / image_name(img)}")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = add_predict_arguments(argparse.ArgumentParser(prog="isrg predict", description=__doc__.split("\n")[0]))
+    run_predict_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

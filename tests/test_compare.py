@@ -1,0 +1,209 @@
+"""``isrg evaluate`` / ``isrg compare`` on real nnU-Net result folders made by the debug trainers.
+
+Three trainers on fold 0 of the session phantom, each trained by the real ``nnUNetv2_train``:
+ISRGTrainer_Debug (conftest), ISRGTrainer_Debug_Vanilla and the UNet baseline nnUNetTrainer_ISRGDebug
+(here, in parallel). The tables must hold the means of the per-case reports (ISRG) and of an
+independent Dice of the UNet's exported masks against the raw labels (the phantom is stored at
+the plans' spacing with nothing to crop, so both spaces coincide).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import PHANTOM_ID, PHANTOM_NAME, nnunet_cmd
+
+from nnunet_isrg.evaluation.cli import (add_compare_arguments, add_evaluate_arguments, run_compare_from_args,
+                                        run_evaluate_from_args)
+
+BASELINE = "nnUNetTrainer_ISRGDebug"
+VANILLA = "ISRGTrainer_Debug_Vanilla"
+FULL = "ISRGTrainer_Debug"
+CLICKS = ["1", "2", "3"]  # the debug trainers validate with 3 clicks
+
+
+def _parse(add, argv):
+    import argparse
+
+    return add(argparse.ArgumentParser()).parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def trained(debug_model, nnunet_dirs, tmp_path_factory) -> Path:
+    """The three trainers' fold-0 result folders; returns the dataset's results folder."""
+    # nnU-Net finds the baseline trainers through nnUNet_extTrainer (a path list); this extra folder
+    # only re-exports them, so the test does not depend on trainers/ listing them yet.
+    ext = tmp_path_factory.mktemp("ext_trainers")
+    (ext / "isrg_baseline_trainers.py").write_text(
+        "from nnunet_isrg.training.baseline_trainers import *  # noqa: F401,F403\n")
+    paths = os.environ.get("nnUNet_extTrainer", "").split(os.pathsep)
+    os.environ["nnUNet_extTrainer"] = os.pathsep.join([p for p in paths if p] + [str(ext)])
+    procs = {tr: subprocess.Popen([nnunet_cmd("nnUNetv2_train"), str(PHANTOM_ID), "3d_fullres", "0", "-tr", tr,
+                                   "-device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env=dict(os.environ))
+             for tr in (VANILLA, BASELINE)}
+    for tr, p in procs.items():
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, f"nnUNetv2_train -tr {tr} failed:\n{out[-4000:]}"
+    return nnunet_dirs["nnUNet_results"] / PHANTOM_NAME
+
+
+def _reports_mean(folder: Path, metric: str, click: int) -> float:
+    reports = sorted((folder / "fold_0" / "validation" / "reports").glob("*.json"))
+    assert reports
+    return float(np.mean([json.loads(p.read_text())[metric][click - 1] for p in reports]))
+
+
+def _baseline_dice_oracle(results: Path, raw: Path) -> tuple[float, list[str]]:
+    """Dice of the UNet's exported validation masks against the raw labels, plain numpy."""
+    splits = json.loads((results.parents[1] / "nnUNet_preprocessed" / PHANTOM_NAME / "splits_final.json").read_text())
+    cases = sorted(splits[0]["val"])
+    dices = []
+    for k in cases:
+        p = sitk.GetArrayFromImage(sitk.ReadImage(str(results / f"{BASELINE}__nnUNetPlans__3d_fullres" / "fold_0" /
+                                                      "validation" / f"{k}.nii.gz"))) == 1
+        g = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTr" / f"{k}.nii.gz"))) == 1
+        dices.append(2 * np.logical_and(p, g).sum() / (p.sum() + g.sum()))
+    return float(np.mean(dices)), cases
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluate_aggregates_reports_and_scores_the_unet(trained, phantom_raw, capsys):
+    rc = run_evaluate_from_args(_parse(add_evaluate_arguments, ["-d", str(PHANTOM_ID), "-tr", FULL, BASELINE,
+                                                                "-f", "0", "--n-clicks", "3"]))
+    assert rc == 0, capsys.readouterr().err
+    full = json.loads((trained / f"{FULL}__nnUNetPlans__3d_fullres" / "crossval_interactive.json").read_text())
+    assert full["kind"] == "interactive" and full["folds"] == [0]
+    for k in (1, 2, 3):
+        for m in ("dice", "nsd"):
+            expected = _reports_mean(trained / f"{FULL}__nnUNetPlans__3d_fullres", m, k)
+            assert full["pooled"]["per_click"][m][k - 1]["mean"] == pytest.approx(expected, abs=1e-9)
+            assert full["per_fold"]["0"]["per_click"][m][k - 1]["mean"] == pytest.approx(expected, abs=1e-9)
+    attrs = full["pooled"]["attributes"]["per_attribute"]
+    assert np.asarray(attrs["density"]["confusion_matrix"]).shape == (3, 3)
+    assert np.asarray(attrs["density"]["confusion_matrix"]).sum() == attrs["density"]["n"] > 0
+    assert "by_lesion_type" in full["pooled"]
+
+    base = json.loads((trained / f"{BASELINE}__nnUNetPlans__3d_fullres" / "crossval_interactive.json").read_text())
+    oracle, cases = _baseline_dice_oracle(trained, phantom_raw)
+    assert base["kind"] == "no-click baseline" and sorted(base["cases"]["0"]) == cases
+    dice = base["pooled"]["mean_per_click"]["dice"]
+    assert len(dice) == 3 and dice[0] == dice[1] == dice[2] == pytest.approx(oracle, abs=1e-9)
+    rows = _csv(trained / f"{BASELINE}__nnUNetPlans__3d_fullres" / "crossval_interactive.csv")
+    assert {r["scope"] for r in rows} >= {"pooled", "fold_0"}
+
+
+def test_compare_writes_paper_tables_and_plots(trained, phantom_raw, tmp_path, capsys):
+    # zero-shot oracle: held-out copies of two validation cases must reproduce their validation results
+    # through the zero-shot path (nnU-Net preprocessing of raw files + CropPredictor / nnUNetPredictor)
+    val = sorted(json.loads((trained.parents[1] / "nnUNet_preprocessed" / PHANTOM_NAME /
+                             "splits_final.json").read_text())[0]["val"])[:2]
+    zs = tmp_path / "zero_shot"
+    for sub in ("imagesTs", "labelsTs"):
+        (zs / sub).mkdir(parents=True)
+    table = json.loads((phantom_raw / "attributesTr.json").read_text())
+    for k in val:
+        shutil.copy(phantom_raw / "imagesTr" / f"{k}_0000.nii.gz", zs / "imagesTs" / f"{k}_0000.nii.gz")
+        shutil.copy(phantom_raw / "labelsTr" / f"{k}.nii.gz", zs / "labelsTs" / f"{k}.nii.gz")
+    (zs / "attributesTs.json").write_text(json.dumps({k: table[k] for k in val}))
+
+    out = tmp_path / "cmp"
+    rc = run_compare_from_args(_parse(add_compare_arguments, [
+        "-d", str(PHANTOM_ID), "--baseline", BASELINE, "--trainers", VANILLA, FULL, "-f", "0", "--clicks", *CLICKS,
+        "--attribute-baseline", "--zero-shot", "--zero-shot-dir", str(zs), "-o", str(out)]))
+    assert rc == 0, capsys.readouterr().err
+    for name in ("comparison.md", "comparison.json", "comparison_segmentation.csv", "comparison_attributes.csv",
+                 "dice_vs_clicks.png", "attribute_accuracy.png"):
+        assert (out / name).is_file(), name
+    import matplotlib.image as mpimg
+
+    for png in ("dice_vs_clicks.png", "attribute_accuracy.png"):
+        img = mpimg.imread(out / png)
+        assert img.shape[0] > 200 and img.shape[1] > 400 and img[..., :3].std() > 0.01  # drawn, not blank
+
+    md = (out / "comparison.md").read_text()
+    header = "| Method | Trainer | DSC@1 | DSC@2 | DSC@3 | HD95@1 | HD95@2 | HD95@3 | NSD@1 | NSD@2 | NSD@3 |"
+    assert md.count(header) == 2  # validation and zero-shot
+    assert "| Method | Trainer | shape | invasion | density | heterogeneity | surface | Average |" in md
+    for row in (f"| nnU-Net UNet (no clicks) | `{BASELINE}` |", f"| ISRG Vanilla | `{VANILLA}` |",
+                f"| ISRG (Full) | `{FULL}` |", "| Image measurements + random forest (non-deep) | — |",
+                "| Majority-class rate (reference) | — |"):
+        assert row in md, row
+
+    seg = _csv(out / "comparison_segmentation.csv")
+    def value(split, trainer, metric, click):
+        hits = [r for r in seg if (r["split"], r["trainer"], r["metric"], r["click"]) == (split, trainer, metric,
+                                                                                          str(click))]
+        assert len(hits) == 1, (split, trainer, metric, click)
+        return float(hits[0]["mean"])
+
+    oracle, _ = _baseline_dice_oracle(trained, phantom_raw)
+    for k in (1, 2, 3):
+        for tr in (VANILLA, FULL):
+            folder = trained / f"{tr}__nnUNetPlans__3d_fullres"
+            for m in ("dice", "nsd", "hd95"):
+                assert value("validation", tr, m, k) == pytest.approx(_reports_mean(folder, m, k), rel=1e-5, abs=1e-6)
+        assert value("validation", BASELINE, "dice", k) == pytest.approx(oracle, rel=1e-5, abs=1e-6)
+    # the markdown shows the same numbers, rounded
+    full_dice_1 = _reports_mean(trained / f"{FULL}__nnUNetPlans__3d_fullres", "dice", 1)
+    full_row = next(l for l in md.splitlines() if l.startswith(f"| ISRG (Full) | `{FULL}` |"))
+    assert full_row.split("|")[3].strip().startswith(f"{full_dice_1:.3f} ±")
+
+    doc = json.loads((out / "comparison.json").read_text())
+    assert [m["trainer"] for m in doc["methods"]] == [BASELINE, VANILLA, FULL]
+    # attribute table: ISRG accuracies are the fraction of reports whose last-click prediction is right
+    reports = [json.loads(p.read_text()) for p in
+               sorted((trained / f"{FULL}__nnUNetPlans__3d_fullres" / "fold_0" / "validation" / "reports").glob("*.json"))]
+    for a in ("shape", "density", "surface"):
+        acc = np.mean([r["attributes_pred"][a] == r["attribute_truth"][a] for r in reports])
+        assert doc["validation"]["attributes"][FULL]["per_attribute"][a]["accuracy"] == pytest.approx(acc)
+    attr_rows = _csv(out / "comparison_attributes.csv")
+    assert {(r["split"], r["trainer"]) for r in attr_rows if r["attribute"] == "average"} == {
+        (s, t) for s in ("validation", "zero-shot") for t in (VANILLA, FULL, "attribute-baseline")}
+
+    # zero-shot block on copies of validation cases == the validation results of those cases
+    z = doc["zero_shot"]["segmentation"]
+    for tr in (VANILLA, FULL):
+        rep = [json.loads((trained / f"{tr}__nnUNetPlans__3d_fullres" / "fold_0" / "validation" / "reports" /
+                           f"{k}.json").read_text()) for k in val]
+        for k in (1, 2, 3):
+            assert z[tr]["dice"][str(k)]["mean"] == pytest.approx(np.mean([r["dice"][k - 1] for r in rep]), abs=1e-5)
+    base_val = json.loads((trained / f"{BASELINE}__nnUNetPlans__3d_fullres" / "crossval_interactive.json").read_text())
+    assert z[BASELINE]["dice"]["1"]["n"] == 2
+    assert np.isfinite(z[BASELINE]["dice"]["1"]["mean"]) and base_val["kind"] == "no-click baseline"
+
+
+def test_missing_fold_or_trainer_is_a_clear_error_and_writes_nothing(trained, tmp_path, capsys):
+    out = tmp_path / "cmp_missing"
+    rc = run_compare_from_args(_parse(add_compare_arguments, [
+        "-d", str(PHANTOM_ID), "--baseline", BASELINE, "--trainers", FULL, "ISRGTrainer_DoesNotExist",
+        "-f", "0", "1", "--clicks", *CLICKS, "-o", str(out)]))
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert "nothing was written" in err
+    assert f"{FULL} fold 1: not trained" in err and f"{BASELINE} fold 1: not trained" in err
+    assert "ISRGTrainer_DoesNotExist: no trained model folder" in err
+    assert f"nnUNetv2_train {PHANTOM_ID} 3d_fullres 1 -tr {FULL}" in err  # says how to produce it
+
+    rc = run_compare_from_args(_parse(add_compare_arguments, [
+        "-d", str(PHANTOM_ID), "--baseline", BASELINE, "--trainers", FULL, "-f", "0", "--clicks", "1", "3", "5",
+        "-o", str(out)]))
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert f"{FULL} fold 0: validated with 3 clicks, the table asks for click 5" in err
+
+    rc = run_evaluate_from_args(_parse(add_evaluate_arguments, ["-d", str(PHANTOM_ID), "-tr", VANILLA, "-f", "0", "2"]))
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{VANILLA} fold 2: not trained" in err

@@ -1,0 +1,316 @@
+"""ISRGSession, region preprocessing and model loading, on the debug model trained by nnUNetv2_train."""
+from __future__ import annotations
+
+import json
+import shutil
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnunet_isrg.inference.model_loading import (ISRGEnsemble, LoadedModel, ModelFolderError, load_trained_model)
+from nnunet_isrg.inference.region_preprocessing import (RegionGeometry, preprocess_region, resample_region_logits)
+from nnunet_isrg.inference.session import ISRGSession, SessionError
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+STS_DICOM = REALDATA / "ibsi-sts-dicom" / "STS_002" / "CT" / "image"
+
+
+@pytest.fixture(scope="module")
+def loaded(debug_model) -> LoadedModel:
+    torch.set_num_threads(1)
+    return load_trained_model(debug_model, folds=(0,))
+
+
+@pytest.fixture(scope="module")
+def phantom_case(phantom_raw) -> tuple[sitk.Image, np.ndarray]:
+    """The first phantom case with a lesion, with a non-trivial direction and origin (so world != voxel)."""
+    for img_path in sorted((phantom_raw / "imagesTr").glob("*_0000.nii.gz")):
+        lab = sitk.GetArrayFromImage(sitk.ReadImage(str(phantom_raw / "labelsTr" / img_path.name.replace("_0000", ""))))
+        if (lab > 0).sum() > 20:
+            img = sitk.ReadImage(str(img_path))
+            img.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))  # 90 degree in-plane rotation
+            img.SetOrigin((12.5, -30.0, 7.25))
+            return img, lab > 0
+    raise AssertionError("no phantom case with a lesion")
+
+
+def _interior_point(mask: np.ndarray) -> tuple[int, int, int]:
+    from scipy.ndimage import distance_transform_edt
+
+    d = distance_transform_edt(mask)
+    return tuple(int(v) for v in np.unravel_index(np.argmax(d), mask.shape))
+
+
+# ----------------------------------------------------------------------------------------------- region
+@pytest.mark.parametrize("spacing_zyx, exact", [((3.0, 1.5, 1.0), False),   # 3D spline (order 3)
+                                                ((6.0, 1.5, 1.5), True),    # separate z: nearest along z
+                                                ((1.5, 1.5, 1.5), True)])   # target spacing: no resampling
+def test_region_preprocessing_equals_nnunet_default_preprocessor(loaded, phantom_case, spacing_zyx, exact):
+    """Region around a click vs nnU-Net's DefaultPreprocessor on the whole image, voxel for voxel where the
+    two grids share sample positions, away from the region faces."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    img, _ = phantom_case
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)
+    whole, _, _ = DefaultPreprocessor(verbose=False).run_case_npy(
+        arr[None], None, {"spacing": list(spacing_zyx)}, loaded.plans_manager, loaded.configuration_manager,
+        loaded.dataset_json)
+    N, M = np.array(arr.shape), np.array(whole.shape[1:])
+    compared = 0
+    for centre in [(20, 20, 20), (4, 30, 9), (21, 22, 23)]:
+        data, g = preprocess_region(arr, spacing_zyx, centre, (16, 16, 16), loaded.plans_manager,
+                                    loaded.configuration_manager)
+        assert data.shape[1:] == g.shape and min(g.shape) >= 16
+        ks = [np.arange(s) for s in g.shape]
+        # whole-image resampled index of each region voxel (identity transpose in these plans)
+        js = [((g.start[a] + (ks[a] + 0.5) * g.scale[a] - 0.5) + 0.5) * M[a] / N[a] - 0.5 for a in range(3)]
+        border = g.at_image_border()
+        keep = []
+        for a in range(3):
+            inner = np.ones(g.shape[a], bool)
+            if not border[a][0]:
+                inner &= ks[a] >= 8
+            if not border[a][1]:
+                inner &= ks[a] < g.shape[a] - 8
+            keep.append(inner & (np.abs(js[a] - np.round(js[a])) < 1e-6))
+        sub = data[0][np.ix_(*keep)]
+        ref = whole[0][np.ix_(*[np.round(js[a][keep[a]]).astype(int) for a in range(3)])]
+        compared += sub.size
+        tol = 1e-5 if exact else 2e-3 * float(np.ptp(whole))
+        np.testing.assert_allclose(sub, ref, atol=tol, rtol=0)
+    assert compared > 500
+
+
+@pytest.mark.parametrize("orig, target, shape, size", [
+    ((3.0, 1.5, 1.5), (1.5, 1.5, 1.5), (40, 36, 30), (20, 36, 30)),    # upsampled z
+    ((1.0, 0.8, 0.7), (1.5, 1.5, 1.5), (30, 28, 26), (45, 52, 56)),    # downsampled, non-integer ratios
+    ((5.0, 1.5, 1.5), (1.5, 1.5, 1.5), (40, 20, 20), (12, 20, 20)),    # anisotropic: separate z, nearest
+])
+def test_paste_back_equals_nnunet_export_of_whole_region(loaded, orig, target, shape, size):
+    """The fast path (only around positive voxels) gives nnU-Net's export resampling of the whole region."""
+    from scipy.ndimage import gaussian_filter
+
+    g = RegionGeometry((3, 5, 7), size, shape, (0, 1, 2), (0, 1, 2), (100, 100, 100), orig, target)
+    logits = gaussian_filter(np.random.default_rng(0).normal(size=(24, 24, 24)), 3) * 40 - 1
+    bbox = [[6, 30], [4, 28], [-2, 22]]
+    (fs, fv) = resample_region_logits(g, logits, bbox, loaded.configuration_manager)
+    (gs, gv) = resample_region_logits(g, logits, bbox, loaded.configuration_manager, force_full=True)
+    assert tuple(s.stop - s.start for s in gs) == size   # the oracle went through nnU-Net's function
+    inner = gv[tuple(slice(a.start - b.start, a.stop - b.start) for a, b in zip(fs, gs))]
+    np.testing.assert_allclose(fv, inner, atol=1e-4)
+    assert (gv > 0).sum() == (inner > 0).sum() > 0       # nothing positive outside the fast box
+
+
+# ----------------------------------------------------------------------------------------------- model loading
+def test_ensemble_averages_folds(loaded, debug_model, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(debug_model, folder, ignore=shutil.ignore_patterns("validation", "*.png", "*.txt"))
+    ckpt = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    with torch.no_grad():
+        ckpt["network_weights"] = {k: (v * 1.1 if v.is_floating_point() else v) for k, v in ckpt["network_weights"].items()}
+    (folder / "fold_1").mkdir(exist_ok=True)
+    torch.save(ckpt, folder / "fold_1" / "checkpoint_final.pth")
+    ens = load_trained_model(folder, folds="all available")
+    assert ens.folds == [0, 1] and isinstance(ens.network, ISRGEnsemble)
+    one = load_trained_model(folder, folds=(1,))
+    x = torch.randn(1, 1, *loaded.crop_size)
+    pts, lab = torch.tensor([[[16.0, 16.0, 16.0]]]), torch.tensor([[1]])
+    with torch.no_grad():
+        outs = [m.network.decode(m.network.encode_image(x), pts, lab) for m in (loaded, one)]
+        e = ens.network.decode(ens.network.encode_image(x), pts, lab)
+    torch.testing.assert_close(e["mask_logits"], (outs[0]["mask_logits"] + outs[1]["mask_logits"]) / 2)
+    for name in loaded.schema:
+        p = (torch.softmax(outs[0]["attribute_logits"][name], -1) + torch.softmax(outs[1]["attribute_logits"][name], -1)) / 2
+        torch.testing.assert_close(torch.softmax(e["attribute_logits"][name], -1), p)
+
+
+def test_missing_model_files_are_named(debug_model, tmp_path):
+    with pytest.raises(ModelFolderError, match="does not exist"):
+        load_trained_model(tmp_path / "nope")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    with pytest.raises(ModelFolderError, match=r"plans\.json is missing"):
+        load_trained_model(folder)
+    shutil.copy(debug_model / "plans.json", folder / "plans.json")
+    with pytest.raises(ModelFolderError, match=r"dataset\.json is missing"):
+        ISRGSession(folder)
+    shutil.copy(debug_model / "dataset.json", folder / "dataset.json")
+    with pytest.raises(ModelFolderError, match=r"fold_3/checkpoint_final\.pth is missing"):
+        load_trained_model(folder, folds=(3,))
+    with pytest.raises(ModelFolderError, match="no fold_X/checkpoint_final.pth"):
+        load_trained_model(folder, folds="all available")
+
+
+# ----------------------------------------------------------------------------------------------- session
+def test_voxel_and_world_clicks_undo_and_lesions_do_not_overlap(loaded, phantom_case):
+    img, lesion = phantom_case
+    p1 = _interior_point(lesion)
+    s = ISRGSession(loaded)
+    s.set_image(img)
+    first = s.add_click(p1)
+    assert first.mask.shape == lesion.shape and first.mask.dtype == bool and first.mask.any()
+    assert first.mask[p1]
+
+    # the same click in world coordinates (x, y, z mm) gives the same mask, in a fresh session
+    world = img.TransformIndexToPhysicalPoint([int(v) for v in p1[::-1]])
+    s_world = ISRGSession(loaded)
+    s_world.set_image(img)
+    assert np.array_equal(s_world.add_click(world, space="world").mask, first.mask)
+
+    # a correction changes the mask; undo restores the previous one exactly (and its report)
+    neg = tuple(int(v) for v in np.argwhere(first.mask & ~lesion)[0]) if (first.mask & ~lesion).any() \
+        else tuple(min(v + 3, n - 1) for v, n in zip(p1, lesion.shape))
+    second = s.add_click(neg, positive=False)
+    assert len(second.clicks) == 2
+    undone = s.undo()
+    assert np.array_equal(undone.mask, first.mask) and len(undone.clicks) == 1
+    assert undone.attribute_probs == first.attribute_probs
+
+    # a second lesion never takes voxels of the first: its mask alone (fresh session) minus lesion 1
+    p2 = tuple(int(v) for v in np.argwhere(~first.mask)[len(np.argwhere(~first.mask)) // 2])
+    alone = ISRGSession(loaded)
+    alone.set_image(img)
+    alone_mask = alone.add_click(p2).mask
+    lid = s.new_lesion()
+    assert lid == 2
+    two = s.add_click(p2)
+    assert np.array_equal(two.mask, alone_mask & ~first.mask)
+    labels = s.label_map()
+    assert np.array_equal(labels == 1, first.mask) and np.array_equal(labels == 2, two.mask)
+    assert s.lesion_ids == [1, 2]
+
+    # reports: one per lesion, reader override kept apart from the model's prediction
+    s.set_attribute(1, "density", "hyperdense")
+    rep = s.report(1)
+    assert rep.attributes["density"].source == "reader" and rep.attributes["density"].value == "Hyperdense"
+    assert rep.attributes["density"].model is not None
+    assert [r.label for r in s.reports()] == [1, 2]
+    vol = first.mask.sum() * np.prod(img.GetSpacing()) / 1000.0
+    assert rep.measurements["volume_ml"] == pytest.approx(vol, rel=1e-6)
+
+
+def test_embedding_is_computed_once_for_repeated_clicks(loaded, phantom_case):
+    img, lesion = phantom_case
+    p = _interior_point(lesion)
+    s = ISRGSession(loaded, follow_steps=0)
+    s.set_image(img)
+    s.add_click(p)
+    assert s.encode_calls == 1
+    for d in (1, 2, -1):
+        s.add_click(tuple(int(np.clip(v + d, 0, n - 1)) for v, n in zip(p, lesion.shape)), positive=d > 0)
+    assert s.encode_calls == 1
+    # with lesion following on, further clicks reuse every crop the first click needed
+    s2 = ISRGSession(loaded)
+    s2.set_image(img)
+    s2.add_click(p)
+    n = s2.encode_calls
+    s2.add_click(tuple(int(np.clip(v + 1, 0, m - 1)) for v, m in zip(p, lesion.shape)))
+    assert s2.encode_calls == n
+
+
+class _ThresholdStandIn(nn.Module):
+    """Deterministic stand-in for the network (geometry test only): the 'embedding' is the crop itself
+    and the mask is every voxel brighter than ``threshold`` (normalised), whatever the clicks."""
+
+    def __init__(self, crop_size, schema, threshold: float):
+        super().__init__()
+        self.crop_size = tuple(crop_size)
+        self.schema = schema
+        self.threshold = threshold
+
+    def encode_image(self, image):
+        return image
+
+    def decode(self, embedding, points, labels, mask_prompt=None):
+        logits = (embedding > self.threshold).float() * 20 - 10
+        low = F.interpolate(logits, size=tuple(s // 4 for s in self.crop_size), mode="trilinear")
+        return {"mask_logits": logits, "low_res_logits": low, "iou_pred": torch.ones(1, 1),
+                "attribute_logits": OrderedDict((k, torch.zeros(1, len(v))) for k, v in self.schema.items())}
+
+
+def test_lesion_larger_than_crop_is_followed(loaded):
+    crop = loaded.crop_size[0]
+    shape = (3 * crop, 40, 40)
+    zz, yy, xx = np.indices(shape)
+    tube = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 36) & (zz >= 3) & (zz < shape[0] - 3)   # longer than 2 crops
+    arr = np.where(tube, 300.0, -500.0).astype(np.float32)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((1.5, 1.5, 1.5))   # the plans' spacing: region voxels = image voxels
+    props = loaded.plans_manager.foreground_intensity_properties_per_channel["0"]
+    thr = (0.0 - props["mean"]) / props["std"]
+    stand_in = LoadedModel(loaded.folder, loaded.plans_manager, loaded.configuration_manager, loaded.dataset_json,
+                           loaded.schema, _ThresholdStandIn(loaded.crop_size, loaded.schema, thr), [0],
+                           torch.device("cpu"))
+    s = ISRGSession(stand_in, follow_steps=0)
+    s.set_image(img)
+    cut = s.add_click((6, 20, 20)).mask
+    assert cut.any() and np.argwhere(cut)[:, 0].max() < crop    # without following: cut at the first crop
+    s = ISRGSession(stand_in, follow_steps=6)
+    s.set_image(img)
+    state = s.add_click((6, 20, 20))
+    assert np.array_equal(state.mask, tube)                       # the whole tube, past the first crop
+    assert s.encode_calls > 1
+    n = s.encode_calls
+    s.add_click((8, 20, 20))                                      # further clicks reuse the cached crops
+    assert s.encode_calls == n
+
+
+@pytest.mark.skipif(not STS_DICOM.is_dir(), reason="real DICOM data not available")
+def test_dicom_series_input(loaded):
+    s = ISRGSession(loaded)
+    s.set_image(STS_DICOM)
+    assert s.image_shape == (48, 143, 161) and s.dicom_datasets is not None
+    # world position of slice 10's first voxel is that slice's ImagePositionPatient
+    ipp = np.asarray(s.dicom_datasets[10].ImagePositionPatient, float)
+    np.testing.assert_allclose(s.to_world((10, 0, 0)), ipp, atol=1e-3)
+    state = s.add_click(tuple(ipp + np.array([80 * 0.976562, 70 * 0.976562, 0])), space="world")
+    assert state.mask.shape == (48, 143, 161)
+    assert state.clicks[0].voxel_zyx == pytest.approx((10, 70, 80), abs=1e-3)
+
+
+def test_errors_are_clear(loaded, phantom_case, tmp_path):
+    img, lesion = phantom_case
+    s = ISRGSession(loaded)
+    with pytest.raises(SessionError, match="call set_image"):
+        s.add_click((1, 1, 1))
+    with pytest.raises(SessionError, match="no image"):
+        s.label_map()
+    s.set_image(img)
+    with pytest.raises(SessionError, match=r"outside the image .* shape \(z, y, x\)"):
+        s.add_click((lesion.shape[0] + 5, 1, 1))
+    with pytest.raises(SessionError, match="outside the image"):
+        s.add_click((1e4, 0, 0), space="world")
+    with pytest.raises(SessionError, match="unknown coordinate space 'pixel'"):
+        s.add_click((1, 1, 1), space="pixel")
+    with pytest.raises(SessionError, match="first click on a lesion must be positive"):
+        s.add_click((1, 1, 1), positive=False)
+    with pytest.raises(SessionError, match="nothing to undo"):
+        s.undo()
+    with pytest.raises(SessionError, match="no mask yet"):
+        s.report()
+    s.add_click(_interior_point(lesion))
+    with pytest.raises(SessionError, match=r"unknown value 'Very dense'; allowed values: \['Hypodense'"):
+        s.set_attribute(1, "density", "Very dense")
+    with pytest.raises(SessionError, match="unknown attribute 'colour'"):
+        s.set_attribute(1, "colour", "red")
+    with pytest.raises(SessionError, match="no lesion 7"):
+        s.set_attribute(7, "density", "Hypodense")
+    # images the model cannot take
+    nan = sitk.GetArrayFromImage(img).astype(np.float32)
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(SessionError, match="NaN"):
+        s.set_image(sitk.GetImageFromArray(nan))
+    with pytest.raises(SessionError, match="3D CT"):
+        s.set_image(sitk.Image(8, 8, sitk.sitkFloat32))
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(SessionError, match="broken.nii.gz: not a readable image"):
+        s.set_image(bad)
+    with pytest.raises(SessionError, match="no such file"):
+        s.set_image(tmp_path / "missing.nii.gz")
