@@ -207,3 +207,55 @@ def test_missing_fold_or_trainer_is_a_clear_error_and_writes_nothing(trained, tm
     rc = run_evaluate_from_args(_parse(add_evaluate_arguments, ["-d", str(PHANTOM_ID), "-tr", VANILLA, "-f", "0", "2"]))
     err = capsys.readouterr().err
     assert rc == 2 and f"{VANILLA} fold 2: not trained" in err
+
+
+# ------------------------------------------------------------------------------ building blocks (no training)
+def test_restrict_to_target_keeps_the_targets_share_only():
+    from nnunet_isrg.evaluation.aggregate import restrict_to_target
+
+    seg = np.zeros((20, 20, 40), np.uint8)
+    seg[5:15, 5:15, 2:12] = 1      # target (largest)
+    seg[8:12, 8:12, 30:34] = 1     # another lesion
+    target = np.zeros(seg.shape, bool)
+    target[5:15, 5:15, 2:12] = True
+    pred = seg > 0
+    pred[0:2, 0:2, 14:16] = True   # false positive nearer the target than the other lesion
+    out = restrict_to_target(pred, seg, target, [1], (1.0, 1.0, 1.0))
+    expected = target.copy()
+    expected[0:2, 0:2, 14:16] = True
+    np.testing.assert_array_equal(out, expected)
+    # with a single lesion nothing is removed
+    only = np.where(target, 1, 0)
+    np.testing.assert_array_equal(restrict_to_target(pred, only, target, [1], (1.0, 1.0, 1.0)), pred)
+
+
+def test_constant_case_result_repeats_metrics_at_every_click():
+    from nnunet_isrg.evaluation.aggregate import constant_case_result
+
+    r = constant_case_result({"dice": 0.8, "nsd": 0.7, "hd95": 3.0, "pred_empty": False}, 5, "c1", (1.5, 1.5, 1.5),
+                             {"shape": "Irregular"}, "liver_tumour")
+    assert r.dice == [0.8] * 5 and r.hd95 == [3.0] * 5 and r.n_clicks_used == 0 and r.clicks == []
+    assert r.auc["dice"] == pytest.approx(0.8) and r.noc["85"] == {"clicks": 5, "failed": True}
+    assert r.attributes_pred is None and r.lesion_type == "liver_tumour"
+
+
+def test_seg_to_preprocessed_space_crops_like_nnunet(phantom_preprocessed, tmp_path):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_isrg.evaluation.aggregate import seg_to_preprocessed_space
+
+    pm = PlansManager(str(phantom_preprocessed / "nnUNetPlans.json"))
+    cm = pm.get_configuration("3d_fullres")
+    spacing = [float(s) for s in cm.spacing]
+    rng = np.random.default_rng(0)
+    arr = (rng.random((12, 14, 16)) > 0.7).astype(np.uint8)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing[::-1])
+    sitk.WriteImage(img, str(tmp_path / "p.nii.gz"))
+    bbox = [[1, 11], [2, 14], [0, 15]]
+    props = {"shape_before_cropping": arr.shape, "bbox_used_for_cropping": bbox, "spacing": spacing}
+    out = seg_to_preprocessed_space(tmp_path / "p.nii.gz", props, pm, cm, (10, 12, 15))
+    np.testing.assert_array_equal(out, arr[1:11, 2:14, 0:15])
+    with pytest.raises(ValueError, match="differs from the case's original shape"):
+        seg_to_preprocessed_space(tmp_path / "p.nii.gz", dict(props, shape_before_cropping=(13, 14, 16)), pm, cm,
+                                  (10, 12, 15))

@@ -14,7 +14,7 @@ shape          Round-like: ellipsoid (axis ratios >= 0.7); Irregular: lobulated 
                thickened patch of a hollow organ's wall; Punctate, nodular: a small nodule
                (radius ~2-4 mm)
 density        lesion HU = host HU + offset: hypo/hyper offsets of >= 35 HU (cysts near water,
-               stones calcified); Isodense: offset within +-4 HU plus a one-voxel rim of +-25-35 HU
+               stones calcified); Isodense: offset within +-4 HU plus a one-voxel rim of +-35-45 HU
                (capsule) whose mean over the lesion is compensated, so the lesion is findable
                while its mean stays at the host's
 heterogeneity  Heterogeneous: band-limited texture (30-45 HU), sometimes a necrotic core;
@@ -555,10 +555,14 @@ def generate_case(rng_or_seed, lesion_type: str, size=64, spacing=1.5,
                 margin = max(capacity - r_min, 0.0)
             r0 = max(min(r0, capacity - margin), r_min)
         c_idx = None
+        # close lesions stay clear of the skin so the vessel they abut fits inside the body
+        deep = _edt_inside(organ_map >= ORGAN_LABELS["visceral_fat"], sp) if close else None
         for _ in range(12):
             if close:
                 lo, hi = (0.1 * r0, 0.4 * r0) if hollow else (0.15 * r0, 0.55 * r0)
                 cand = host & (edt_host >= lo) & (edt_host <= max(hi, lo + max(sp)))
+                if (cand & (deep >= r0 + 6.0)).any():
+                    cand &= deep >= r0 + 6.0
             elif hollow:  # sessile mass on the wall, inside the organ outline
                 cand = host & (edt_host >= min(0.6 * r0 + entry["wall_mm"], 0.8 * capacity))
             else:
@@ -585,13 +589,16 @@ def generate_case(rng_or_seed, lesion_type: str, size=64, spacing=1.5,
             raise RuntimeError(f"degenerate {lesion_type} lesion ({int(body.sum())} voxels) at size {size_xyz}")
 
     # --- adjacent vessel: touching when close, clearly apart otherwise -----------------------
-    rv = max(2.2, 1.2 * max(sp[1:]))  # >= 3 voxels across, so it stays bright after partial volume
+    rv = max(2.2, 1.2 * max(sp[1:]))
+    vessel_axis = None  # >= 3 voxels across, so it stays bright after partial volume
     vessel_contact = False
     if vessel_n is not None:
         reach_n = _exit_distance(body, sub, c_mm, vessel_n)
-        q = c_mm + vessel_n * (reach_n + 0.5 * rv)
-        vessel = grid.line_dist(q, _perpendicular(rng, vessel_n)) <= rv
+        q = c_mm + vessel_n * (reach_n + 0.2 * rv)  # slightly indents the lesion: a long contact
+        t_dir = _perpendicular(rng, vessel_n)
+        vessel = grid.line_dist(q, t_dir) <= rv
         vessel &= organ_map != 0
+        vessel_axis = (q, t_dir, reach_n)
         vessel[bb] &= ~body
         img[vessel] = HU["vessel"]
         vessel_contact = True
@@ -613,11 +620,14 @@ def generate_case(rng_or_seed, lesion_type: str, size=64, spacing=1.5,
         L += amp * _smooth_noise(rng, body.shape, tuple(max(2.0 / d, 0.8) for d in sp))
         if depth >= 4.0 and rng.random() < 0.4:  # necrotic core
             L[inside >= 0.6 * depth] -= rng.uniform(25, 40)
-    if attrs["density"] == "Isodense":  # capsule-like rim makes an isodense lesion findable
-        rim = (inside > 0) & (inside <= max(1.3, min(sp)) + 1e-3)  # outermost voxel layer
-        L[rim] += rng.choice([-1.0, 1.0]) * rng.uniform(25, 35)
-    # keep the labelled mean exactly at the target (isodense: at the host), whatever texture/rim
+    # keep the labelled mean at the target whatever the texture
     L[body] += target - float(L[body].mean())
+    if attrs["density"] == "Isodense":  # a capsule-like rim makes an isodense lesion findable
+        rim = (inside > 0) & (inside <= max(1.3, min(sp)) + 1e-3)  # outermost voxel layer
+        rim_hu = rng.choice([-1.0, 1.0]) * rng.uniform(35, 45)
+        L[rim] += rim_hu
+        # split the rim's effect between core and mask mean: both stay within a few HU of the host
+        L[body] -= 0.5 * rim_hu * float(rim[body].mean())
 
     # alpha: lesion fraction, 0.5 on the labelled boundary. Well-defined: a sharp step (then only
     # the partial-volume blur). Ill-defined: a wide logistic ramp (10-90 % over ~4.4 w) with a
@@ -646,7 +656,7 @@ def generate_case(rng_or_seed, lesion_type: str, size=64, spacing=1.5,
     extras = {
         "organ_map": organ_map, "host_organ": organ, "lesion_center_mm": [float(v) for v in c_mm],
         "radius_mm": float(r_eff), "host_hu": float(host_hu), "lesion_hu": float(target),
-        "margin_width_mm": float(w), "noise_hu": float(noise), "vessel_contact": vessel_contact,
+        "margin_width_mm": float(w), "noise_hu": float(noise), "vessel_contact": vessel_contact, "vessel_axis": vessel_axis,
     }
     return img, label.astype(np.uint8), attrs, extras
 

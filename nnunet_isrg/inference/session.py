@@ -27,6 +27,7 @@ Lesions never overlap: voxels already claimed by another lesion stay that lesion
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections import OrderedDict
@@ -448,18 +449,21 @@ class ISRGSession:
         first = pred
         pieces = [(lesion.region, pred)]
         seen = {(id(lesion.predictor), str(pred.bbox))}
-        for _ in range(self.follow_steps):
-            # the mask runs into a crop face that is not the image border: predict the next crop along
-            shift = self._region_shift(pred, lesion.region)
-            if not any(shift):
-                break
-            centre_r = np.array([(b0 + b1 - 1) / 2 for b0, b1 in pred.bbox]) + np.array(shift)
-            self._use_region(lesion, lesion.region.region_to_original(centre_r))
+        # follow the mask out of the crop, one crop at a time, along each direction it leaves through
+        # (both ways on an axis where it leaves through both faces), ``follow_steps`` crops at most
+        queue = [(lesion.region, pred, sh) for sh in self._follow_shifts(pred, lesion.region, (0, 0, 0))]
+        budget = self.follow_steps
+        while queue and budget > 0:
+            geom, prev, shift = queue.pop(0)
+            centre_r = np.array([(b0 + b1 - 1) / 2 for b0, b1 in prev.bbox]) + np.array(shift)
+            self._use_region(lesion, geom.region_to_original(centre_r))
             if (id(lesion.predictor), str(lesion.crop_bbox)) in seen:
-                break
-            pred = self._run_predictor(lesion, points)
-            seen.add((id(lesion.predictor), str(pred.bbox)))
-            pieces.append((lesion.region, pred))
+                continue
+            budget -= 1
+            nxt = self._run_predictor(lesion, points)
+            seen.add((id(lesion.predictor), str(nxt.bbox)))
+            pieces.append((lesion.region, nxt))
+            queue += [(lesion.region, nxt, sh) for sh in self._follow_shifts(nxt, lesion.region, shift)]
         # the next click starts again from the crop around the clicks, with its mask prompt
         lesion.region, lesion.predictor, lesion.crop_bbox = home
         pasted = self._combine_pieces(pieces)
@@ -492,18 +496,20 @@ class ISRGSession:
             decided[local] = True
         return _shrink(tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), out)
 
-    def _region_shift(self, pred, geom: RegionGeometry) -> list[int]:
-        """Region-voxel shift (half a crop) towards the region faces the mask touches, except faces on the
-        image border; none on an axis where the mask touches both faces (the lesion is wider than a crop
-        there: not followed, the mask is cut at the crop)."""
+    def _follow_shifts(self, pred, geom: RegionGeometry, came_from: Sequence[int]) -> list[list[int]]:
+        """Region-voxel shifts (half a crop per axis) towards the crop faces the mask touches, leaving out
+        faces on the image border and the face the previous step came through (``came_from``, that step's
+        shift, is already covered). An axis touched on both faces gives two shifts (one each way)."""
         crop_mask = pred.logits > 0
         border = geom.at_image_border()
-        shift = []
+        options = []
         for ax, ((lo, hi), s, m) in enumerate(zip(pred.bbox, self.crop_size, geom.shape)):
-            low = lo <= 0 and not border[ax][0] and bool(crop_mask.narrow(ax, 0, 1).any())
-            high = hi >= m and not border[ax][1] and bool(crop_mask.narrow(ax, s - 1, 1).any())
-            shift.append(-(s // 2) if low and not high else (s // 2) if high and not low else 0)
-        return shift
+            low = lo <= 0 and not border[ax][0] and came_from[ax] <= 0 and bool(crop_mask.narrow(ax, 0, 1).any())
+            high = hi >= m and not border[ax][1] and came_from[ax] >= 0 and bool(crop_mask.narrow(ax, s - 1, 1).any())
+            options.append([d for d, on in ((-(s // 2), low), (s // 2, high)) if on] or [0])
+        if all(o == [0] for o in options):
+            return []
+        return [list(c) for c in itertools.product(*options)]
 
     def _claimed(self, slices: tuple, exclude: int) -> np.ndarray:
         """Voxels inside ``slices`` that belong to lesions other than ``exclude``."""

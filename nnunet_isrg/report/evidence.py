@@ -35,7 +35,9 @@ margin                         ``margin_gradient_hu_per_mm`` (mean gradient magn
                                ``margin_sharpness_per_mm`` = 1 / width, and
                                ``margin_gradient_normalised_per_mm`` = gradient / step;
                                ``rim_contrast_hu`` = mean of the outermost mask layer - interior
-                               median (a capsule or enhancing rim)
+                               median (a capsule or enhancing rim); ``outer_spill_fraction`` =
+                               (median of the first outside layer - host) / contrast (NaN when
+                               |contrast| < 15 HU): lesion-like HU spilling past the label
 shape                          ``sphericity`` (marching cubes: pi^(1/3) (6V)^(2/3) / A, 1 for a
                                sphere), ``solidity`` (V / convex hull V), ``elongation`` and
                                ``flatness`` (sqrt of PCA eigenvalue ratios minor/major and
@@ -290,6 +292,15 @@ def lesion_evidence(image_hu: np.ndarray, mask: np.ndarray, spacing_zyx: Sequenc
     out["edge_step_hu"] = abs(amp)
     out["edge_width_mm"] = 2.563 * sigma  # 10-90 % rise distance of a Gaussian-blurred step
     out["margin_sharpness_per_mm"] = 1.0 / max(out["edge_width_mm"], 1e-3)
+    # how far lesion-like HU spills outside the label (an infiltrative margin), as a fraction of
+    # the contrast: near ring (first voxel layer outside) and inner shell layer, host-class voxels
+    # excluded only by the denominator's sign, not by selection
+    ring = ~m & (sd <= max(sp) + 1e-3)
+    denom = out["median_hu_inside"] - out["median_hu_shell"]
+    if abs(denom) >= 15 and ring.any():
+        out["outer_spill_fraction"] = float(np.clip((np.median(den[ring]) - out["median_hu_shell"]) / denom, -1, 2))
+    else:
+        out["outer_spill_fraction"] = float("nan")
     # a capsule-like rim (how an isodense lesion shows itself): outermost mask layer vs interior
     layer = m & (inside_depth <= max(sp) + 1e-3)
     out["rim_contrast_hu"] = float(image[layer].mean()) - out["median_hu_inside"] if layer.any() else 0.0

@@ -8,12 +8,16 @@ The changed widths are written into the plans the trainer saves next to its chec
 
 Budgets (state them with every number produced by these trainers):
 
-- ``nnUNetTrainer_CPUBudget``: 60 epochs x 10 iterations = 600 iterations, UNet widths x 1/2
-  ([16, 32, 64, 128, 160, ...] instead of [32, 64, ..., 320]), nnU-Net's batch size and patch
-  (64^3, batch 2 on the 64^3 phantom), 2 validation iterations per epoch. About 1.2 s/iteration on
-  the project's 2-core CPU (nnU-Net's full-width UNet needs about 6 s), so about 12 minutes of
-  training: the same wall-clock budget as ``ISRGTrainer_Tiny`` (1,500 iterations at about 0.5 s).
-- ``nnUNetTrainer_ISRGDebug``: 2 epochs x 2 iterations, widths x 1/4, no mirroring (training and
+- ``nnUNetTrainer_CPUBudget``: 40 epochs x 10 iterations = 400 iterations, UNet widths x 1/2
+  (``[16, 32, 64, 128, 160]`` instead of ``[32, 64, 128, 256, 320]`` on the 64^3 phantom's plans),
+  nnU-Net's batch size and patch (batch 2, 64^3 on the 64^3 phantom), 2 validation iterations per
+  epoch, everything else nnU-Net's defaults (SGD, poly LR from 1e-2, deep supervision, DA,
+  mirroring at test time). Sized for the wall-clock budget of ``ISRGTrainer_Tiny`` (1,500
+  iterations at about 0.5 s, about 12 minutes on the project's 2-core CPU): nnU-Net's full-width
+  UNet needs about 6 s per iteration there (issue 4), the half-width one roughly 2 s, so 400
+  iterations take about 13 minutes. ``scripts/benchmark_phantom.py`` reports the measured
+  training time of every trainer next to its results.
+- ``nnUNetTrainer_ISRGDebug``: 1 epoch x 2 iterations, widths x 1/4, no mirroring (training and
   test-time): for tests of the comparison pipeline only.
 
 The class names are checked not to exist in nnunetv2 2.8.1 (``nnunetv2/training/nnUNetTrainer``).
@@ -75,19 +79,19 @@ class _ScaledUNetTrainer(nnUNetTrainer):
 
 
 class nnUNetTrainer_CPUBudget(_ScaledUNetTrainer):
-    """nnU-Net's UNet at half width, 600 iterations: the CPU baseline with ISRGTrainer_Tiny's wall-clock budget."""
+    """nnU-Net's UNet at half width, 400 iterations: the CPU baseline with ISRGTrainer_Tiny's wall-clock budget."""
 
-    epochs = 60
+    epochs = 40
     iterations_per_epoch = 10
     val_iterations_per_epoch = 2
-    checkpoint_every = 20
+    checkpoint_every = 10
     feature_scale = 0.5
 
 
 class nnUNetTrainer_ISRGDebug(_ScaledUNetTrainer):
     """A few iterations of a quarter-width UNet without mirroring: for tests of the comparison pipeline."""
 
-    epochs = 2
+    epochs = 1
     iterations_per_epoch = 2
     val_iterations_per_epoch = 1
     checkpoint_every = 1

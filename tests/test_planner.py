@@ -1,0 +1,44 @@
+"""The ISRG planner through `isrg plan`: isotropic spacing from lesion extents, cubic crop as patch."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import SimpleITK as sitk
+
+from conftest import PHANTOM_ID, nnunet_cmd, run_cmd
+
+
+def test_isrg_plan_writes_cubic_isotropic_plans_and_preprocesses(phantom_preprocessed, phantom_raw):
+    proc = run_cmd([nnunet_cmd("isrg"), "plan", "-d", str(PHANTOM_ID), "--preset", "tiny", "-np", "2", "-npfp", "2"])
+    plans = json.loads((phantom_preprocessed / "nnUNetISRGPlans.json").read_text())
+    cfg = plans["configurations"]["3d_fullres"]
+    assert cfg["patch_size"] == [64, 64, 64]
+    assert cfg["preprocessor_name"] == "DefaultPreprocessor"  # nnUNetv2_predict keeps working
+    assert len(set(cfg["spacing"])) == 1
+    # phantom lesions are a few cm at most: the finest spacing (1.5 mm) already fits them in 64 voxels
+    assert cfg["spacing"][0] == 1.5
+    assert "nnUNetISRGPlans" in proc.stdout and "ISRGTrainer" in proc.stdout
+    data = sorted((phantom_preprocessed / "nnUNetISRGPlans_3d_fullres").glob("*.b2nd"))
+    n_cases = len(list((phantom_raw / "labelsTr").glob("*.nii.gz")))
+    assert len([d for d in data if not d.name.endswith("_seg.b2nd")]) == n_cases
+    assert (phantom_preprocessed / "attributesTr.json").is_file()
+
+
+def test_spacing_grows_when_lesions_do_not_fit_the_crop(phantom_preprocessed, phantom_raw):
+    import sys
+    from nnunet_isrg_planners.isrg_planner import ISRGPlanner, lesion_extents_mm
+
+    ds = json.loads((phantom_raw / "dataset.json").read_text())
+    extents = lesion_extents_mm(str(phantom_raw), ds, [1])
+    # oracle: bounding box of the first case's label, by hand
+    first = sorted((phantom_raw / "labelsTr").glob("*.nii.gz"))[0]
+    img = sitk.ReadImage(str(first))
+    idx = np.argwhere(sitk.GetArrayFromImage(img) > 0)
+    expected = np.max((idx.max(0) - idx.min(0) + 1) * np.array(img.GetSpacing()[::-1]))
+    assert np.isclose(extents[0], expected)
+    small = ISRGPlanner(PHANTOM_ID, crop_size=(8, 8, 8))
+    spacing = small.determine_fullres_target_spacing()
+    needed = np.percentile(extents, 90) / (0.75 * 8)
+    assert np.allclose(spacing, [min(max(1.5, needed), 3.0)] * 3)
+    assert spacing[0] > 1.5
