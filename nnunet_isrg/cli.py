@@ -16,6 +16,14 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
                "turn a folder of image/mask pairs into an nnU-Net raw dataset"),
     "plan": ("nnunet_isrg_planners.isrg_planner", "add_plan_arguments", "run_plan_from_args",
              "nnU-Net planning + preprocessing, optionally with the ISRG planner (cubic, ViT-friendly patch)"),
+    "predict": ("nnunet_isrg.inference.predict_cli", "add_predict_arguments", "run_predict_from_args",
+                "segment lesions from clicks with a trained ISRG model; write masks, reports, key images, DICOM"),
+    "evaluate": ("nnunet_isrg.evaluation.cli", "add_evaluate_arguments", "run_evaluate_from_args",
+                 "aggregate interactive validation results across folds"),
+    "compare": ("nnunet_isrg.evaluation.cli", "add_compare_arguments", "run_compare_from_args",
+                "baseline-versus-ISRG tables and plots in the paper's layout"),
+    "serve": ("nnunet_isrg.server.cli", "add_serve_arguments", "run_serve_from_args",
+              "browser viewer and HTTP API on top of the interactive session"),
     "trainers-path": ("nnunet_isrg.environment", "add_trainers_path_arguments", "run_trainers_path_from_args",
                       "print the folder to put in nnUNet_extTrainer"),
     "setup-env": ("nnunet_isrg.environment", "add_setup_env_arguments", "run_setup_env_from_args",
@@ -28,7 +36,8 @@ def _load(module: str, name: str) -> Callable:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="isrg", description=__doc__)
+    parser = argparse.ArgumentParser(prog="isrg", description="nnunet-isrg: interactive CT lesion segmentation and "
+                                     "structured lesion reports on nnU-Net v2")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, add_args, run, help_text) in _SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -38,7 +38,8 @@ def cases(phantom_raw) -> list[dict]:
     """Phantom cases with a lesion: path relative to the raw folder, HU array, label mask, interior point."""
     out = []
     for img in sorted((phantom_raw / "imagesTr").glob("*_0000.nii.gz")):
-        lab = sitk.GetArrayFromImage(sitk.ReadImage(str(phantom_raw / "labelsTr" / img.name.replace("_0000", "")))) > 0
+        lab_path = phantom_raw / "labelsTr" / (img.name[: -len("_0000.nii.gz")] + ".nii.gz")
+        lab = sitk.GetArrayFromImage(sitk.ReadImage(str(lab_path))) > 0
         if lab.sum() < 20:
             continue
         image = sitk.ReadImage(str(img))

@@ -123,9 +123,22 @@ class ISRGTrainer(nnUNetTrainer):
             trainer_module.nnUNetDataLoader = original
 
     def on_train_start(self):
+        if self.device.type == "cpu":
+            self._limit_cpu_threads()
         self._load_attribute_labels()
         super().on_train_start()
         self._measure_lesion_components()
+
+    def _limit_cpu_threads(self) -> None:
+        """Leaves one core per augmentation worker: an oversubscribed OpenMP pool slows a step ~10x."""
+        import os
+        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores - get_allowed_n_proc_DA())
+        torch.set_num_threads(threads)
+        self.print_to_log_file(f"CPU training: {threads} torch thread(s) beside {get_allowed_n_proc_DA()} "
+                               f"augmentation worker(s) on {cores} cores")
 
     def _load_attribute_labels(self) -> None:
         from nnunet_isrg.data.verify import find_attribute_table

@@ -1,0 +1,188 @@
+"""The viewer page in real headless Chromium (Debian's ``chromium``, driven by Playwright's Python
+package with that executable; no ``playwright install`` download): open a phantom case, scroll to the
+lesion, click it, see the overlay and the report, correct, override an attribute, export, and save a
+screenshot to ``test-artifacts/viewer.png``.
+
+Needs: ``apt-get install -y chromium`` and ``pip install playwright`` (skipped with that reason otherwise).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = os.environ.get("ISRG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the Python package playwright is not installed "
+                                                              "(pip install playwright; no browser download needed)")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"Chromium not found at {CHROMIUM}: install Debian's package (apt-get install -y chromium) or set "
+                f"ISRG_CHROMIUM to a Chromium executable", allow_module_level=True)
+
+
+def _lesion_case(phantom_raw: Path) -> tuple[str, np.ndarray, list[int]]:
+    """The phantom case with the largest lesion: path relative to the raw folder, mask, interior point."""
+    from scipy.ndimage import distance_transform_edt
+
+    best = None
+    for img in sorted((phantom_raw / "imagesTr").glob("*_0000.nii.gz")):
+        lab = sitk.GetArrayFromImage(sitk.ReadImage(str(phantom_raw / "labelsTr" / (img.name[:-12] + ".nii.gz")))) > 0
+        if best is None or lab.sum() > best[1].sum():
+            best = (img.relative_to(phantom_raw).as_posix(), lab)
+    d = distance_transform_edt(best[1])
+    return best[0], best[1], [int(v) for v in np.unravel_index(np.argmax(d), d.shape)]
+
+
+@pytest.fixture(scope="module")
+def server(debug_model, phantom_raw):
+    from nnunet_isrg.server.app import create_app, serve_in_background
+
+    torch.set_num_threads(1)
+    app = create_app(debug_model, data_dirs=[phantom_raw])
+    with serve_in_background(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                               args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def _canvas_rgb(page, plane: str) -> np.ndarray:
+    data = page.evaluate("""(plane) => {
+        const c = document.getElementById('canvas-' + plane);
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);
+        return {w: c.width, h: c.height, px: Array.from(d.data)};
+    }""", plane)
+    return np.asarray(data["px"], np.uint8).reshape(data["h"], data["w"], 4)[..., :3]
+
+
+def _wait_idle(page, extra: str = "true") -> None:
+    page.wait_for_function(f"document.body.dataset.busy === undefined && ({extra})", timeout=60_000)
+
+
+def test_viewer_click_report_override_export(server, browser, phantom_raw, tmp_path):
+    rel, mask, (z, y, x) = _lesion_case(phantom_raw)
+    page = browser.new_page(viewport={"width": 1560, "height": 940}, accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+
+    # open the case from the data folder; the page polls until it is prepared
+    page.select_option("#file-select", value=json.dumps([0, rel], separators=(",", ":")))
+    page.click("#open-btn")
+    page.wait_for_function(f"document.body.dataset.image === {json.dumps(rel)}", timeout=60_000)
+    _wait_idle(page, "document.body.dataset.revision !== undefined")
+    shape = mask.shape
+    assert page.inner_text("#views .view[data-plane='axial'] .slice-label") == f"z {shape[0] // 2 + 1}/{shape[0]}"
+
+    # scroll the axial view with the mouse wheel to the lesion's slice
+    canvas = page.locator("#canvas-axial")
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(abs(z - shape[0] // 2)):
+        page.mouse.wheel(0, 100 if z > shape[0] // 2 else -100)
+    page.wait_for_function(f"document.querySelector(\"#views .view[data-plane='axial'] .slice-label\").textContent"
+                           f" === 'z {z + 1}/{shape[0]}'", timeout=10_000)
+    _wait_idle(page)
+    before = _canvas_rgb(page, "axial")
+    red = lambda rgb: (rgb[..., 0].astype(int) - rgb[..., 1] > 40) & (rgb[..., 0].astype(int) - rgb[..., 2] > 40)
+    assert not red(before).any()  # no overlay yet
+
+    # left click on the lesion: overlay, lesion list and report fill
+    sx, sy = box["width"] / shape[2], box["height"] / shape[1]
+    page.mouse.click(box["x"] + (x + 0.5) * sx, box["y"] + (y + 0.5) * sy)
+    page.wait_for_selector("#report-panel[data-lesion='1']", timeout=60_000)
+    _wait_idle(page)
+    assert not errors, errors
+    assert page.locator("#error").is_hidden()
+
+    # the overlay on the canvas against the server's label map, voxel centre by voxel centre
+    sid = page.evaluate("state.sid")
+    import httpx
+
+    labels_png = httpx.get(f"{server}/sessions/{sid}/export/labels.nii.gz", timeout=60)
+    (tmp_path / "labels.nii.gz").write_bytes(labels_png.content)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nii.gz")))
+    after = _canvas_rgb(page, "axial")
+    h, w = after.shape[:2]
+    rows = ((np.arange(shape[1]) + 0.5) * h / shape[1]).astype(int)
+    cols = ((np.arange(shape[2]) + 0.5) * w / shape[2]).astype(int)
+    centres = after[rows][:, cols]                       # (Y, X, 3) canvas colour at each voxel centre
+    keep = np.ones(shape[1:], bool)                      # away from the crosshair and the click marker
+    keep[max(0, y - 1):y + 2, :] = False
+    keep[:, max(0, x - 1):x + 2] = False
+    inside = labels[z] == 1
+    assert inside.any(), "the model's mask misses the clicked slice"
+    assert red(centres)[inside & keep].all()
+    grey = centres[~inside & keep].astype(int)
+    assert (grey.max(axis=1) - grey.min(axis=1) <= 2).all()
+
+    rows_lesions = page.locator("#lesion-table tbody tr")
+    assert rows_lesions.count() == 1 and "1 (current)" in rows_lesions.first.inner_text()
+    text = page.inner_text("#report-text")
+    assert text.endswith(".") and ";" in text
+    assert page.locator("#attr-table tbody tr").count() == 5
+    assert "mL" in page.inner_text("#measure-table")
+
+    # override the density with a class the model did not choose
+    density = page.locator("#attr-table select[data-attribute='density']")
+    model_label = density.locator("option").first.inner_text()
+    choice = next(v for v in ["Hypodense", "Isodense", "Hyperdense"] if not model_label.startswith(v))
+    density.select_option(choice)
+    page.wait_for_function(f"document.querySelector(\"#attr-table tr[data-attribute='density'] td:last-child\")"
+                           f".textContent === 'reader'", timeout=30_000)
+    _wait_idle(page)
+    assert f"{choice} lesion" in page.inner_text("#report-text")
+
+    # a negative click (right button) elsewhere on the slice corrects the lesion
+    page.mouse.click(box["x"] + 2.5 * sx, box["y"] + 2.5 * sy, button="right")
+    page.wait_for_function("document.querySelector('#lesion-table tbody tr td:nth-child(3)').textContent === '2'",
+                           timeout=60_000)
+    _wait_idle(page, "document.getElementById('report-panel').dataset.lesion === '1'")
+
+    # export: the JSON keeps the reader's override, the mask is a NIfTI of the image's grid
+    with page.expect_download() as dl:
+        page.click("#exp-json")
+    doc = json.loads(Path(dl.value.path()).read_text())
+    assert doc["lesions"][0]["attributes"]["density"]["value"] == choice
+    assert doc["lesions"][0]["attributes"]["density"]["source"] == "reader"
+    assert len(doc["lesions"][0]["clicks"]) == 2 and doc["lesions"][0]["clicks"][1]["positive"] is False
+    with page.expect_download() as dl:
+        page.click("#exp-labels")
+    assert dl.value.suggested_filename.endswith("_lesions.nii.gz")
+    assert sitk.ReadImage(dl.value.path()).GetSize() == tuple(reversed(shape))
+    assert not errors, errors
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
+    assert (ARTIFACTS / "viewer.png").stat().st_size > 10_000
+    page.close()
+
+
+def test_viewer_shows_server_errors(server, browser):
+    """A refused request shows the server's message in the page (here: a token-less page is fine, but a
+    path outside the data folders is not offered, so ask for one directly)."""
+    page = browser.new_page()
+    page.goto(server + "/")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    page.evaluate("""() => { const s = document.getElementById('file-select');
+                             s.add(new Option('evil', JSON.stringify([0, '../../etc/passwd']))); s.value = s.options[s.options.length - 1].value; }""")
+    page.click("#open-btn")
+    page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+    msg = page.inner_text("#error-text")
+    assert "'..'" in msg and "HTTP 403" in msg
+    page.close()
