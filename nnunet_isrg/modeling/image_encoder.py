@@ -123,3 +123,44 @@ class ImageEncoderViT3D(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.neck(x.permute(0, 4, 1, 2, 3))
+
+
+class HighResolutionSkip(nn.Module):
+    """Voxel-level image features for the mask head, at the resolution of its low-res logits.
+
+    The ViT sees the crop in patches of ``patch_size``^3 voxels; upsampling its tokens alone has to
+    learn every boundary inside a patch. Like HQ-SAM's early-layer fusion, a small conv stem on the
+    crop gives the mask head local intensity edges directly (``out_chans`` = the hypernetwork width).
+    """
+
+    def __init__(self, out_chans: int, stride: int, in_chans: int = 1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv3d(in_chans, out_chans, kernel_size=3 if stride == 1 else stride, stride=stride,
+                      padding=1 if stride == 1 else 0),
+            LayerNorm3d(out_chans),
+            nn.GELU(),
+            nn.Conv3d(out_chans, out_chans, kernel_size=3, padding=1),
+            LayerNorm3d(out_chans),
+            nn.GELU(),
+            nn.Conv3d(out_chans, out_chans, kernel_size=3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, D, H, W) -> (B, out_chans, D/stride, H/stride, W/stride)."""
+        return self.net(x)
+
+
+def fold_to_grid(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, C, f*d, f*h, f*w) -> (B, C*f^3, d, h, w): space-to-depth, so a fine map travels with the grid."""
+    b, c, D, H, W = x.shape
+    d, h, w = D // factor, H // factor, W // factor
+    x = x.view(b, c, d, factor, h, factor, w, factor).permute(0, 1, 3, 5, 7, 2, 4, 6)
+    return x.reshape(b, c * factor ** 3, d, h, w)
+
+
+def unfold_from_grid(x: torch.Tensor, channels: int, factor: int) -> torch.Tensor:
+    """Inverse of :func:`fold_to_grid`."""
+    b, _, d, h, w = x.shape
+    x = x.reshape(b, channels, factor, factor, factor, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return x.reshape(b, channels, d * factor, h * factor, w * factor)

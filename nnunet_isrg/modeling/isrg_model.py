@@ -11,7 +11,9 @@ Forward contract::
         "attribute_logits": {name: (B, C_name)} in schema order}
 
 Split API for interactive use: ``emb = encode_image(image)`` once per crop, then
-``decode(emb, points, labels, mask_prompt)`` per click, equal to the full forward.
+``decode(emb, points, labels, mask_prompt)`` per click, equal to the full forward. ``emb`` is one
+tensor (B, C', d, h, w): the grid embedding (C channels) followed, when the high-resolution skip is
+on, by its voxel-level features folded into the grid (space-to-depth), so callers cache one tensor.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from torch import nn
 
 from .attribute_head import AttributeHead
 from .feature_synergy import FeatureSynergy
-from .image_encoder import ImageEncoderViT3D
+from .image_encoder import HighResolutionSkip, ImageEncoderViT3D, fold_to_grid, unfold_from_grid
 from .mask_head import IoUHead, MaskHead
 from .point_refinement import PointRefinement
 from .prompt_encoder import PromptEncoder3D
@@ -48,9 +50,11 @@ class ISRGModel(nn.Module):
     def __init__(self, image_encoder: ImageEncoderViT3D, prompt_encoder: PromptEncoder3D,
                  point_refiner: PointRefinement | None, transformer: TwoWayTransformer3D, mask_head: MaskHead,
                  iou_head: IoUHead, attribute_head: AttributeHead, synergy: FeatureSynergy | None,
-                 num_classes: Mapping[str, int], config: Mapping[str, Any] | None = None) -> None:
+                 num_classes: Mapping[str, int], config: Mapping[str, Any] | None = None,
+                 high_res_skip: HighResolutionSkip | None = None) -> None:
         super().__init__()
         self.image_encoder = image_encoder
+        self.high_res_skip = high_res_skip
         self.prompt_encoder = prompt_encoder
         self.point_refiner = point_refiner
         self.transformer = transformer
@@ -93,7 +97,16 @@ class ISRGModel(nn.Module):
         if image.dim() != 5 or image.shape[1] != 1 or tuple(image.shape[2:]) != self.crop_size:
             raise ValueError(f"image must have shape (B, 1, {', '.join(map(str, self.crop_size))}) "
                              f"(the model's crop size), got {tuple(image.shape)}")
-        return self.image_encoder(image)
+        embedding = self.image_encoder(image)
+        if self.high_res_skip is None:
+            return embedding
+        return torch.cat([embedding, fold_to_grid(self.high_res_skip(image), 4)], dim=1)
+
+    def _split_embedding(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        c = self.prompt_encoder.embed_dim
+        if self.high_res_skip is None:
+            return embedding, None
+        return embedding[:, :c], unfold_from_grid(embedding[:, c:], (embedding.shape[1] - c) // 4 ** 3, 4)
 
     def forward(self, image: torch.Tensor, points: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 mask_prompt: torch.Tensor | None = None) -> dict[str, Any]:
@@ -109,17 +122,21 @@ class ISRGModel(nn.Module):
             raise RuntimeError(NO_CLICK_MESSAGE)
         b = embedding.shape[0]
         self._check_prompts(b, points, labels, mask_prompt)
+        embedding, high_res = self._split_embedding(embedding)
         labels = labels.long()
         # At least float32 for coordinates, also when the embedding comes out of autocast in half precision.
         points = points.to(torch.promote_types(embedding.dtype, torch.float32))
         # Padding coordinates are arbitrary (even NaN); zero them so masked tokens stay finite.
         points = torch.where(labels[..., None] < 0, torch.zeros_like(points), points)
+        clicks, click_labels = points, labels
         if self.point_refiner is not None:
             ref_points, ref_labels = self.point_refiner(embedding, points, labels, self.patch_size)
             points = torch.cat([points, ref_points], dim=1)
             labels = torch.cat([labels, ref_labels], dim=1)
         sparse, sparse_valid = self.prompt_encoder.embed_points(points, labels)
-        dense = self.prompt_encoder.embed_mask(mask_prompt, b, dtype=embedding.dtype, device=embedding.device)
+        click_maps = self.prompt_encoder.click_maps(clicks, click_labels, dtype=embedding.dtype)
+        dense_input = self.prompt_encoder.dense_input(mask_prompt, b, embedding.dtype, embedding.device, click_maps)
+        dense = self.prompt_encoder.mask_downscaling(dense_input)
 
         out_tokens = torch.cat([self.iou_token.weight, self.mask_token.weight, self.attribute_tokens.weight], 0)
         tokens = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], dim=1)
@@ -132,7 +149,7 @@ class ISRGModel(nn.Module):
         a = self.attribute_head.encode(z, token_valid, start=2)
         if self.synergy is not None:
             m, a = self.synergy(m, a)
-        low_res = self.mask_head.predict(m, image_tokens, self.grid_size)
+        low_res = self.mask_head.predict(m, image_tokens, self.grid_size, high_res, dense_input)
         mask_logits = F.interpolate(low_res, size=self.crop_size, mode="trilinear", align_corners=False)
         return {"mask_logits": mask_logits, "low_res_logits": low_res, "iou_pred": iou_pred,
                 "attribute_logits": self.attribute_head.classify(a)}

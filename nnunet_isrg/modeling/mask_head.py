@@ -42,6 +42,9 @@ class MaskHead(nn.Module):
             nn.GELU(),
         )
         self.hypernetwork = MLP(dim, dim, dim // 8, 3)
+        # previous logits and click maps at the logits' resolution, projected into the hypernetwork's
+        # space: a voxel-level shortcut from the prompts to the mask (the tokens only see them coarsely)
+        self.prompt_projection = nn.Conv3d(4, dim // 8, kernel_size=1)
 
     def refine(self, mask_tokens: torch.Tensor, hybrid_tokens: torch.Tensor, token_valid: torch.Tensor) -> torch.Tensor:
         """mask_tokens (B, 1, C), hybrid tokens Z (B, T, C) -> mask features M (B, 1, C)."""
@@ -55,8 +58,12 @@ class MaskHead(nn.Module):
         b, _, c = image_tokens.shape
         return self.output_upscaling(image_tokens.transpose(1, 2).reshape(b, c, *grid_size))
 
-    def predict(self, mask_features: torch.Tensor, image_tokens: torch.Tensor, grid_size) -> torch.Tensor:
+    def predict(self, mask_features: torch.Tensor, image_tokens: torch.Tensor, grid_size,
+                high_res: torch.Tensor | None = None, prompt_maps: torch.Tensor | None = None) -> torch.Tensor:
         """M (B, 1, C), image tokens (B, d*h*w, C) -> low-res logits (B, 1, 4d, 4h, 4w).
+
+        Optional voxel-level terms at the logits' resolution: ``high_res`` skip features of the
+        image (B, C/8, ...) and ``prompt_maps`` (B, 4, ...) (previous logits, presence, click maps).
 
         Equals ``hypernetwork(M) @ upscale(image_tokens)``, but the last transposed conv, its GELU
         and the dot product are done per 2x2x2 output block before the voxel shuffle, so only the
@@ -72,6 +79,12 @@ class MaskHead(nn.Module):
         hyper = self.hypernetwork(mask_features)[:, 0]  # (B, C/8)
         lr = torch.einsum("bnok,bo->bnk", y, hyper)
         lr = lr.reshape(b, d, h, w, 2, 2, 2).permute(0, 1, 4, 2, 5, 3, 6).reshape(b, 1, 2 * d, 2 * h, 2 * w)
+        # the dot product is linear, so the voxel-level features (B, C/8, 4d, 4h, 4w) add their own term
+        fine = None if prompt_maps is None else self.prompt_projection(prompt_maps)
+        if high_res is not None:
+            fine = high_res if fine is None else fine + high_res
+        if fine is not None:
+            lr = lr + torch.einsum("bcdhw,bc->bdhw", fine, hyper)[:, None]
         return lr
 
 

@@ -53,14 +53,17 @@ class PromptEncoder3D(nn.Module):
     - One learned not-a-point token is always appended (SAM's padding point): it is what the decoder
       sees as prompt when every click is padding (the learned "no click" case) and keeps the sparse
       key set non-empty.
-    - Dense prompt: the previous low-res logits plus a presence channel go through two strided convs
-      (4x down, to the feature grid). Without a mask prompt the same convs see an all-zero input,
-      whose output is a spatially constant, learned no-mask embedding made of their biases; so both
-      paths use the same parameters and DDP never sees an unused one.
+    - Dense prompt: the previous low-res logits, a presence channel and two click maps (a Gaussian
+      blob of ``click_sigma`` low-res voxels around each positive / negative click) go through two
+      strided convs (4x down, to the feature grid). The click maps tell every image token how far
+      it is from each click, which the sparse tokens only convey through attention; with few
+      training iterations this grounding is what lets the mask follow the clicks. Without a mask
+      prompt the mask channels are zero, so both paths use the same parameters and DDP never sees
+      an unused one.
     """
 
     def __init__(self, embed_dim: int, grid_size: Sequence[int], crop_size: Sequence[int],
-                 mask_in_chans: int = 16) -> None:
+                 mask_in_chans: int = 16, click_sigma: float = 1.5) -> None:
         super().__init__()
         if embed_dim % 2:
             raise ValueError(f"prompt embedding width must be even for sin/cos features, got {embed_dim}")
@@ -68,11 +71,12 @@ class PromptEncoder3D(nn.Module):
         self.grid_size = tuple(grid_size)
         self.crop_size = tuple(crop_size)
         self.mask_input_size = tuple(4 * g for g in self.grid_size)
+        self.click_sigma = float(click_sigma)
         self.pe_layer = PositionEmbeddingRandom3D(embed_dim // 2)
         self.point_embeddings = nn.Embedding(2, embed_dim)  # row 0 negative, row 1 positive
         self.not_a_point_embed = nn.Embedding(1, embed_dim)
         self.mask_downscaling = nn.Sequential(
-            nn.Conv3d(2, mask_in_chans // 4, kernel_size=2, stride=2),
+            nn.Conv3d(4, mask_in_chans // 4, kernel_size=2, stride=2),
             LayerNorm3d(mask_in_chans // 4),
             nn.GELU(),
             nn.Conv3d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
@@ -95,13 +99,33 @@ class PromptEncoder3D(nn.Module):
         tokens = torch.cat([emb, nap], dim=1)
         return tokens, torch.cat([valid, valid.new_ones(b, 1)], dim=1)
 
-    def embed_mask(self, mask_prompt: torch.Tensor | None, batch_size: int, dtype=torch.float32,
-                   device=None) -> torch.Tensor:
-        """(B, 1, 4d, 4h, 4w) logits or None -> dense embedding (B, C, d, h, w)."""
+    def click_maps(self, points: torch.Tensor, labels: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+        """points (B, N, 3) crop voxels (z, y, x), labels (B, N) -> (B, 2, 4d, 4h, 4w) positive/negative blobs."""
+        size = torch.as_tensor(self.crop_size, dtype=dtype, device=points.device)
+        low = torch.as_tensor(self.mask_input_size, dtype=dtype, device=points.device)
+        p = (points.to(dtype) + 0.5) * low / size - 0.5                       # in low-res voxels
+        axes = [torch.arange(n, device=points.device, dtype=dtype) for n in self.mask_input_size]
+        # separable Gaussian: exp(-(dz^2+dy^2+dx^2)/2s^2) = product of three 1D factors
+        f = [torch.exp(-((a[None, None] - p[..., i:i + 1]) ** 2) / (2 * self.click_sigma ** 2))
+             for i, a in enumerate(axes)]                                       # each (B, N, n_i)
+        blobs = f[0][..., :, None, None] * f[1][..., None, :, None] * f[2][..., None, None, :]
+        out = []
+        for value in (1, 0):
+            sel = (labels == value).to(dtype)[..., None, None, None]
+            out.append((blobs * sel).amax(dim=1) if labels.shape[1] else blobs.new_zeros(
+                (points.shape[0], *self.mask_input_size)))
+        return torch.stack(out, dim=1)
+
+    def dense_input(self, mask_prompt: torch.Tensor | None, batch_size: int, dtype=torch.float32, device=None,
+                    click_maps: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 4, 4d, 4h, 4w): previous logits, their presence, positive and negative click maps.
+
+        ``mask_downscaling`` turns it into the dense prompt added to the image embedding.
+        """
         if mask_prompt is None:
-            # The convs have no padding, so an all-zero input gives the same vector at every cell:
-            # computing it on one 4^3 block is exact and costs nothing.
-            zero = torch.zeros(1, 2, 4, 4, 4, device=device, dtype=dtype)
-            return self.mask_downscaling(zero).expand(batch_size, -1, *self.grid_size)
-        x = torch.cat([mask_prompt, torch.ones_like(mask_prompt)], dim=1)
-        return self.mask_downscaling(x)
+            mask = torch.zeros(batch_size, 2, *self.mask_input_size, device=device, dtype=dtype)
+        else:
+            mask = torch.cat([mask_prompt.to(dtype), torch.ones_like(mask_prompt, dtype=dtype)], dim=1)
+        if click_maps is None:
+            click_maps = torch.zeros(batch_size, 2, *self.mask_input_size, device=device, dtype=dtype)
+        return torch.cat([mask, click_maps.to(dtype)], dim=1)
