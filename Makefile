@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.isrg-installed
 
 # nnU-Net folders for the demo and the tests; a user's own exported values win.
@@ -13,7 +14,7 @@ export nnUNet_results ?= $(CURDIR)/work/nnUNet_results
 export nnUNet_def_n_proc ?= 2
 export nnUNet_n_proc_DA ?= 2
 
-.PHONY: install demo test clean-work
+.PHONY: install browser demo test clean-work
 
 install: $(STAMP)
 
@@ -27,7 +28,13 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-test: $(STAMP)
+# The viewer's browser test drives Debian's Chromium (a test tool's own browser download fails here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "installing Debian's chromium for the browser test"; \
+	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 clean-work:

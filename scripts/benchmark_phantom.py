@@ -204,7 +204,8 @@ def main(argv=None) -> int:
                                            baselines=[cfg["baseline"]], folds=list(args.folds), clicks=cfg["clicks"],
                                            attribute_baseline=True, zero_shot=True, out_dir=out_dir,
                                            device=cfg["device"]))
-    timings["compare_s"] = round(time.time() - t, 1)
+    timings["compare_s"] = time.time() - t
+    timings = {k: round(v, 1) for k, v in timings.items()}
     total = round(time.time() - t0, 1)
 
     result = {

@@ -40,6 +40,24 @@ def run(cmd: list[str], env: dict) -> None:
     subprocess.run(cmd, env=env, check=True)
 
 
+def demo_markdown(out: dict) -> str:
+    dice = out["dice_per_click"]
+    lines = [f"`make demo` on this 2-core CPU: {out['trainer']}, fold {out['fold']} of the {out['dataset']} "
+             f"phantom ({out['n_cases']} validation cases), deterministic click protocol. Written by "
+             f"`python scripts/demo.py --update-readme` from `results/demo_summary.json`; total run time "
+             f"{out['timings_s']['total_s'] / 60:.1f} min (training and validation "
+             f"{out['timings_s']['train_and_validate_s'] / 60:.1f} min).", "",
+             "| clicks | " + " | ".join(str(i + 1) for i in range(len(dice))) + " |",
+             "|---|" + "---|" * len(dice),
+             "| mean Dice | " + " | ".join(f"{d:.3f}" for d in dice) + " |", "",
+             "| attribute | accuracy | majority-class rate |", "|---|---|---|"]
+    for name, acc in out["attribute_accuracy"].items():
+        if acc is not None:
+            lines.append(f"| {name} | {acc:.3f} | {out['attribute_majority_rate'][name]:.3f} |")
+    lines.append(f"| **mean** | **{out['attribute_accuracy_mean']:.3f}** | |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset-id", type=int, default=500)
@@ -48,6 +66,7 @@ def main() -> int:
     parser.add_argument("--fold", default="0")
     parser.add_argument("--fresh", action="store_true", help="delete the demo's dataset and results first")
     parser.add_argument("--out", default=str(REPO / "results" / "demo_summary.json"))
+    parser.add_argument("--update-readme", action="store_true", help="write the figures into README.md")
     args = parser.parse_args()
 
     env = env_defaults()
@@ -111,6 +130,10 @@ def main() -> int:
            "validation_folder": str(fold_dir / "validation")}
     write_json_atomic(args.out, out)
     print(f"\nwrote {args.out}  (total {timings['total_s'] / 60:.1f} min)")
+    if args.update_readme:
+        from nnunet_isrg.utils.readme import replace_readme_section
+
+        replace_readme_section("demo-results", demo_markdown(out))
     return 0
 
 

@@ -47,21 +47,60 @@ def _interior_point(mask: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(v) for v in np.unravel_index(np.argmax(d), mask.shape))
 
 
+class ClickSpheresStandIn(nn.Module):
+    """Deterministic stand-in for the network: the mask is every voxel within ``radius`` crop voxels of a
+    positive click and not within ``radius / 2`` of a negative one; fixed attribute probabilities. It
+    makes the session's geometry (regions, crops, paste-back, undo, lesion exclusivity) testable with
+    masks that are known to be non-empty, whatever the debug model learnt in its few iterations."""
+
+    def __init__(self, crop_size, schema, radius: float = 5.5):
+        super().__init__()
+        self.crop_size = tuple(crop_size)
+        self.schema = schema
+        self.radius = radius
+        self.encodes = 0
+
+    def encode_image(self, image):
+        self.encodes += 1
+        return image
+
+    def decode(self, embedding, points, labels, mask_prompt=None):
+        grid = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in self.crop_size],
+                                          indexing="ij"), -1)
+        d = torch.cdist(grid.reshape(-1, 3), points[0].float()).reshape(*self.crop_size, -1)
+        pos, neg = labels[0] == 1, labels[0] == 0
+        inside = (d[..., pos] <= self.radius).any(-1) if pos.any() else torch.zeros(self.crop_size, dtype=torch.bool)
+        if neg.any():
+            inside &= ~(d[..., neg] <= self.radius / 2).any(-1)
+        logits = (inside.float() * 20 - 10)[None, None]
+        low = F.interpolate(logits, size=tuple(s // 4 for s in self.crop_size), mode="trilinear")
+        attrs = OrderedDict((k, torch.arange(len(v), 0, -1, dtype=torch.float32)[None]) for k, v in self.schema.items())
+        return {"mask_logits": logits, "low_res_logits": low, "iou_pred": torch.ones(1, 1), "attribute_logits": attrs}
+
+
+def with_network(loaded: LoadedModel, network: nn.Module) -> LoadedModel:
+    return LoadedModel(loaded.folder, loaded.plans_manager, loaded.configuration_manager, loaded.dataset_json,
+                       loaded.schema, network, [0], torch.device("cpu"), loaded.isrg_block)
+
+
 # ----------------------------------------------------------------------------------------------- region
 @pytest.mark.parametrize("spacing_zyx, exact", [((3.0, 1.5, 1.0), False),   # 3D spline (order 3)
                                                 ((6.0, 1.5, 1.5), True),    # separate z: nearest along z
                                                 ((1.5, 1.5, 1.5), True)])   # target spacing: no resampling
 def test_region_preprocessing_equals_nnunet_default_preprocessor(loaded, phantom_case, spacing_zyx, exact):
     """Region around a click vs nnU-Net's DefaultPreprocessor on the whole image, voxel for voxel where the
-    two grids share sample positions, away from the region faces."""
+    two grids share sample positions, away from the region faces (12 target voxels = 6 source voxels:
+    order-3 spline ringing of a sharp edge decays by ~0.27 per source voxel)."""
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
     img, _ = phantom_case
     arr = sitk.GetArrayFromImage(img).astype(np.float32)
-    whole, _, _ = DefaultPreprocessor(verbose=False).run_case_npy(
+    whole, _, props = DefaultPreprocessor(verbose=False).run_case_npy(
         arr[None], None, {"spacing": list(spacing_zyx)}, loaded.plans_manager, loaded.configuration_manager,
         loaded.dataset_json)
-    N, M = np.array(arr.shape), np.array(whole.shape[1:])
+    # nnU-Net crops to the non-zero box before resampling; its grid starts there
+    crop0 = np.array([b[0] for b in props["bbox_used_for_cropping"]])
+    N, M = np.array(props["shape_after_cropping_and_before_resampling"]), np.array(whole.shape[1:])
     compared = 0
     for centre in [(20, 20, 20), (4, 30, 9), (21, 22, 23)]:
         data, g = preprocess_region(arr, spacing_zyx, centre, (16, 16, 16), loaded.plans_manager,
@@ -69,23 +108,33 @@ def test_region_preprocessing_equals_nnunet_default_preprocessor(loaded, phantom
         assert data.shape[1:] == g.shape and min(g.shape) >= 16
         ks = [np.arange(s) for s in g.shape]
         # whole-image resampled index of each region voxel (identity transpose in these plans)
-        js = [((g.start[a] + (ks[a] + 0.5) * g.scale[a] - 0.5) + 0.5) * M[a] / N[a] - 0.5 for a in range(3)]
-        border = g.at_image_border()
+        js = [((g.start[a] - crop0[a] + (ks[a] + 0.5) * g.scale[a] - 0.5) + 0.5) * M[a] / N[a] - 0.5
+              for a in range(3)]
+        # region faces that coincide with the faces of nnU-Net's (cropped) grid have the same boundary handling
+        border = [(g.start[a] == crop0[a], g.start[a] + g.size[a] == crop0[a] + N[a]) for a in range(3)]
         keep = []
         for a in range(3):
             inner = np.ones(g.shape[a], bool)
             if g.size[a] == g.shape[a]:  # axis not resampled: no interpolation, no border effect
                 pass
             elif not border[a][0]:
-                inner &= ks[a] >= 8
+                inner &= ks[a] >= 12
             if g.size[a] != g.shape[a] and not border[a][1]:
-                inner &= ks[a] < g.shape[a] - 8
-            keep.append(inner & (np.abs(js[a] - np.round(js[a])) < 1e-6))
+                inner &= ks[a] < g.shape[a] - 12
+            keep.append(inner & (np.abs(js[a] - np.round(js[a])) < 1e-6) & (js[a] > -0.5) & (js[a] < M[a] - 0.5))
         sub = data[0][np.ix_(*keep)]
         ref = whole[0][np.ix_(*[np.round(js[a][keep[a]]).astype(int) for a in range(3)])]
         compared += sub.size
-        tol = 1e-5 if exact else 2e-3 * float(np.ptp(whole))
-        np.testing.assert_allclose(sub, ref, atol=tol, rtol=0)
+        if not sub.size:
+            continue
+        if exact:
+            np.testing.assert_allclose(sub, ref, atol=1e-5, rtol=0)
+        else:
+            # scikit-image's resize (inside nnU-Net's resampling) clips its output to the range of its
+            # input array, which for a region is the region's own range: where the cubic spline
+            # overshoots past it (at sharp edges) the two differ by that overshoot
+            err = np.abs(sub - ref) / float(np.ptp(whole))
+            assert np.mean(err < 1e-3) > 0.99 and err.max() < 0.02, (np.mean(err < 1e-3), err.max())
     assert compared > 500
 
 
@@ -150,14 +199,22 @@ def test_missing_model_files_are_named(debug_model, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- session
-def test_voxel_and_world_clicks_undo_and_lesions_do_not_overlap(loaded, phantom_case):
+@pytest.mark.parametrize("network", ["debug", "stand-in"])
+def test_voxel_and_world_clicks_undo_and_lesions_do_not_overlap(loaded, phantom_case, network):
+    """With the debug model (real network; barely trained, so its masks may be anything, even empty) and
+    with a click-driven stand-in whose masks are known to be non-empty and to overlap."""
     img, lesion = phantom_case
+    if network == "stand-in":
+        loaded = with_network(loaded, ClickSpheresStandIn(loaded.crop_size, loaded.schema))
     p1 = _interior_point(lesion)
     s = ISRGSession(loaded)
     s.set_image(img)
     first = s.add_click(p1)
-    # (the debug model is barely trained: its masks are checked for consistency, not quality)
-    assert first.mask.shape == lesion.shape and first.mask.dtype == bool and first.mask.any()
+    assert first.mask.shape == lesion.shape and first.mask.dtype == bool
+    if network == "stand-in":   # a ball of radius 5.5 voxels (the plans' spacing is the image's) around p1
+        zz, yy, xx = np.indices(lesion.shape)
+        ball = (zz - p1[0]) ** 2 + (yy - p1[1]) ** 2 + (xx - p1[2]) ** 2 <= 5.5 ** 2
+        assert np.array_equal(first.mask, ball)
 
     # the same click in world coordinates (x, y, z mm) gives the same mask, in a fresh session
     world = img.TransformIndexToPhysicalPoint([int(v) for v in p1[::-1]])
@@ -170,12 +227,16 @@ def test_voxel_and_world_clicks_undo_and_lesions_do_not_overlap(loaded, phantom_
         else tuple(min(v + 3, n - 1) for v, n in zip(p1, lesion.shape))
     second = s.add_click(neg, positive=False)
     assert len(second.clicks) == 2
+    if network == "stand-in":
+        assert second.mask.sum() < first.mask.sum()
     undone = s.undo()
     assert np.array_equal(undone.mask, first.mask) and len(undone.clicks) == 1
     assert undone.attribute_probs == first.attribute_probs
 
     # a second lesion never takes voxels of the first: its mask alone (fresh session) minus lesion 1
     p2 = tuple(int(v) for v in np.argwhere(~first.mask)[len(np.argwhere(~first.mask)) // 2])
+    if network == "stand-in":
+        p2 = (p1[0] + 4, p1[1], p1[2])   # its ball overlaps lesion 1's
     alone = ISRGSession(loaded)
     alone.set_image(img)
     alone_mask = alone.add_click(p2).mask
@@ -183,16 +244,20 @@ def test_voxel_and_world_clicks_undo_and_lesions_do_not_overlap(loaded, phantom_
     assert lid == 2
     two = s.add_click(p2)
     assert np.array_equal(two.mask, alone_mask & ~first.mask)
+    if network == "stand-in":
+        assert (alone_mask & first.mask).any() and two.mask.any()
     labels = s.label_map()
     assert np.array_equal(labels == 1, first.mask) and np.array_equal(labels == 2, two.mask)
     assert s.lesion_ids == [1, 2]
 
+    if not first.mask.any():
+        return
     # reports: one per lesion, reader override kept apart from the model's prediction
     s.set_attribute(1, "density", "hyperdense")
     rep = s.report(1)
     assert rep.attributes["density"].source == "reader" and rep.attributes["density"].value == "Hyperdense"
     assert rep.attributes["density"].model is not None
-    assert [r.label for r in s.reports()] == [1, 2]
+    assert [r.label for r in s.reports()] == [1] + ([2] if two.mask.any() else [])
     vol = first.mask.sum() * np.prod(img.GetSpacing()) / 1000.0
     assert rep.measurements["volume_ml"] == pytest.approx(vol, rel=1e-6)
 
@@ -207,13 +272,13 @@ def test_embedding_is_computed_once_for_repeated_clicks(loaded, phantom_case):
     for d in (1, 2, -1):
         s.add_click(tuple(int(np.clip(v + d, 0, n - 1)) for v, n in zip(p, lesion.shape)), positive=d > 0)
     assert s.encode_calls == 1
-    # with lesion following on, further clicks reuse every crop the first click needed
-    s2 = ISRGSession(loaded)
-    s2.set_image(img)
-    s2.add_click(p)
-    n = s2.encode_calls
-    s2.add_click(tuple(int(np.clip(v + 1, 0, m - 1)) for v, m in zip(p, lesion.shape)))
-    assert s2.encode_calls == n
+    # a new lesion elsewhere needs its own crop, once (with following on, further clicks reuse every
+    # crop the first click needed: see test_lesion_larger_than_crop_is_followed)
+    far = tuple(int(n - 1 - v) for v, n in zip(p, lesion.shape))
+    s.new_lesion()
+    s.add_click(far)
+    s.add_click(tuple(max(v - 1, 0) for v in far))
+    assert s.encode_calls == 2
 
 
 class _ThresholdStandIn(nn.Module):
@@ -261,8 +326,10 @@ def test_lesion_larger_than_crop_is_followed(loaded):
     n = s.encode_calls
     s.add_click((8, 20, 20))                                      # further clicks reuse the cached crops
     assert s.encode_calls == n
-    s.new_lesion()
-    s.reset()
+    # a second lesion clicked on the same tube gets nothing: every voxel is already lesion 1's
+    assert s.new_lesion() == 2
+    assert not s.add_click((shape[0] - 10, 20, 20)).mask.any()
+    assert np.array_equal(s.label_map(), tube.astype(np.uint16))
     # clicked in the middle, the tube leaves the crop through both faces: followed both ways
     s = ISRGSession(stand_in, follow_steps=6)
     s.set_image(img)

@@ -75,7 +75,7 @@ def _wait_idle(page, extra: str = "true") -> None:
 
 def test_viewer_click_report_override_export(server, browser, phantom_raw, tmp_path):
     rel, mask, (z, y, x) = _lesion_case(phantom_raw)
-    page = browser.new_page(viewport={"width": 1560, "height": 940}, accept_downloads=True)
+    page = browser.new_page(viewport={"width": 1600, "height": 960}, accept_downloads=True)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server + "/")
@@ -135,16 +135,16 @@ def test_viewer_click_report_override_export(server, browser, phantom_raw, tmp_p
     assert rows_lesions.count() == 1 and "1 (current)" in rows_lesions.first.inner_text()
     text = page.inner_text("#report-text")
     assert text.endswith(".") and ";" in text
-    assert page.locator("#attr-table tbody tr").count() == 5
+    assert page.locator("#attr-table tbody tr[data-attribute]").count() == 5
     assert "mL" in page.inner_text("#measure-table")
 
     # override the density with a class the model did not choose
     density = page.locator("#attr-table select[data-attribute='density']")
     model_label = density.locator("option").first.inner_text()
-    choice = next(v for v in ["Hypodense", "Isodense", "Hyperdense"] if not model_label.startswith(v))
+    choice = next(v for v in page.evaluate("state.info.schema.density") if not model_label.startswith(v))
     density.select_option(choice)
-    page.wait_for_function(f"document.querySelector(\"#attr-table tr[data-attribute='density'] td:last-child\")"
-                           f".textContent === 'reader'", timeout=30_000)
+    page.wait_for_function("document.querySelector(\"#attr-table tr[data-attribute='density'] td:last-child\")"
+                           ".textContent === 'reader'", timeout=30_000)
     _wait_idle(page)
     assert f"{choice} lesion" in page.inner_text("#report-text")
 
@@ -153,6 +153,14 @@ def test_viewer_click_report_override_export(server, browser, phantom_raw, tmp_p
     page.wait_for_function("document.querySelector('#lesion-table tbody tr td:nth-child(3)').textContent === '2'",
                            timeout=60_000)
     _wait_idle(page, "document.getElementById('report-panel').dataset.lesion === '1'")
+    # Ctrl+click only moves the crosshair (back onto the lesion): no click is added
+    page.keyboard.down("Control")
+    page.mouse.click(box["x"] + (x + 0.5) * sx, box["y"] + (y + 0.5) * sy)
+    page.keyboard.up("Control")
+    page.wait_for_function(f"document.querySelector(\"#views .view[data-plane='sagittal'] .slice-label\")"
+                           f".textContent === 'x {x + 1}/{shape[2]}'", timeout=10_000)
+    _wait_idle(page)
+    assert page.locator("#lesion-table tbody tr td:nth-child(3)").inner_text() == "2"
 
     # export: the JSON keeps the reader's override, the mask is a NIfTI of the image's grid
     with page.expect_download() as dl:
@@ -164,7 +172,8 @@ def test_viewer_click_report_override_export(server, browser, phantom_raw, tmp_p
     with page.expect_download() as dl:
         page.click("#exp-labels")
     assert dl.value.suggested_filename.endswith("_lesions.nii.gz")
-    assert sitk.ReadImage(dl.value.path()).GetSize() == tuple(reversed(shape))
+    dl.value.save_as(tmp_path / dl.value.suggested_filename)
+    assert sitk.ReadImage(str(tmp_path / dl.value.suggested_filename)).GetSize() == tuple(reversed(shape))
     assert not errors, errors
 
     ARTIFACTS.mkdir(exist_ok=True)

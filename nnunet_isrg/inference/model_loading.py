@@ -206,8 +206,10 @@ def load_trained_model(model_folder: str | Path, folds: Folds = (0,), checkpoint
         try:
             net.load_state_dict(_clean_state_dict(saved["network_weights"]))
         except RuntimeError as e:
+            detail = " ".join(line.strip() for line in str(e).splitlines()[1:])
+            detail = detail if len(detail) < 400 else detail[:400] + "..."
             raise ModelFolderError(f"{ckpt}: weights do not fit the network described by {folder / 'plans.json'} "
-                                   f"({str(e).splitlines()[0]})") from None
+                                   f"(trained with another version of the network?): {detail}") from None
         networks.append(net.to(device).eval())
     network = networks[0] if len(networks) == 1 else ISRGEnsemble(networks).to(device).eval()
     return LoadedModel(folder=folder, plans_manager=plans_manager, configuration_manager=configuration_manager,

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -128,14 +129,17 @@ def predict_image(session, image: str, spec: Mapping, out_dir: Path, dicom: bool
     session.set_image(image)
     name = image_name(image)
     space = spec.get("space", "voxel")
-    for i, lesion in enumerate(spec["lesions"]):
+    empty = []
+    for lesion in spec["lesions"]:
         lid = session.new_lesion()
         for c in lesion["clicks"]:
             session.add_click(c["point"], positive=c.get("positive", True), space=space)
         for attr, value in lesion.get("attributes", {}).items():
             session.set_attribute(lid, attr, value)
         if session.state(lid).mask_in_bbox is None:
-            raise RuntimeError(f"{image}: lesion {i + 1} (clicks {lesion['clicks']}) came out empty")
+            # the model found nothing there (or only voxels of earlier lesions): reported, not fatal
+            warnings.warn(f"{image}: lesion {lid} (clicks {lesion['clicks']}) came out empty; it has no report")
+            empty.append(lid)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = session.label_image()
     paths = {"mask": str(out_dir / "mask.nii.gz")}
@@ -150,14 +154,14 @@ def predict_image(session, image: str, spec: Mapping, out_dir: Path, dicom: bool
     paths["key_images"] = [str(out_dir / v) for v in key_images.values()]
     doc = {"image": str(image), "name": name, "model": str(session.model.folder),
            "folds": [str(f) for f in session.model.folds], "coordinate_space_of_input": space,
-           "summaries": {rep.lesion_id: render_text(rep) for rep in reports},
+           "summaries": {rep.lesion_id: render_text(rep) for rep in reports}, "empty_lesions": empty,
            "lesions": [rep.to_dict() for rep in reports]}
     write_json_atomic(out_dir / "report.json", doc)
     paths["report_json"] = str(out_dir / "report.json")
     _write_text_atomic(render_markdown_document(reports, title=f"Structured lesion report: {name}",
                                                 key_images=key_images), out_dir / "report.md")
     paths["report_md"] = str(out_dir / "report.md")
-    if dicom:
+    if dicom and reports:
         from nnunet_isrg.report.dicom_export import export_dicom
 
         paths["dicom"] = export_dicom(session.image, sitk.GetArrayViewFromImage(labels), reports, out_dir / "dicom",
@@ -191,7 +195,19 @@ def _parse_folds(folds: Sequence[str]):
 
 
 def run_predict_from_args(args: argparse.Namespace) -> dict[str, dict]:
-    """Entry point of ``isrg predict``; returns {image: output paths}."""
+    """Entry point of ``isrg predict``; returns {image: output paths}. Bad input (clicks file, image,
+    model folder, a click outside its image) ends it with ``SystemExit`` and the message, no traceback."""
+    from nnunet_isrg.attributes import AttributeLabelError
+    from nnunet_isrg.inference.model_loading import ModelFolderError
+    from nnunet_isrg.inference.session import SessionError
+
+    try:
+        return _run_predict(args)
+    except (ClicksFileError, ModelFolderError, SessionError, AttributeLabelError) as e:
+        raise SystemExit(f"isrg predict: error: {e}") from None
+
+
+def _run_predict(args: argparse.Namespace) -> dict[str, dict]:
     from tqdm import tqdm
 
     from nnunet_isrg.inference.session import ISRGSession

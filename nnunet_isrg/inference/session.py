@@ -20,9 +20,12 @@ original image grid.
 How it runs. Preprocessing is nnU-Net's own for the model's plans (transpose, normalisation,
 resampling to the 3d_fullres spacing), applied to a region around the lesion's clicks only
 (:mod:`nnunet_isrg.inference.region_preprocessing`). A :class:`CropPredictor` on that region caches
-the crop's image embedding, so further clicks on the lesion only decode. When the mask reaches a
-crop face the crop is shifted inside the region (``CropPredictor``) and, when the region itself is
-exhausted, the region is re-extracted further along, so lesions larger than one crop are followed.
+the crop's image embedding, so further clicks on the lesion only decode. When the mask reaches a crop
+face that is not the image border, the lesion is followed: the next crop, half a crop further that
+way (both ways when it leaves through both faces of an axis), is preprocessed, encoded and predicted
+with the same clicks, up to ``follow_steps`` extra crops; each crop decides the voxels no earlier
+crop covered. Those crops stay cached, so further clicks on a large lesion decode only. (Zooming out
+is not implemented: a lesion wider than the crops allowed is cut at the last crop.)
 Lesions never overlap: voxels already claimed by another lesion stay that lesion's.
 """
 from __future__ import annotations
@@ -41,7 +44,8 @@ import torch
 
 from nnunet_isrg.inference.crop_predictor import CropPredictor, centred_bbox
 from nnunet_isrg.inference.model_loading import Folds, LoadedModel, load_trained_model
-from nnunet_isrg.inference.region_preprocessing import RegionGeometry, paste_mask, preprocess_region, region_box
+from nnunet_isrg.inference.region_preprocessing import (RegionGeometry, bounding_box, paste_mask, preprocess_region,
+                                                        region_box)
 
 ImageInput = Union[str, os.PathLike, sitk.Image]
 SPACES = ("voxel", "world")
@@ -223,12 +227,13 @@ class ISRGSession:
         folds: folds to load (several are averaged) or ``"all available"``; ignored for a LoadedModel.
         checkpoint: checkpoint file name in each fold folder.
         device: torch device.
-        follow_steps: how many times a lesion reaching the edge of the preprocessed region may move
-            the region (each move re-preprocesses and re-encodes).
+        follow_steps: at most this many extra crops per prediction for a lesion that reaches crop faces
+            (each new crop is preprocessed and encoded once; 0 switches following off).
         region_margin: extra region on each side of the crop, as a fraction of the crop, preprocessed
-            with the first click so that the crop can shift without preprocessing again.
-        organ_map, organ_names: optional organ label map (SimpleITK image or (Z, Y, X) array on the
-            image grid) and label names for the reports' location; can also be given to ``set_image``.
+            with the first click so that ``CropPredictor`` can shift the crop without a new region.
+
+    ``set_image`` also takes an optional organ label map (SimpleITK image or (Z, Y, X) array on the
+    image grid) and organ names, for the reports' location.
     """
 
     def __init__(self, model: Union[str, os.PathLike, LoadedModel], folds: Folds = (0,),
@@ -622,9 +627,9 @@ def _crop_box_original(geom: RegionGeometry, bbox) -> tuple[slice, slice, slice]
 
 def _shrink(slices: tuple, mask: np.ndarray):
     """(slices, mask) cut to the mask's bounding box; None if empty."""
-    if not mask.any():
+    box = bounding_box(mask)
+    if box is None:
         return None
-    nz = np.argwhere(mask)
-    lo, hi = nz.min(0), nz.max(0) + 1
+    lo, hi = box
     return (tuple(slice(s.start + a, s.start + b) for s, a, b in zip(slices, lo, hi)),
             np.ascontiguousarray(mask[tuple(slice(a, b) for a, b in zip(lo, hi))]))

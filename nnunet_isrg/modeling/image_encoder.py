@@ -135,6 +135,7 @@ class HighResolutionSkip(nn.Module):
 
     def __init__(self, out_chans: int, stride: int, in_chans: int = 1) -> None:
         super().__init__()
+        self.out_chans = out_chans
         self.net = nn.Sequential(
             nn.Conv3d(in_chans, out_chans, kernel_size=3 if stride == 1 else stride, stride=stride,
                       padding=1 if stride == 1 else 0),

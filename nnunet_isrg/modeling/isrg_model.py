@@ -51,10 +51,12 @@ class ISRGModel(nn.Module):
                  point_refiner: PointRefinement | None, transformer: TwoWayTransformer3D, mask_head: MaskHead,
                  iou_head: IoUHead, attribute_head: AttributeHead, synergy: FeatureSynergy | None,
                  num_classes: Mapping[str, int], config: Mapping[str, Any] | None = None,
-                 high_res_skip: HighResolutionSkip | None = None) -> None:
+                 high_res_skip: HighResolutionSkip | None = None,
+                 full_res_skip: HighResolutionSkip | None = None) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.high_res_skip = high_res_skip
+        self.full_res_skip = full_res_skip
         self.prompt_encoder = prompt_encoder
         self.point_refiner = point_refiner
         self.transformer = transformer
@@ -97,16 +99,24 @@ class ISRGModel(nn.Module):
         if image.dim() != 5 or image.shape[1] != 1 or tuple(image.shape[2:]) != self.crop_size:
             raise ValueError(f"image must have shape (B, 1, {', '.join(map(str, self.crop_size))}) "
                              f"(the model's crop size), got {tuple(image.shape)}")
-        embedding = self.image_encoder(image)
-        if self.high_res_skip is None:
-            return embedding
-        return torch.cat([embedding, fold_to_grid(self.high_res_skip(image), 4)], dim=1)
+        parts = [self.image_encoder(image)]
+        if self.high_res_skip is not None:
+            parts.append(fold_to_grid(self.high_res_skip(image), 4))
+        if self.full_res_skip is not None:
+            parts.append(fold_to_grid(self.full_res_skip(image), self.patch_size[0]))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
-    def _split_embedding(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _split_embedding(self, embedding: torch.Tensor):
+        """Packed embedding -> (grid embedding, skip features at 4x the grid or None, full-res features or None)."""
         c = self.prompt_encoder.embed_dim
-        if self.high_res_skip is None:
-            return embedding, None
-        return embedding[:, :c], unfold_from_grid(embedding[:, c:], (embedding.shape[1] - c) // 4 ** 3, 4)
+        grid, rest = embedding[:, :c], embedding[:, c:]
+        high = full = None
+        if self.high_res_skip is not None:
+            n = self.high_res_skip.out_chans * 4 ** 3
+            high, rest = unfold_from_grid(rest[:, :n], self.high_res_skip.out_chans, 4), rest[:, n:]
+        if self.full_res_skip is not None:
+            full = unfold_from_grid(rest, self.full_res_skip.out_chans, self.patch_size[0])
+        return grid, high, full
 
     def forward(self, image: torch.Tensor, points: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 mask_prompt: torch.Tensor | None = None) -> dict[str, Any]:
@@ -122,7 +132,7 @@ class ISRGModel(nn.Module):
             raise RuntimeError(NO_CLICK_MESSAGE)
         b = embedding.shape[0]
         self._check_prompts(b, points, labels, mask_prompt)
-        embedding, high_res = self._split_embedding(embedding)
+        embedding, high_res, full_res = self._split_embedding(embedding)
         labels = labels.long()
         # At least float32 for coordinates, also when the embedding comes out of autocast in half precision.
         points = points.to(torch.promote_types(embedding.dtype, torch.float32))
@@ -151,6 +161,8 @@ class ISRGModel(nn.Module):
             m, a = self.synergy(m, a)
         low_res = self.mask_head.predict(m, image_tokens, self.grid_size, high_res, dense_input)
         mask_logits = F.interpolate(low_res, size=self.crop_size, mode="trilinear", align_corners=False)
+        if full_res is not None:
+            mask_logits = mask_logits + self.mask_head.full_resolution_term(m, full_res)
         return {"mask_logits": mask_logits, "low_res_logits": low_res, "iou_pred": iou_pred,
                 "attribute_logits": self.attribute_head.classify(a)}
 

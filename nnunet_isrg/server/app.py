@@ -29,6 +29,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import tempfile
 import threading
 import zipfile
@@ -38,7 +39,7 @@ from typing import Any, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from fastapi import Body, FastAPI, HTTPException, Path as PathParam, Query, Request, Security
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -199,7 +200,7 @@ def create_app(model_folder, data_dirs: Sequence[str | os.PathLike] = (), token:
     app = FastAPI(
         title="nnunet-isrg viewer API",
         version="1",
-        description=(__doc__ or "").split("\n\n", 1)[1] if __doc__ else None,
+        description="\n\n".join((__doc__ or "").split("\n\n")[2:]),
     )
     app.state.store = store
     app.state.model = model
@@ -222,7 +223,6 @@ def create_app(model_folder, data_dirs: Sequence[str | os.PathLike] = (), token:
         if not secrets.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "wrong token", headers={"WWW-Authenticate": "Bearer"})
 
-    from fastapi import APIRouter, Depends
 
     api = APIRouter(dependencies=[Depends(require_token)])
 
@@ -233,7 +233,8 @@ def create_app(model_folder, data_dirs: Sequence[str | os.PathLike] = (), token:
 
     @app.exception_handler(SessionError)
     def _session_error(_: Request, e: SessionError):
-        return JSONResponse({"detail": str(e)}, status_code=422)
+        # numpy 2 scalar reprs ("np.float64(3.0)") read as noise to a person: keep the numbers
+        return JSONResponse({"detail": re.sub(r"np\.\w+\(([^()]*)\)", r"\1", str(e))}, status_code=422)
 
     @app.exception_handler(SliceError)
     def _slice_error(_: Request, e: SliceError):
@@ -670,8 +671,6 @@ def create_app(model_folder, data_dirs: Sequence[str | os.PathLike] = (), token:
                 data = zpath.read_bytes()
                 zpath.unlink()
             finally:
-                import shutil
-
                 shutil.rmtree(out_dir, ignore_errors=True)
             return _attachment(data, f"{_safe_stem(entry.image_name)}_dicom.zip", "application/zip")
 

@@ -36,7 +36,7 @@ class _TinySchedule:
     epochs = 30
     iterations_per_epoch = 50
     val_iterations_per_epoch = 5
-    learning_rate = 5e-4
+    learning_rate = 1e-3
     warmup_epochs = 2
     checkpoint_every = 10
 

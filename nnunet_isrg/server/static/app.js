@@ -268,7 +268,7 @@ function setSlice(plane, index) {
 }
 
 async function clickAt(plane, ev) {
-  if (!state.image) return;
+  if (!state.image || ev.button === 1) return;
   ev.preventDefault();
   const zyx = voxelAt(plane, ev);
   const navigateOnly = ev.ctrlKey || ev.altKey || ev.metaKey;
@@ -376,13 +376,17 @@ function renderReport(payload) {
     tr.innerHTML = `<td>${name}</td><td></td><td>${fmt(model.probability, 2)}</td>
       <td class="src-${a.source}">${a.source}</td>`;
     tr.children[1].appendChild(sel);
-    if (evidence) {
-      const ev = document.createElement("div");
-      ev.className = "evidence";
-      ev.textContent = evidence;
-      tr.children[1].appendChild(ev);
-    }
     body.appendChild(tr);
+    if (evidence) {
+      const er = document.createElement("tr");
+      er.className = "evidence-row";
+      const td = document.createElement("td");
+      td.colSpan = 4;
+      td.className = "evidence";
+      td.textContent = evidence;
+      er.appendChild(td);
+      body.appendChild(er);
+    }
   }
   const m = rep.measurements, r = m.recist || {}, hu = m.hu || {}, sh = m.shell || {}, loc = rep.location || {};
   const ext = m.extents_mm || {};
