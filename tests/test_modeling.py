@@ -331,3 +331,28 @@ def test_rebuild_from_config_loads_weights():
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         assert_outputs_close(model.eval()(x, pts, lab), again.eval()(x, pts, lab), atol=1e-6)
+
+
+def test_voxel_level_terms_follow_the_clicks_and_survive_the_split_api():
+    """The click maps reach the mask at voxel level; packed skip features round-trip through encode/decode."""
+    from nnunet_isrg.modeling.image_encoder import fold_to_grid, unfold_from_grid
+
+    x = torch.randn(2, 3, 16, 24, 8)
+    assert torch.equal(unfold_from_grid(fold_to_grid(x, 4), 3, 4), x)
+    for kw in ({}, {"full_res_chans": 4}, {"high_res_skip": False}):
+        model = small_model(32, **kw).eval()
+        img = torch.randn(1, 1, 32, 32, 32)
+        pts, lab = clicks(1)
+        with torch.no_grad():
+            assert_outputs_close(model.decode(model.encode_image(img), pts, lab), model(img, pts, lab), atol=1e-6)
+    model = small_model(32).eval()
+    maps = model.prompt_encoder.click_maps(torch.tensor([[[4.0, 20.0, 30.0], [16.0, 16.0, 16.0]]]),
+                                           torch.tensor([[1, 0]]))
+    assert maps.shape == (1, 2, *model.low_res_size)
+    # the positive blob peaks in the low-res voxel holding crop voxel (4, 20, 30); the negative one at (16,16,16)
+    scale = model.low_res_size[0] / 32
+    pos_peak = np.unravel_index(int(maps[0, 0].argmax()), model.low_res_size)
+    neg_peak = np.unravel_index(int(maps[0, 1].argmax()), model.low_res_size)
+    assert np.allclose(pos_peak, np.floor(np.array([4.5, 20.5, 30.5]) * scale), atol=1)
+    assert np.allclose(neg_peak, np.floor(np.array([16.5, 16.5, 16.5]) * scale), atol=1)
+    assert maps[0, 0].max() <= 1.0 and maps[0, 1].max() <= 1.0

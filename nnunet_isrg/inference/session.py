@@ -421,7 +421,10 @@ class ISRGSession:
         else:
             data, geom = preprocess_region(self._array, self.spacing_zyx, center_zyx, self._min_region_shape(),
                                            self.model.plans_manager, self.model.configuration_manager)
-            predictor = CropPredictor(self.model.network, self.schema, data, self.device)
+            # CropPredictor's own shifting only has room with a region margin; without one the border
+            # voxels are there for interpolation, and following is done here, crop by crop
+            predictor = CropPredictor(self.model.network, self.schema, data, self.device,
+                                      follow_lesion=self.region_margin > 0)
             lesion.regions[key] = (geom, predictor)
             while len(lesion.regions) > self.max_cached_regions:
                 lesion.regions.popitem(last=False)
