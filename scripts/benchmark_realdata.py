@@ -256,6 +256,8 @@ def summarise(cases: list[dict], n_clicks: int) -> dict:
         return {"n_cases": 0, "n_failed": len(cases)}
     s = summarise_cases([c["result"] for c in ok])
     s["mean_crop_fraction_per_click"] = [float(np.mean([c["crop_fraction"][k] for c in ok])) for k in range(n_clicks)]
+    s["mean_pred_volume_ml_per_click"] = [float(np.mean([c["pred_volume_ml"][k] for c in ok])) for k in range(n_clicks)]
+    s["mean_evaluated_volume_ml"] = float(np.mean([c["evaluated_volume_ml"] for c in ok]))
     s["mean_best_crop_fraction"] = float(np.mean([c["best_crop_fraction"] for c in ok]))
     s["mean_dice_bound_single_crop"] = float(np.mean([c["dice_bound_single_crop"] for c in ok]))
     s["n_lesions_larger_than_crop"] = int(sum(c["best_crop_fraction"] < 1.0 for c in ok))
@@ -336,6 +338,8 @@ def report_markdown(doc: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(_f(v, digits) for v in s["mean_per_click"][key]) + " |")
     lines.append("| mean lesion fraction inside the crop | "
                  + " | ".join(_f(v, 3) for v in s["mean_crop_fraction_per_click"]) + " |")
+    lines.append(f"| mean predicted volume (mL; lesions {_f(s['mean_evaluated_volume_ml'], 0)}) | "
+                 + " | ".join(_f(v, 1) for v in s["mean_pred_volume_ml_per_click"]) + " |")
     lines += ["",
               f"{s['n_lesions_larger_than_crop']} of {s['n_cases']} lesions do not fit in one crop: the best single "
               f"crop placement holds on average {_f(s['mean_best_crop_fraction'])} of the lesion, which caps the Dice "
@@ -345,25 +349,28 @@ def report_markdown(doc: dict) -> str:
               + (f" {s['n_failed']} case(s) failed (see the JSON)." if s.get("n_failed") else ""),
               "",
               "| case | lesion mL | extent z/y/x mm | mean HU | best crop fraction | Dice bound | "
-              + " | ".join(f"Dice@{k + 1}" for k in range(n)) + f" | crop fraction@{n} | s |",
-              "|---|---|---|---|---|---|" + "---|" * n + "---|---|"]
+              + " | ".join(f"Dice@{k + 1}" for k in range(n)) + f" | crop fraction@{n} | predicted mL@{n} | s |",
+              "|---|---|---|---|---|---|" + "---|" * n + "---|---|---|"]
     for c in doc["cases"]:
         if "protocol" not in c:
-            lines.append(f"| {c['case']} | {_f(c['volume_ml'], 0)} | | | | | " + " | ".join("" for _ in range(n))
-                         + f" | | {c.get('error', 'failed')} |")
+            lines.append(f"| {c['case']} | {_f(c['volume_ml'], 0)} | failed: {c.get('error', '?')} | | | | "
+                         + " | ".join("" for _ in range(n)) + " | | | |")
             continue
         lines.append(f"| {c['case']} | {_f(c['volume_ml'], 0)} | {'/'.join(_f(e, 0) for e in c['extent_mm_zyx'])} | "
-                     f"{_f(c['mean_hu'], 0)} | {_f(c['best_crop_fraction'], 2)} | {_f(c['dice_bound_single_crop'], 2)} | "
-                     + " | ".join(_f(d) for d in c["protocol"]["dice"]) + f" | {_f(c['crop_fraction'][-1], 2)} | "
-                     f"{_f(c['preprocess_s'] + c['protocol_s'], 0)} |")
+                     f"{_f(c['mean_hu'], 0)} | {_f(c['best_crop_fraction'])} | {_f(c['dice_bound_single_crop'])} | "
+                     + " | ".join(_f(d) for d in c["protocol"]["dice"]) + f" | {_f(c['crop_fraction'][-1])} | "
+                     f"{_f(c['pred_volume_ml'][-1], 1)} | {_f(c['preprocess_s'] + c['protocol_s'], 0)} |")
     if doc.get("cross_validation", {}).get("comparison_markdown"):
         lines += ["", "**Trained on the real cases (5-fold cross-validation, GPU).**", "",
                   doc["cross_validation"]["comparison_markdown"]]
     else:
-        lines += ["", "Training ISRG and the nnU-Net UNet on these cases (5-fold cross-validation) needs a GPU: "
-                      "`python scripts/benchmark_realdata.py --gpu` runs "
-                  + "; ".join(f"`{' '.join(c)}`" for c in doc["gpu_commands"][:: len(CV_FOLDS)][:len(CV_TRAINERS)])
-                  + " for each fold, then `" + " ".join(doc["gpu_commands"][-1]) + "`. Not run here."]
+        folds = " ".join(map(str, CV_FOLDS))
+        lines += ["", "Training ISRG and the nnU-Net UNet on these cases (5-fold cross-validation) needs a GPU and was "
+                      "not run here: `python scripts/benchmark_realdata.py --gpu` runs "
+                  + ", ".join(f"`nnUNetv2_train {doc['dataset']['id']} {CONFIGURATION} F -tr {tr} -device cuda`"
+                              for tr in CV_TRAINERS)
+                  + f" for F in {folds}, then `isrg compare -d {doc['dataset']['id']} --baseline {CV_TRAINERS[0]} "
+                    f"--trainers {' '.join(CV_TRAINERS[1:])} -f {folds} -device cuda`."]
     return "\n".join(lines) + "\n"
 
 
@@ -470,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": command,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "device": args.device, "torch_threads": torch.get_num_threads()},
-        "dataset": {"raw": str(raw), "source": str(Path(args.source).resolve()), "n_cases": len(all_ids),
+        "dataset": {"id": args.dataset_id, "raw": str(raw), "source": str(Path(args.source).resolve()), "n_cases": len(all_ids),
                     "n_cases_evaluated": len(cases), "cases": ids},
         "model": info,
         "n_clicks": args.clicks,
