@@ -19,7 +19,8 @@
    These sarcomas (17-820 mL) are mostly larger than one crop (64^3 voxels at 1.5 mm = 96 mm), and
    a prediction never leaves its crop, so the script also reports per case the fraction of the
    lesion inside the crop of each prediction and the best fraction any single crop placement can
-   hold, with the Dice that this caps a single-crop prediction at (``2 f / (1 + f)``).
+   hold, with the Dice that this caps a single-crop prediction at (``2 f / (1 + f)``), and a
+   model-free reference: the Dice of taking the whole first crop as the mask.
 3. Writes ``results/benchmark_realdata.json`` and ``.md``; ``--update-readme`` replaces the README
    section ``realdata-results``.
 
@@ -29,6 +30,9 @@ the 24 real cases with nnU-Net's 5-fold cross-validation (``nnUNetv2_train 600 3
 ``isrg compare -d 600 --baseline nnUNetTrainer --trainers ISRGTrainer -f 0 1 2 3 4 -device cuda``
 (tables in ``results/benchmark_realdata_cv/``). The cases carry no attribute labels, so only the
 segmentation table is meaningful there. The commands are written into the JSON in every mode.
+``--cross-validate`` runs the same with ``--cv-trainers`` (no-click baseline first), ``--cv-folds``,
+``--cv-clicks`` and ``--cv-device``, e.g. a CPU smoke test of that path with the debug trainers:
+``--cross-validate --cv-trainers nnUNetTrainer_ISRGDebug ISRGTrainer_Debug --cv-folds 0 --cv-clicks 1 3``.
 
 ``--cases 3`` (or ``--case-ids STS_001 ...``): a smoke run on a few cases.
 """
@@ -60,6 +64,7 @@ CONFIGURATION = "3d_fullres"
 README_SECTION = "realdata-results"
 CV_TRAINERS = ("nnUNetTrainer", "ISRGTrainer")
 CV_FOLDS = (0, 1, 2, 3, 4)
+CV_CLICKS = (1, 3, 5)
 
 
 # ------------------------------------------------------------------------------------------ environment
@@ -140,7 +145,10 @@ def best_single_crop_fraction(gt: np.ndarray, crop_size: Sequence[int]) -> float
 
 
 def fraction_inside(gt: np.ndarray, bbox: Sequence[Sequence[int]]) -> float:
-    """Fraction of ``gt`` (bool z,y,x) inside ``bbox`` ([[z0, z1], [y0, y1], [x0, x1]], half open, may leave the volume)."""
+    """Fraction of ``gt`` (bool z,y,x) inside ``bbox``.
+
+    ``bbox``: [[z0, z1], [y0, y1], [x0, x1]] voxels, half open; it may reach outside the volume.
+    """
     sl = tuple(slice(max(int(lo), 0), max(min(int(hi), n), 0)) for (lo, hi), n in zip(bbox, gt.shape))
     total = int(gt.sum())
     return float(gt[sl].sum()) / total if total else float("nan")
@@ -177,7 +185,8 @@ def evaluate_case(loaded, case, n_clicks: int, device: str = "cpu", lesion_label
 
     from nnunet_isrg.evaluation.compare import _preprocess_held_out
     from nnunet_isrg.evaluation.protocol import run_interactive_protocol
-    from nnunet_isrg.inference.crop_predictor import CropPredictor
+    from nnunet_isrg.evaluation.metrics import dice
+    from nnunet_isrg.inference.crop_predictor import CropPredictor, centred_bbox
     from nnunet_isrg.training.interactive_validation import largest_lesion_component
 
     out = {"case": case.case_id, **raw_lesion_stats(case.image_files[0], case.label_file)}
@@ -217,6 +226,11 @@ def evaluate_case(loaded, case, n_clicks: int, device: str = "cpu", lesion_label
         result = run_interactive_protocol(predict_fn, gt, spacing, n_clicks=n_clicks, case_id=case.case_id,
                                           keep_final_mask=False)
     out["protocol_s"] = round(time.time() - t, 2)
+    # Trivial reference: the whole first crop (placed as CropPredictor places it) as the mask, no model.
+    box = np.zeros_like(gt)
+    first = centred_bbox(result.clicks[0]["point"], crop, gt.shape)
+    box[tuple(slice(max(lo, 0), max(min(hi, n), 0)) for (lo, hi), n in zip(first, gt.shape))] = True
+    out["dice_whole_first_crop"] = dice(box, gt)
     while len(per_click) < n_clicks:  # the protocol carries a perfect prediction forward
         per_click.append(dict(per_click[-1], n_encodes=0))
     out.update(crop_fraction=[c["crop_fraction"] for c in per_click],
@@ -258,6 +272,7 @@ def summarise(cases: list[dict], n_clicks: int) -> dict:
     s["mean_crop_fraction_per_click"] = [float(np.mean([c["crop_fraction"][k] for c in ok])) for k in range(n_clicks)]
     s["mean_pred_volume_ml_per_click"] = [float(np.mean([c["pred_volume_ml"][k] for c in ok])) for k in range(n_clicks)]
     s["mean_evaluated_volume_ml"] = float(np.mean([c["evaluated_volume_ml"] for c in ok]))
+    s["mean_dice_whole_first_crop"] = float(np.mean([c["dice_whole_first_crop"] for c in ok]))
     s["mean_best_crop_fraction"] = float(np.mean([c["best_crop_fraction"] for c in ok]))
     s["mean_dice_bound_single_crop"] = float(np.mean([c["dice_bound_single_crop"] for c in ok]))
     s["n_lesions_larger_than_crop"] = int(sum(c["best_crop_fraction"] < 1.0 for c in ok))
@@ -265,33 +280,38 @@ def summarise(cases: list[dict], n_clicks: int) -> dict:
     return jsonable(s)
 
 
-# ------------------------------------------------------------------------------------------ --gpu
+# ------------------------------------------------------------------------------------------ --gpu / --cross-validate
 def cross_validation_commands(dataset_id: int, folds: Sequence[int] = CV_FOLDS, trainers: Sequence[str] = CV_TRAINERS,
-                              out_dir: Path | None = None) -> list[list[str]]:
-    """The training and comparison commands of the real-data cross-validation (run by ``--gpu``)."""
-    cmds = [["nnUNetv2_train", str(dataset_id), CONFIGURATION, str(f), "-tr", tr, "-device", "cuda"]
+                              out_dir: Path | None = None, device: str = "cuda",
+                              clicks: Sequence[int] = CV_CLICKS) -> list[list[str]]:
+    """The training and comparison commands of the real-data cross-validation (run by ``--gpu``).
+
+    ``trainers[0]`` is the no-click baseline (an nnU-Net trainer), the others are ISRG trainers.
+    """
+    if len(trainers) < 2:
+        raise ValueError(f"cross-validation needs a baseline and at least one ISRG trainer, got {list(trainers)}")
+    cmds = [["nnUNetv2_train", str(dataset_id), CONFIGURATION, str(f), "-tr", tr, "-device", device]
             for tr in trainers for f in folds]
     cmd = ["isrg", "compare", "-d", str(dataset_id), "--baseline", trainers[0], "--trainers", *trainers[1:],
-           "-f", *map(str, folds), "-device", "cuda"]
+           "-f", *map(str, folds), "--clicks", *map(str, clicks), "-device", device]
     if out_dir is not None:
         cmd += ["-o", str(out_dir)]
     return cmds + [cmd]
 
 
-def run_cross_validation(dataset_id: int, results_root: Path, out_dir: Path, env: dict) -> dict:
-    """Trains the missing folds (nnUNetv2_train, CUDA), then ``isrg compare``; returns timings and the tables."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise SystemExit("--gpu: no CUDA device visible to torch; the real-data cross-validation needs a GPU")
+def run_cross_validation(dataset_id: int, results_root: Path, out_dir: Path, env: dict,
+                         folds: Sequence[int] = CV_FOLDS, trainers: Sequence[str] = CV_TRAINERS,
+                         device: str = "cuda", clicks: Sequence[int] = CV_CLICKS) -> dict:
+    """Trains the folds not trained yet (``nnUNetv2_train``), then ``isrg compare``; returns timings and the tables."""
     bindir = Path(sys.executable).parent
     timings = {}
-    for cmd in cross_validation_commands(dataset_id, out_dir=out_dir):
+    for cmd in cross_validation_commands(dataset_id, folds, trainers, out_dir, device, clicks):
         exe = [str(bindir / cmd[0]), *cmd[1:]]
         if cmd[0] == "nnUNetv2_train":
             tr, fold = cmd[5], cmd[3]
             fold_dir = results_root / f"{tr}__nnUNetPlans__{CONFIGURATION}" / f"fold_{fold}"
-            validated = any((fold_dir / "validation" / f).is_file() for f in ("summary.json", "interactive_summary.json"))
+            validated = any((fold_dir / "validation" / f).is_file()
+                            for f in ("summary.json", "interactive_summary.json"))
             if (fold_dir / "checkpoint_final.pth").is_file() and validated:
                 continue
             if (fold_dir / "checkpoint_latest.pth").is_file():
@@ -300,7 +320,10 @@ def run_cross_validation(dataset_id: int, results_root: Path, out_dir: Path, env
         else:
             timings["compare_s"] = round(run(exe, env), 1)
     md = out_dir / "comparison.md"
-    return {"timings_s": timings, "out_dir": str(out_dir),
+    return {"run": True, "trainers": list(trainers), "folds": list(folds), "device": device,
+            "timings_s": timings, "out_dir": str(out_dir),
+            "comparison": json.loads((out_dir / "comparison.json").read_text())
+            if (out_dir / "comparison.json").is_file() else None,
             "comparison_markdown": md.read_text() if md.is_file() else None}
 
 
@@ -344,25 +367,36 @@ def report_markdown(doc: dict) -> str:
               f"{s['n_lesions_larger_than_crop']} of {s['n_cases']} lesions do not fit in one crop: the best single "
               f"crop placement holds on average {_f(s['mean_best_crop_fraction'])} of the lesion, which caps the Dice "
               f"of any one-crop prediction at {_f(s['mean_dice_bound_single_crop'])} on average (2f/(1+f)). "
-              f"NoC@85: {_f(s['noc']['85']['mean'], 2)} clicks, {s['noc']['85']['n_failed']} of {s['n_cases']} "
+              f"Reference without any model: taking the whole first crop as the mask gives a mean Dice of "
+              f"{_f(s['mean_dice_whole_first_crop'])}. At click {n} the predictions average "
+              f"{_f(s['mean_pred_volume_ml_per_click'][-1], 1)} mL against {_f(s['mean_evaluated_volume_ml'], 0)} mL "
+              f"of lesion. NoC@85: {_f(s['noc']['85']['mean'], 2)} clicks, "
+              f"{s['noc']['85']['n_failed']} of {s['n_cases']} "
               f"never reach Dice 0.85 within {n} clicks."
               + (f" {s['n_failed']} case(s) failed (see the JSON)." if s.get("n_failed") else ""),
               "",
               "| case | lesion mL | extent z/y/x mm | mean HU | best crop fraction | Dice bound | "
-              + " | ".join(f"Dice@{k + 1}" for k in range(n)) + f" | crop fraction@{n} | predicted mL@{n} | s |",
-              "|---|---|---|---|---|---|" + "---|" * n + "---|---|---|"]
+              + " | ".join(f"Dice@{k + 1}" for k in range(n))
+              + f" | crop fraction@{n} | predicted mL@{n} | whole-crop Dice | s |",
+              "|---|---|---|---|---|---|" + "---|" * n + "---|---|---|---|"]
     for c in doc["cases"]:
         if "protocol" not in c:
             lines.append(f"| {c['case']} | {_f(c['volume_ml'], 0)} | failed: {c.get('error', '?')} | | | | "
-                         + " | ".join("" for _ in range(n)) + " | | | |")
+                         + " | ".join("" for _ in range(n)) + " | | | | |")
             continue
         lines.append(f"| {c['case']} | {_f(c['volume_ml'], 0)} | {'/'.join(_f(e, 0) for e in c['extent_mm_zyx'])} | "
                      f"{_f(c['mean_hu'], 0)} | {_f(c['best_crop_fraction'])} | {_f(c['dice_bound_single_crop'])} | "
                      + " | ".join(_f(d) for d in c["protocol"]["dice"]) + f" | {_f(c['crop_fraction'][-1])} | "
-                     f"{_f(c['pred_volume_ml'][-1], 1)} | {_f(c['preprocess_s'] + c['protocol_s'], 0)} |")
-    if doc.get("cross_validation", {}).get("comparison_markdown"):
-        lines += ["", "**Trained on the real cases (5-fold cross-validation, GPU).**", "",
-                  doc["cross_validation"]["comparison_markdown"]]
+                     f"{_f(c['pred_volume_ml'][-1], 1)} | {_f(c['dice_whole_first_crop'])} | "
+                     f"{_f(c['preprocess_s'] + c['protocol_s'], 0)} |")
+    cv = doc.get("cross_validation", {})
+    if cv.get("comparison_markdown"):
+        lines += ["", f"**Trained on the real cases** (nnU-Net cross-validation, "
+                      f"folds {', '.join(map(str, cv['folds']))}, "
+                      f"{cv['device']}; trainers {', '.join(f'`{t}`' for t in cv['trainers'])}; training times in the "
+                      f"JSON); plots in `{cv['out_dir']}`.", "",
+                  "\n".join(line for line in cv["comparison_markdown"].splitlines()
+                            if not line.startswith("!["))]  # the plots' relative links only work there
     else:
         folds = " ".join(map(str, CV_FOLDS))
         lines += ["", "Training ISRG and the nnU-Net UNet on these cases (5-fold cross-validation) needs a GPU and was "
@@ -370,7 +404,8 @@ def report_markdown(doc: dict) -> str:
                   + ", ".join(f"`nnUNetv2_train {doc['dataset']['id']} {CONFIGURATION} F -tr {tr} -device cuda`"
                               for tr in CV_TRAINERS)
                   + f" for F in {folds}, then `isrg compare -d {doc['dataset']['id']} --baseline {CV_TRAINERS[0]} "
-                    f"--trainers {' '.join(CV_TRAINERS[1:])} -f {folds} -device cuda`."]
+                    f"--trainers {' '.join(CV_TRAINERS[1:])} -f {folds} --clicks {' '.join(map(str, CV_CLICKS))} "
+                    f"-device cuda`."]
     return "\n".join(lines) + "\n"
 
 
@@ -399,15 +434,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads for the zero-shot evaluation")
     p.add_argument("--device", default="cpu", help="device of the zero-shot evaluation")
     p.add_argument("--gpu", action="store_true",
-                   help="also train nnUNetTrainer and ISRGTrainer on the real cases (5 folds, CUDA) and compare")
+                   help="also train nnUNetTrainer and ISRGTrainer on the real cases (5 folds, CUDA) and compare "
+                        "(= --cross-validate --cv-device cuda)")
+    p.add_argument("--cross-validate", action="store_true",
+                   help="train --cv-trainers on the real cases and compare them (isrg compare)")
+    p.add_argument("--cv-trainers", nargs="+", default=list(CV_TRAINERS),
+                   help="no-click baseline first, then ISRG trainer(s) (default: %(default)s); e.g. "
+                        "nnUNetTrainer_ISRGDebug ISRGTrainer_Debug for a CPU smoke run")
+    p.add_argument("--cv-folds", nargs="+", type=int, default=list(CV_FOLDS))
+    p.add_argument("--cv-clicks", nargs="+", type=int, default=list(CV_CLICKS),
+                   help="clicks in the comparison table (default %(default)s; the debug trainers validate 3)")
+    p.add_argument("--cv-device", default=None, help="device for training (default cuda with --gpu, else cpu)")
     p.add_argument("--out", default=str(REPO / "results" / "benchmark_realdata.json"))
     p.add_argument("--update-readme", action="store_true", help=f"replace the README section '{README_SECTION}'")
     args = p.parse_args(argv)
     subset = args.cases is not None or args.case_ids is not None
     if args.update_readme and subset:
         raise SystemExit("--update-readme with --cases/--case-ids would publish a partial table; run on all cases")
-    if args.gpu and args.no_preprocess:
-        raise SystemExit("--gpu trains on the preprocessed real dataset; drop --no-preprocess")
+    cross_validate = args.gpu or args.cross_validate
+    cv_device = args.cv_device or ("cuda" if args.gpu else "cpu")
+    if cross_validate and args.no_preprocess:
+        raise SystemExit("--gpu/--cross-validate train on the preprocessed real dataset; drop --no-preprocess")
+    if cross_validate and len(args.cv_trainers) < 2:
+        raise SystemExit(f"--cv-trainers needs a no-click baseline and at least one ISRG trainer, "
+                         f"got {args.cv_trainers}")
+    if cross_validate and cv_device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu: no CUDA device visible to torch; the real-data cross-validation needs a GPU "
+                             "(--cross-validate --cv-device cpu with the debug trainers runs a CPU smoke test)")
 
     t0 = time.time()
     env = setup_env()
@@ -454,16 +510,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             r = {"case": c.case_id, "volume_ml": None, "error": f"{type(e).__name__}: {e}"}
         results.append(r)
         dice = " ".join(_f(d) for d in r["protocol"]["dice"]) if "protocol" in r else r.get("error")
-        print(f"  {c.case_id}: {_f(r.get('volume_ml'), 0)} mL, best crop fraction {_f(r.get('best_crop_fraction'), 2)}, "
+        print(f"  {c.case_id}: {_f(r.get('volume_ml'), 0)} mL, "
+              f"best crop fraction {_f(r.get('best_crop_fraction'), 2)}, "
               f"Dice per click {dice} ({_f(r.get('preprocess_s', 0) + r.get('protocol_s', 0), 1)} s)", flush=True)
     timings["zero_shot_s"] = time.time() - t
-
-    cv_dir = Path(args.out).with_name(Path(args.out).stem + "_cv")
-    cv = None
-    if args.gpu:
-        cv = run_cross_validation(args.dataset_id, Path(env["nnUNet_results"]) / raw.name, cv_dir, env)
-    timings = {k: round(v, 1) for k, v in timings.items()}
     command = "python scripts/benchmark_realdata.py" + (" --gpu" if args.gpu else "")
+    if args.cross_validate:
+        command += " --cross-validate"
+        if args.cv_trainers != list(CV_TRAINERS):
+            command += " --cv-trainers " + " ".join(args.cv_trainers)
+        if args.cv_folds != list(CV_FOLDS):
+            command += " --cv-folds " + " ".join(map(str, args.cv_folds))
+        if args.cv_clicks != list(CV_CLICKS):
+            command += " --cv-clicks " + " ".join(map(str, args.cv_clicks))
+        if args.cv_device:
+            command += f" --cv-device {args.cv_device}"
     if args.cases is not None:
         command += f" --cases {args.cases}"
     if args.case_ids:
@@ -472,32 +533,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         command += f" --model {args.model}"
     if args.checkpoint != "checkpoint_final.pth":
         command += f" --checkpoint {args.checkpoint}"
+    out_json = Path(args.out)
+    cv_dir = out_json.with_name(out_json.stem + "_cv")
     doc = {
         "generated": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": command,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "device": args.device, "torch_threads": torch.get_num_threads()},
-        "dataset": {"id": args.dataset_id, "raw": str(raw), "source": str(Path(args.source).resolve()), "n_cases": len(all_ids),
-                    "n_cases_evaluated": len(cases), "cases": ids},
+        "dataset": {"id": args.dataset_id, "raw": str(raw), "source": str(Path(args.source).resolve()),
+                    "n_cases": len(all_ids), "n_cases_evaluated": len(cases), "cases": ids},
         "model": info,
         "n_clicks": args.clicks,
         "summary": summarise(results, args.clicks),
         "cases": [{k: v for k, v in r.items() if k != "result"} for r in results],
-        "timings_s": timings,
-        "run_time_s": round(time.time() - t0, 1),
+        "timings_s": {},
+        "run_time_s": None,
         "run_time_note": "this invocation only; steps whose outputs existed were skipped",
         "gpu_commands": cross_validation_commands(args.dataset_id, out_dir=cv_dir),
-        "cross_validation": cv or {"run": False, "reason": "needs --gpu (CUDA)"},
+        "cross_validation": {"run": False, "reason": "needs --gpu (CUDA); see gpu_commands"},
     }
-    out_json = Path(args.out)
-    write_json_atomic(out_json, doc)
-    md = report_markdown(doc)
-    write_text_atomic(out_json.with_suffix(".md"), md)
-    print(f"\nwrote {out_json} and {out_json.with_suffix('.md')} (run time {doc['run_time_s'] / 60:.1f} min)")
+
+    def write(doc: dict) -> str:
+        doc["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+        doc["run_time_s"] = round(time.time() - t0, 1)
+        write_json_atomic(out_json, doc)
+        md = report_markdown(doc)
+        write_text_atomic(out_json.with_suffix(".md"), md)
+        print(f"\nwrote {out_json} and {out_json.with_suffix('.md')} (run time {doc['run_time_s'] / 60:.1f} min)")
+        return md
+
+    md = write(doc)  # the zero-shot results are kept even if the cross-validation fails
     s = doc["summary"]
     if s.get("n_cases"):
         print("mean Dice per click: " + " ".join(_f(v) for v in s["mean_per_click"]["dice"])
               + f"; mean best crop fraction {_f(s['mean_best_crop_fraction'])}")
+    rc = 0
+    if cross_validate:
+        t = time.time()
+        try:
+            doc["cross_validation"] = run_cross_validation(
+                args.dataset_id, Path(env["nnUNet_results"]) / raw.name, cv_dir, env, args.cv_folds,
+                args.cv_trainers, cv_device, args.cv_clicks)
+        except subprocess.CalledProcessError as e:
+            doc["cross_validation"] = {"run": True, "error": f"command failed with status {e.returncode}: "
+                                                             f"{' '.join(map(str, e.cmd))}"}
+            print(f"cross-validation failed: {doc['cross_validation']['error']}", file=sys.stderr)
+            rc = 1
+        timings["cross_validation_s"] = time.time() - t
+        md = write(doc)
+        if rc:
+            return rc
 
     if args.update_readme:
         from nnunet_isrg.utils.readme import replace_readme_section

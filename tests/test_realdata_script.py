@@ -91,7 +91,8 @@ def test_summary_and_report_on_a_crop_limited_oracle(bench):
                       "extent_mm_zyx": [43.5] * 3, "evaluated_volume_ml": gt.sum() * 1.5 ** 3 / 1000,
                       "best_crop_fraction": best, "dice_bound_single_crop": bench.dice_bound(best),
                       "crop_fraction": [f] * 3, "pred_volume_ml": [f * gt.sum() * 1.5 ** 3 / 1000] * 3,
-                      "preprocess_s": 1.0, "protocol_s": 1.0, "protocol": r.to_dict(), "result": r})
+                      "preprocess_s": 1.0, "protocol_s": 1.0, "dice_whole_first_crop": 0.5,
+                      "protocol": r.to_dict(), "result": r})
         assert r.dice[0] == pytest.approx(bench.dice_bound(f))
         assert f <= best + 1e-12
     s = bench.summarise(cases, 3)
@@ -119,7 +120,7 @@ def test_cross_validation_commands(bench):
     assert cmds[:4] == [["nnUNetv2_train", "600", "3d_fullres", f, "-tr", tr, "-device", "cuda"]
                         for tr in ("nnUNetTrainer", "ISRGTrainer") for f in ("0", "1")]
     assert cmds[-1] == ["isrg", "compare", "-d", "600", "--baseline", "nnUNetTrainer", "--trainers", "ISRGTrainer",
-                        "-f", "0", "1", "-device", "cuda", "-o", "/x"]
+                        "-f", "0", "1", "--clicks", "1", "3", "5", "-device", "cuda", "-o", "/x"]
 
 
 @pytest.mark.skipif(not STS_002.is_dir(), reason="real data (../shared/realdata/ibsi-sts) not present")
@@ -151,3 +152,5 @@ def test_real_sarcoma_through_the_debug_model(bench, debug_model):
         assert 0.0 <= d <= bench.dice_bound(f) + 1e-9
         assert f <= r["best_crop_fraction"] + 1e-9
     assert len(r["protocol"]["dice"]) == 2 and r["n_encodes"][0] >= 1
+    # the model-free reference (whole first crop) is also confined to one crop
+    assert 0.0 < r["dice_whole_first_crop"] <= bench.dice_bound(r["best_crop_fraction"]) + 1e-9

@@ -42,11 +42,21 @@ def _lesion_case(phantom_raw: Path) -> tuple[str, np.ndarray, list[int]]:
 
 
 @pytest.fixture(scope="module")
-def server(debug_model, phantom_raw):
+def viewer_data(request) -> tuple[Path, Path]:
+    """(model folder, raw dataset): the debug fixtures, or ISRG_VIEWER_MODEL / ISRG_VIEWER_DATA (a trained
+    model and its raw phantom dataset, used to make the README's screenshot)."""
+    model, data = os.environ.get("ISRG_VIEWER_MODEL"), os.environ.get("ISRG_VIEWER_DATA")
+    if model and data:
+        return Path(model), Path(data)
+    return request.getfixturevalue("debug_model"), request.getfixturevalue("phantom_raw")
+
+
+@pytest.fixture(scope="module")
+def server(viewer_data):
     from nnunet_isrg.server.app import create_app, serve_in_background
 
     torch.set_num_threads(1)
-    app = create_app(debug_model, data_dirs=[phantom_raw])
+    app = create_app(viewer_data[0], data_dirs=[viewer_data[1]])
     with serve_in_background(app) as url:
         yield url
 
@@ -73,8 +83,8 @@ def _wait_idle(page, extra: str = "true") -> None:
     page.wait_for_function(f"document.body.dataset.busy === undefined && ({extra})", timeout=60_000)
 
 
-def test_viewer_click_report_override_export(server, browser, phantom_raw, tmp_path):
-    rel, mask, (z, y, x) = _lesion_case(phantom_raw)
+def test_viewer_click_report_override_export(server, browser, viewer_data, tmp_path):
+    rel, mask, (z, y, x) = _lesion_case(viewer_data[1])
     page = browser.new_page(viewport={"width": 1600, "height": 960}, accept_downloads=True)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
