@@ -183,7 +183,7 @@ def evaluate_case(loaded, case, n_clicks: int, device: str = "cpu", lesion_label
     """
     import torch
 
-    from nnunet_isrg.evaluation.compare import _preprocess_held_out
+    from nnunet_isrg.evaluation.compare import preprocess_held_out
     from nnunet_isrg.evaluation.protocol import run_interactive_protocol
     from nnunet_isrg.evaluation.metrics import dice
     from nnunet_isrg.inference.crop_predictor import CropPredictor, centred_bbox
@@ -191,7 +191,7 @@ def evaluate_case(loaded, case, n_clicks: int, device: str = "cpu", lesion_label
 
     out = {"case": case.case_id, **raw_lesion_stats(case.image_files[0], case.label_file)}
     t = time.time()
-    data, seg, _ = _preprocess_held_out([case], loaded.folder, CONFIGURATION)[case.case_id]
+    data, seg, _ = preprocess_held_out([case], loaded.folder, CONFIGURATION)[case.case_id]
     out["preprocess_s"] = round(time.time() - t, 2)
     spacing = loaded.target_spacing
     voxel_ml = float(np.prod(spacing)) / 1000.0

@@ -46,7 +46,9 @@ def demo_markdown(out: dict) -> str:
              f"phantom ({out['n_cases']} validation cases), deterministic click protocol. Written by "
              f"`python scripts/demo.py --update-readme` from `results/demo_summary.json`; total run time "
              f"{out['timings_s']['total_s'] / 60:.1f} min (training and validation "
-             f"{out['timings_s']['train_and_validate_s'] / 60:.1f} min).", "",
+             f"{out['timings_s']['train_and_validate_s'] / 60:.1f} min; phantom generation and nnU-Net planning/preprocessing "
+             f"add about 1.5 min when they are not already done). The machine was shared with other jobs during "
+             f"the run, so the time is an upper bound.", "",
              "| clicks | " + " | ".join(str(i + 1) for i in range(len(dice))) + " |",
              "|---|" + "---|" * len(dice),
              "| mean Dice | " + " | ".join(f"{d:.3f}" for d in dice) + " |", "",

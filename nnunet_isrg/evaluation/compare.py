@@ -109,7 +109,7 @@ def held_out_cases(dataset: str | int, folder: str | Path | None = None,
     return cases, {"types": types or ["unknown"], "n_cases": len(cases), "folder": str(folder)}
 
 
-def _preprocess_held_out(cases: Sequence[HeldOutCase], folder: Path, configuration: str) -> dict[str, tuple]:
+def preprocess_held_out(cases: Sequence[HeldOutCase], folder: Path, configuration: str) -> dict[str, tuple]:
     """nnU-Net's DefaultPreprocessor on each held-out case (image and label), with this trainer's plans."""
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -137,7 +137,7 @@ def zero_shot_trainer(ev: TrainerEvaluation, cases: Sequence[HeldOutCase], confi
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     spacing = [float(s) for s in PlansManager(str(folder / "plans.json")).get_configuration(configuration).spacing]
-    pre = _preprocess_held_out(cases, folder, configuration)
+    pre = preprocess_held_out(cases, folder, configuration)
     out: dict[int, list[CaseResult]] = {}
     for f in ev.folds:
         results = []

@@ -70,6 +70,18 @@ class CropPredictor:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.volume.shape[1:])
 
+    @property
+    def mask_prompt(self) -> torch.Tensor | None:
+        """The previous round's low-res logits, fed back with the next click (None for a new lesion).
+
+        Undo in a session saves and restores it, so the next click sees the prompt it saw before.
+        """
+        return self._low_res
+
+    @mask_prompt.setter
+    def mask_prompt(self, value: torch.Tensor | None) -> None:
+        self._low_res = value
+
     def reset(self) -> None:
         """Forget the previous mask prompt (a new lesion); the embedding cache stays valid for its crop."""
         self._low_res = None

@@ -150,9 +150,8 @@ class _Lesion:
     report_cache: tuple | None = None         # (version, overrides, report)
 
     def snapshot(self) -> _Snapshot:
-        # CropPredictor keeps the previous round's low-res logits (its mask prompt) in ``_low_res``;
-        # saving them per cached crop lets undo continue exactly from the restored round
-        prompts = OrderedDict((k, (g, p, getattr(p, "_low_res", None))) for k, (g, p) in self.regions.items())
+        # saving each cached crop's mask prompt lets undo continue exactly from the restored round
+        prompts = OrderedDict((k, (g, p, p.mask_prompt)) for k, (g, p) in self.regions.items())
         return _Snapshot(list(self.clicks), self.slices, self.mask, dict(self.attribute_probs), self.iou_pred,
                          self.predictor, self.region, self.crop_bbox, prompts)
 
@@ -163,7 +162,7 @@ class _Lesion:
         if s.low_res is not None:
             self.regions = OrderedDict((k, (g, p)) for k, (g, p, _) in s.low_res.items())
             for g, p, low_res in s.low_res.values():
-                p._low_res = low_res
+                p.mask_prompt = low_res
         self.version += 1
 
     @property
