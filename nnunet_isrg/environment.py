@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import site
 import sysconfig
 from pathlib import Path
 

@@ -27,7 +27,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nnunet_isrg.attributes import write_json_atomic  # noqa: E402
+from nnunet_isrg.utils.nnunet_env import nnunet_env, run_command as run  # noqa: E402
 
 HOLDOUT = ["gallstone", "liver_cyst"]
 MODES = {
@@ -54,36 +54,7 @@ FIGURES_DIR = REPO / "docs" / "figures" / "benchmark_phantom"
 
 
 def setup_env(work: Path) -> dict:
-    """nnU-Net folders under ``work`` unless set; the trainers folder (and the UNet baselines) on nnUNet_extTrainer."""
-    from nnunet_isrg.environment import trainers_path
-
-    env = dict(os.environ)
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env.setdefault(var, str(work / var))
-        Path(env[var]).mkdir(parents=True, exist_ok=True)
-    env.setdefault("nnUNet_def_n_proc", "2")
-    env.setdefault("nnUNet_n_proc_DA", "2")
-    env.setdefault("nnUNet_compile", "f")
-    # The baseline trainers live in nnunet_isrg.training.baseline_trainers; a one-line re-export in a
-    # folder of their own keeps them discoverable whether or not trainers/ re-exports them.
-    ext = work / "ext_trainers"
-    ext.mkdir(parents=True, exist_ok=True)
-    (ext / "isrg_baseline_trainers.py").write_text(
-        "from nnunet_isrg.training.baseline_trainers import *  # noqa: F401,F403\n")
-    paths = [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-    for p in (str(trainers_path()), str(ext)):
-        if p not in paths:
-            paths.append(p)
-    env["nnUNet_extTrainer"] = os.pathsep.join(paths)
-    os.environ.update(env)
-    return env
-
-
-def run(cmd: list[str], env: dict) -> float:
-    print("\n$ " + " ".join(cmd), flush=True)
-    t = time.time()
-    subprocess.run(cmd, env=env, check=True)
-    return time.time() - t
+    return nnunet_env(work)
 
 
 def trainer_budget(name: str) -> dict:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.util
 import json
 import os
 import platform
@@ -56,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nnunet_isrg.attributes import write_json_atomic  # noqa: E402
+from nnunet_isrg.utils.nnunet_env import nnunet_env, run_command as run  # noqa: E402
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "realdata" / "ibsi-sts"
 DEFAULT_MODEL = (REPO / "work" / "nnUNet_results" / "Dataset500_ISRGPhantom"
@@ -69,28 +69,7 @@ CV_CLICKS = (1, 3, 5)
 
 # ------------------------------------------------------------------------------------------ environment
 def setup_env() -> dict:
-    """nnU-Net folders under ``work/`` unless set (scripts/demo.py's ``env_defaults``), no torch.compile,
-    and the ISRG trainers on ``nnUNet_extTrainer`` for ``--gpu``."""
-    spec = importlib.util.spec_from_file_location("_isrg_demo_script", REPO / "scripts" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    env = demo.env_defaults()
-    env.setdefault("nnUNet_compile", "f")
-    from nnunet_isrg.environment import trainers_path
-
-    paths = [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-    if str(trainers_path()) not in paths:
-        paths.append(str(trainers_path()))
-    env["nnUNet_extTrainer"] = os.pathsep.join(paths)
-    os.environ.update(env)
-    return env
-
-
-def run(cmd: list[str], env: dict) -> float:
-    print("\n$ " + " ".join(cmd), flush=True)
-    t = time.time()
-    subprocess.run(cmd, env=env, check=True)
-    return time.time() - t
+    return nnunet_env()
 
 
 # ------------------------------------------------------------------------------------------ step 1: dataset

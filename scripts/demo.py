@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,22 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nnunet_isrg.attributes import write_json_atomic  # noqa: E402
-
-
-def env_defaults() -> dict:
-    env = dict(os.environ)
-    for var, sub in (("nnUNet_raw", "nnUNet_raw"), ("nnUNet_preprocessed", "nnUNet_preprocessed"),
-                     ("nnUNet_results", "nnUNet_results")):
-        env.setdefault(var, str(REPO / "work" / sub))
-    env.setdefault("nnUNet_def_n_proc", "2")
-    env.setdefault("nnUNet_n_proc_DA", "2")
-    os.environ.update(env)
-    return env
-
-
-def run(cmd: list[str], env: dict) -> None:
-    print("\n$ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, env=env, check=True)
+from nnunet_isrg.utils.nnunet_env import nnunet_env, run_command as run  # noqa: E402
 
 
 def demo_markdown(out: dict) -> str:
@@ -71,7 +54,7 @@ def main() -> int:
     parser.add_argument("--update-readme", action="store_true", help="write the figures into README.md")
     args = parser.parse_args()
 
-    env = env_defaults()
+    env = nnunet_env()
     bindir = Path(sys.executable).parent
     name = f"Dataset{args.dataset_id:03d}_ISRGPhantom"
     raw = Path(env["nnUNet_raw"]) / name

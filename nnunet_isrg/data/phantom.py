@@ -46,10 +46,10 @@ import hashlib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -426,8 +426,8 @@ def _blob(grid: _Grid, rng, c_mm, r0: float, shape: str) -> np.ndarray:
     dz, dy, dx = grid.z - c_mm[0], grid.y - c_mm[1], grid.x - c_mm[2]
     if shape == "Irregular":
         rho = np.sqrt(grid.dist2(c_mm))
-        field = np.clip(_smooth_noise(rng, grid.shape, max(0.35 * r0 / min(grid.spacing_zyx), 1.0)), -1.6, 1.6)
-        body = rho <= r0 * (1.0 + 0.22 * field)
+        bumps = np.clip(_smooth_noise(rng, grid.shape, max(0.35 * r0 / min(grid.spacing_zyx), 1.0)), -1.6, 1.6)
+        body = rho <= r0 * (1.0 + 0.22 * bumps)
         for _ in range(rng.integers(2, 5)):  # lobules
             d = _unit(rng.standard_normal(3)) * r0 * rng.uniform(0.75, 0.95)
             body |= grid.dist2(np.asarray(c_mm) + d) <= (r0 * rng.uniform(0.4, 0.6)) ** 2

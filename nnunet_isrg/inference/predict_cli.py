@@ -28,7 +28,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import SimpleITK as sitk
 
 from nnunet_isrg.attributes import write_json_atomic

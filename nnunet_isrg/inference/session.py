@@ -36,7 +36,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk

@@ -130,7 +130,6 @@ def write_ct_series_from_image(image: sitk.Image, out_dir: str | os.PathLike, pa
     The direction's third axis must be perpendicular to the slice plane (no shear), else the series
     could not represent the grid and :class:`DicomExportError` is raised.
     """
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -400,5 +399,5 @@ def export_dicom(image: sitk.Image, label_map, reports: Sequence, out_dir: str |
         source_datasets = write_ct_series_from_image(image, ct_dir)
     names = {int(r.label if r.label is not None else i + 1): str(r.lesion_id) for i, r in enumerate(reports)}
     seg = write_dicom_seg(source_datasets, label_map, names, out_dir / "seg.dcm")
-    sr = write_dicom_sr(source_datasets, seg, reports, out_dir / "sr.dcm")
+    write_dicom_sr(source_datasets, seg, reports, out_dir / "sr.dcm")
     return {"ct_dir": str(ct_dir) if ct_dir else None, "seg": str(out_dir / "seg.dcm"), "sr": str(out_dir / "sr.dcm")}
