@@ -44,13 +44,8 @@ def trained_env(debug_model, nnunet_dirs, tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("results_compare")
     (root / PHANTOM_NAME).mkdir()
     shutil.copytree(debug_model, root / PHANTOM_NAME / debug_model.name)
-    # nnU-Net finds the baseline trainers through nnUNet_extTrainer (a path list); this extra folder
-    # only re-exports them, so the test does not depend on trainers/ listing them yet.
-    ext = tmp_path_factory.mktemp("ext_trainers")
-    (ext / "isrg_baseline_trainers.py").write_text(
-        "from nnunet_isrg.training.baseline_trainers import *  # noqa: F401,F403\n")
-    paths = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-    env = {"nnUNet_results": str(root), "nnUNet_extTrainer": os.pathsep.join(paths + [str(ext)])}
+    # the UNet baseline trainers are found like the ISRG ones: trainers/ re-exports them
+    env = {"nnUNet_results": str(root)}
     t0 = time.time()
     procs = {tr: subprocess.Popen([nnunet_cmd("nnUNetv2_train"), str(PHANTOM_ID), "3d_fullres", "0", "-tr", tr,
                                    "-device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
