@@ -339,7 +339,8 @@ def test_voxel_level_terms_follow_the_clicks_and_survive_the_split_api():
 
     x = torch.randn(2, 3, 16, 24, 8)
     assert torch.equal(unfold_from_grid(fold_to_grid(x, 4), 3, 4), x)
-    for kw in ({}, {"full_res_chans": 4}, {"high_res_skip": False}):
+    for kw in ({}, {"full_res_chans": 4}, {"high_res_skip": False}, {"lesion_pooling": False},
+               {"high_res_skip": False, "lesion_pooling": False}):
         model = small_model(32, **kw).eval()
         img = torch.randn(1, 1, 32, 32, 32)
         pts, lab = clicks(1)

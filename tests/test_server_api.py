@@ -64,8 +64,13 @@ def extra_data(tmp_path_factory, cases) -> Path:
 
 @pytest.fixture(scope="module")
 def app(debug_model, phantom_raw, extra_data):
+    """The debug model's plans with a click-driven stand-in network, so masks are known to be non-empty
+    (the server's mechanics are under test here, not what a few debug iterations learnt)."""
+    from stand_ins import stand_in_model
+
     torch.set_num_threads(1)
-    return create_app(debug_model, data_dirs=[phantom_raw, extra_data], max_upload_mb=1, session_ttl_s=600)
+    return create_app(stand_in_model(debug_model), data_dirs=[phantom_raw, extra_data], max_upload_mb=1,
+                      session_ttl_s=600)
 
 
 @pytest.fixture(scope="module")

@@ -42,13 +42,16 @@ def _lesion_case(phantom_raw: Path) -> tuple[str, np.ndarray, list[int]]:
 
 
 @pytest.fixture(scope="module")
-def viewer_data(request) -> tuple[Path, Path]:
-    """(model folder, raw dataset): the debug fixtures, or ISRG_VIEWER_MODEL / ISRG_VIEWER_DATA (a trained
-    model and its raw phantom dataset, used to make the README's screenshot)."""
+def viewer_data(request) -> tuple:
+    """(model, raw dataset): ISRG_VIEWER_MODEL / ISRG_VIEWER_DATA (a trained model folder and its raw
+    phantom dataset, used to make the README's screenshot), else the debug model's plans with a
+    click-driven stand-in network, whose masks are known to be non-empty."""
     model, data = os.environ.get("ISRG_VIEWER_MODEL"), os.environ.get("ISRG_VIEWER_DATA")
     if model and data:
         return Path(model), Path(data)
-    return request.getfixturevalue("debug_model"), request.getfixturevalue("phantom_raw")
+    from stand_ins import stand_in_model
+
+    return stand_in_model(request.getfixturevalue("debug_model")), request.getfixturevalue("phantom_raw")
 
 
 @pytest.fixture(scope="module")

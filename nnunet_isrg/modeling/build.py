@@ -17,6 +17,7 @@ from ..attributes import DEFAULT_SCHEMA, validate_schema
 from .attribute_head import AttributeHead
 from .feature_synergy import FeatureSynergy
 from .image_encoder import HighResolutionSkip, ImageEncoderViT3D
+from .lesion_pooling import LesionPooling
 from .isrg_model import ISRGModel
 from .mask_head import IoUHead, MaskHead
 from .point_refinement import PointRefinement
@@ -33,15 +34,15 @@ PRESETS: "OrderedDict[str, dict[str, Any]]" = OrderedDict(
     tiny=dict(crop_size=(64, 64, 64), patch_size=8, embed_dim=192, depth=4, num_heads=6, mlp_ratio=4.0,
               window_size=4, global_every=2, prompt_embed_dim=128, decoder_depth=2, decoder_heads=4,
               decoder_mlp_dim=512, mask_head_depth=1, mask_in_chans=16, iou_head_hidden=128, synergy_dim=64,
-              refine_window=3, refine_k=3, refine_max_iter=20, high_res_skip=True, full_res_chans=0, click_sigma=1.5),
+              refine_window=3, refine_k=3, refine_max_iter=20, high_res_skip=True, full_res_chans=0, lesion_pooling=True, click_sigma=1.5),
     small=dict(crop_size=(96, 96, 96), patch_size=8, embed_dim=384, depth=8, num_heads=8, mlp_ratio=4.0,
                window_size=4, global_every=4, prompt_embed_dim=256, decoder_depth=2, decoder_heads=8,
                decoder_mlp_dim=1024, mask_head_depth=1, mask_in_chans=16, iou_head_hidden=256, synergy_dim=128,
-               refine_window=3, refine_k=3, refine_max_iter=20, high_res_skip=True, full_res_chans=0, click_sigma=1.5),
+               refine_window=3, refine_k=3, refine_max_iter=20, high_res_skip=True, full_res_chans=0, lesion_pooling=True, click_sigma=1.5),
     base=dict(crop_size=(128, 128, 128), patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
               window_size=4, global_every=3, prompt_embed_dim=384, decoder_depth=2, decoder_heads=8,
               decoder_mlp_dim=2048, mask_head_depth=1, mask_in_chans=16, iou_head_hidden=256, synergy_dim=192,
-              refine_window=3, refine_k=3, refine_max_iter=20, high_res_skip=True, full_res_chans=0, click_sigma=1.5),
+              refine_window=3, refine_k=3, refine_max_iter=20, high_res_skip=True, full_res_chans=0, lesion_pooling=True, click_sigma=1.5),
 )
 
 
@@ -94,6 +95,8 @@ def build_isrg_model(preset: str = "tiny", crop_size: int | Sequence[int] | None
     mask_head = MaskHead(dim, cfg["decoder_heads"], cfg["decoder_mlp_dim"], cfg["mask_head_depth"],
                          int(cfg["full_res_chans"]))
     full = HighResolutionSkip(int(cfg["full_res_chans"]), 1) if cfg["full_res_chans"] else None
+    pooling = (LesionPooling((dim // 8 if cfg["high_res_skip"] else 0) + 1, dim, len(num_classes))
+               if cfg["lesion_pooling"] else None)
     iou_head = IoUHead(dim, cfg["iou_head_hidden"])
     attribute_head = AttributeHead(dim, cfg["decoder_heads"], cfg["decoder_mlp_dim"], num_classes)
     synergy = FeatureSynergy(dim, cfg["synergy_dim"], cfg["decoder_heads"]) if feature_synergy else None
@@ -101,7 +104,7 @@ def build_isrg_model(preset: str = "tiny", crop_size: int | Sequence[int] | None
     config = {"preset": preset, **cfg, "crop_size": list(cfg["crop_size"]), "point_refinement": bool(point_refinement),
               "feature_synergy": bool(feature_synergy), "num_classes": dict(num_classes)}
     return ISRGModel(encoder, prompt_encoder, refiner, transformer, mask_head, iou_head, attribute_head, synergy,
-                     num_classes, config, high_res_skip=skip, full_res_skip=full)
+                     num_classes, config, high_res_skip=skip, full_res_skip=full, lesion_pooling=pooling)
 
 
 def build_isrg_model_from_config(config: Mapping[str, Any]) -> ISRGModel:

@@ -27,6 +27,7 @@ from torch import nn
 from .attribute_head import AttributeHead
 from .feature_synergy import FeatureSynergy
 from .image_encoder import HighResolutionSkip, ImageEncoderViT3D, fold_to_grid, unfold_from_grid
+from .lesion_pooling import LesionPooling
 from .mask_head import IoUHead, MaskHead
 from .point_refinement import PointRefinement
 from .prompt_encoder import PromptEncoder3D
@@ -52,8 +53,10 @@ class ISRGModel(nn.Module):
                  iou_head: IoUHead, attribute_head: AttributeHead, synergy: FeatureSynergy | None,
                  num_classes: Mapping[str, int], config: Mapping[str, Any] | None = None,
                  high_res_skip: HighResolutionSkip | None = None,
-                 full_res_skip: HighResolutionSkip | None = None) -> None:
+                 full_res_skip: HighResolutionSkip | None = None,
+                 lesion_pooling: LesionPooling | None = None) -> None:
         super().__init__()
+        self.lesion_pooling = lesion_pooling
         self.image_encoder = image_encoder
         self.high_res_skip = high_res_skip
         self.full_res_skip = full_res_skip
@@ -102,21 +105,33 @@ class ISRGModel(nn.Module):
         parts = [self.image_encoder(image)]
         if self.high_res_skip is not None:
             parts.append(fold_to_grid(self.high_res_skip(image), 4))
+        if self.lesion_pooling is not None:  # the crop's intensities at the logits' resolution
+            parts.append(fold_to_grid(F.avg_pool3d(image, self._low_res_stride), 4))
         if self.full_res_skip is not None:
             parts.append(fold_to_grid(self.full_res_skip(image), self.patch_size[0]))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
+    @property
+    def _low_res_stride(self) -> int:
+        return max(1, self.patch_size[0] // 4)
+
     def _split_embedding(self, embedding: torch.Tensor):
-        """Packed embedding -> (grid embedding, skip features at 4x the grid or None, full-res features or None)."""
+        """Packed embedding -> (grid embedding, skip features at 4x the grid, intensities at 4x the grid,
+        full-res features); the last three are None when their module is off."""
         c = self.prompt_encoder.embed_dim
         grid, rest = embedding[:, :c], embedding[:, c:]
-        high = full = None
-        if self.high_res_skip is not None:
-            n = self.high_res_skip.out_chans * 4 ** 3
-            high, rest = unfold_from_grid(rest[:, :n], self.high_res_skip.out_chans, 4), rest[:, n:]
-        if self.full_res_skip is not None:
-            full = unfold_from_grid(rest, self.full_res_skip.out_chans, self.patch_size[0])
-        return grid, high, full
+        out = []
+        for module, chans, factor in ((self.high_res_skip, getattr(self.high_res_skip, "out_chans", 0), 4),
+                                      (self.lesion_pooling, 1, 4),
+                                      (self.full_res_skip, getattr(self.full_res_skip, "out_chans", 0),
+                                       self.patch_size[0])):
+            if module is None:
+                out.append(None)
+                continue
+            n = chans * factor ** 3
+            out.append(unfold_from_grid(rest[:, :n], chans, factor))
+            rest = rest[:, n:]
+        return (grid, *out)
 
     def forward(self, image: torch.Tensor, points: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 mask_prompt: torch.Tensor | None = None) -> dict[str, Any]:
@@ -132,7 +147,7 @@ class ISRGModel(nn.Module):
             raise RuntimeError(NO_CLICK_MESSAGE)
         b = embedding.shape[0]
         self._check_prompts(b, points, labels, mask_prompt)
-        embedding, high_res, full_res = self._split_embedding(embedding)
+        embedding, high_res, intensity, full_res = self._split_embedding(embedding)
         labels = labels.long()
         # At least float32 for coordinates, also when the embedding comes out of autocast in half precision.
         points = points.to(torch.promote_types(embedding.dtype, torch.float32))
@@ -160,6 +175,9 @@ class ISRGModel(nn.Module):
         if self.synergy is not None:
             m, a = self.synergy(m, a)
         low_res = self.mask_head.predict(m, image_tokens, self.grid_size, high_res, dense_input)
+        if self.lesion_pooling is not None:
+            pooled = intensity if high_res is None else torch.cat([high_res, intensity], dim=1)
+            a = a + self.lesion_pooling(low_res, pooled)
         mask_logits = F.interpolate(low_res, size=self.crop_size, mode="trilinear", align_corners=False)
         if full_res is not None:
             mask_logits = mask_logits + self.mask_head.full_resolution_term(m, full_res)
