@@ -122,7 +122,7 @@ def _atomic_save(ds, path: Path) -> None:
         raise
 
 
-def write_ct_series_from_image(image: sitk.Image, out_dir: str | os.PathLike, patient_id: str = "ANONYMOUS^",
+def write_ct_series_from_image(image: sitk.Image, out_dir: str | os.PathLike, patient_id: str = "ANONYMOUS",
                                patient_name: str = "ANONYMOUS^", study_description: str = "nnunet-isrg",
                                series_description: str = "CT from NIfTI", series_number: int = 1) -> list:
     """Writes ``image`` (HU) as a CT series, one file ``ct_00000.dcm``... per z slice; returns the datasets.
