@@ -214,11 +214,7 @@ def main(argv=None) -> int:
             shutil.copy(out_dir / src, FIGURES_DIR / src)
         rel = FIGURES_DIR.relative_to(REPO)
         readme_md = report_markdown(result, comparison_markdown(doc, {k: f"{rel}/{v}" for k, v in md_figs.items()}))
-        if replace_readme_section(README_SECTION, readme_md):
-            print(f"updated README section '{README_SECTION}'")
-        else:
-            print(f"README has no section '{README_SECTION}' (<!-- BEGIN {README_SECTION} --> ... "
-                  f"<!-- END {README_SECTION} -->); nothing replaced", file=sys.stderr)
+        if not replace_readme_section(README_SECTION, readme_md):
             return 1
     return 0
 

@@ -566,11 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.update_readme:
         from nnunet_isrg.utils.readme import replace_readme_section
 
-        if replace_readme_section(README_SECTION, md):
-            print(f"updated README section '{README_SECTION}'")
-        else:
-            print(f"README has no section '{README_SECTION}' (<!-- BEGIN {README_SECTION} --> ... "
-                  f"<!-- END {README_SECTION} -->); nothing replaced", file=sys.stderr)
+        if not replace_readme_section(README_SECTION, md):
             return 1
     return 0
 

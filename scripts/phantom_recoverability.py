@@ -92,10 +92,7 @@ def main(argv=None) -> dict:
     tmp_md.replace(args.out / "phantom_recoverability.md")
     print(md)
     if args.update_readme:
-        if replace_readme_section(SECTION, md):
-            print(f"README section '{SECTION}' updated")
-        else:
-            print(f"README has no '<!-- BEGIN {SECTION} -->' / '<!-- END {SECTION} -->' markers; not updated")
+        replace_readme_section(SECTION, md)
     low = [a for a, r in scores.items() if not r["accuracy"] > r["majority_rate"] + 0.1]
     if low:
         print(f"WARNING: attributes barely above the majority rate: {low}", file=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -10,15 +11,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def replace_readme_section(name: str, markdown: str, readme: str | os.PathLike | None = None) -> bool:
     """Replaces the block between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` in the README.
 
-    Returns False (and changes nothing) when the README or the markers are missing, e.g. in an
-    installed copy of the package.
+    Returns False (and changes nothing, saying why on stderr) when the README or the markers are
+    missing, e.g. in an installed copy of the package.
     """
     path = Path(readme) if readme else REPO_ROOT / "README.md"
-    if not path.exists():
-        return False
-    text = path.read_text()
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    text = path.read_text() if path.exists() else ""
     if begin not in text or end not in text:
+        print(f"{path}: no section '{name}' ({begin} ... {end}); nothing replaced", file=sys.stderr)
         return False
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
@@ -26,4 +26,5 @@ def replace_readme_section(name: str, markdown: str, readme: str | os.PathLike |
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(new)
     os.replace(tmp, path)
+    print(f"updated README section '{name}'")
     return True
