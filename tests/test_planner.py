@@ -42,3 +42,18 @@ def test_spacing_grows_when_lesions_do_not_fit_the_crop(phantom_preprocessed, ph
     needed = np.percentile(extents, 90) / (0.75 * 8)
     assert np.allclose(spacing, [min(max(1.5, needed), 3.0)] * 3)
     assert spacing[0] > 1.5
+
+
+def test_debug_trainer_trains_on_the_isrg_plans(phantom_preprocessed, nnunet_dirs):
+    """`-p nnUNetISRGPlans`: the trainer works with the ISRG planner's plans as with nnU-Net's default ones."""
+    if not (phantom_preprocessed / "nnUNetISRGPlans.json").exists():
+        run_cmd([nnunet_cmd("isrg"), "plan", "-d", str(PHANTOM_ID), "--preset", "tiny", "-np", "2", "-npfp", "2"])
+    run_cmd([nnunet_cmd("nnUNetv2_train"), str(PHANTOM_ID), "3d_fullres", "0", "-tr", "ISRGTrainer_Debug_Vanilla",
+             "-p", "nnUNetISRGPlans", "-device", "cpu"])
+    out = (nnunet_dirs["nnUNet_results"] / phantom_preprocessed.name /
+           "ISRGTrainer_Debug_Vanilla__nnUNetISRGPlans__3d_fullres")
+    plans = json.loads((out / "plans.json").read_text())
+    assert plans["plans_name"] == "nnUNetISRGPlans"
+    assert plans["configurations"]["3d_fullres"]["isrg"]["crop_size"] == [32, 32, 32]
+    summary = json.loads((out / "fold_0" / "validation" / "interactive_summary.json").read_text())
+    assert summary["n_cases"] > 0 and len(summary["mean_per_click"]["dice"]) == 3
