@@ -88,6 +88,9 @@ def _worker(rank: int, world: int, port: int) -> None:
             gathered = [torch.empty_like(params) for _ in range(world)]
             dist.all_gather(gathered, params)
             assert torch.equal(gathered[0], gathered[1]), "ranks diverged after DDP steps"
+        # both ranks leave together: a rank that tears gloo down while the other still has traffic in
+        # flight aborts in C++ ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
