@@ -68,13 +68,46 @@ def test_output_shapes(crop, batch):
     assert not torch.allclose(out["mask_logits"], out2["mask_logits"])
 
 
-def test_mask_logits_are_the_upsampled_low_res_logits():
-    model = small_model(32).eval()
+def test_mask_logits_are_the_upsampled_low_res_logits_without_the_subvoxel_refiner():
+    model = small_model(32, subvoxel_refiner_chans=0).eval()
+    assert model.subvoxel_refiner is None
     pts, lab = clicks(1)
     with torch.no_grad():
         out = model(torch.randn(1, 1, 32, 32, 32), pts, lab)
     ref = F.interpolate(out["low_res_logits"], size=(32, 32, 32), mode="trilinear", align_corners=False)
     torch.testing.assert_close(out["mask_logits"], ref)
+    refined = small_model(32).eval()
+    with torch.no_grad():  # with its output layer zeroed the refiner adds nothing to the upsampled logits
+        refined.subvoxel_refiner.prompt_net[-1].weight.zero_()
+        out = refined(torch.randn(1, 1, 32, 32, 32), pts, lab)
+    ref = F.interpolate(out["low_res_logits"], size=(32, 32, 32), mode="trilinear", align_corners=False)
+    torch.testing.assert_close(out["mask_logits"], ref)
+
+
+def test_subvoxel_refiner_draws_boundaries_finer_than_the_low_res_grid():
+    """Upsampled stride-2 logits cannot draw a one-voxel checkerboard; the refiner learns it from the crop."""
+    from nnunet_isrg.modeling.subvoxel_refiner import SubvoxelRefiner
+
+    torch.manual_seed(0)
+    z, y, x = np.indices((16, 16, 16))
+    target = torch.from_numpy(((z + y + x) % 2 == 0).astype(np.float32))[None, None]
+    image = 2 * target - 1 + 0.1 * torch.randn_like(target)       # the pattern is visible in the crop
+    coarse = torch.zeros(1, 1, 8, 8, 8)                             # the low-res head cannot resolve it
+    refiner = SubvoxelRefiner(stride=2, feature_chans=0, hidden=8)
+    opt = torch.optim.Adam(refiner.parameters(), 1e-2)
+
+    def predict():
+        return refiner(coarse, refiner.image_features(image, None), torch.zeros(1, 4, 8, 8, 8))
+
+    for _ in range(150):
+        loss = F.binary_cross_entropy_with_logits(predict(), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pred = predict() > 0
+    upsampled = F.interpolate(coarse, size=(16, 16, 16), mode="trilinear", align_corners=False) > 0
+    assert (pred == target.bool()).float().mean() > 0.99
+    assert (upsampled == target.bool()).float().mean() == 0.5
 
 
 def test_crop_not_multiple_of_patch_is_a_clear_error():
@@ -312,7 +345,7 @@ def test_presets():
     base = build_isrg_model("base")
     assert base.crop_size == (128, 128, 128) and base.grid_size == (8, 8, 8)
     enc = base.image_encoder
-    assert enc.patch_embed.out_channels == 768 and len(enc.blocks) == 12
+    assert enc.patch_embed[-1].out_channels == 768 and len(enc.blocks) == 12
     assert enc.global_attn_indexes == (2, 5, 8, 11)
     assert [b.window_size for b in enc.blocks] == [4, 4, 0] * 4
     assert base.attribute_names == list(DEFAULT_SCHEMA)
@@ -339,7 +372,8 @@ def test_voxel_level_terms_follow_the_clicks_and_survive_the_split_api():
 
     x = torch.randn(2, 3, 16, 24, 8)
     assert torch.equal(unfold_from_grid(fold_to_grid(x, 4), 3, 4), x)
-    for kw in ({}, {"full_res_chans": 4}, {"high_res_skip": False}, {"lesion_pooling": False},
+    for kw in ({}, {"subvoxel_refiner_chans": 0}, {"conv_stem": False}, {"high_res_skip": False},
+               {"lesion_pooling": False},
                {"high_res_skip": False, "lesion_pooling": False}):
         model = small_model(32, **kw).eval()
         img = torch.randn(1, 1, 32, 32, 32)
@@ -357,3 +391,20 @@ def test_voxel_level_terms_follow_the_clicks_and_survive_the_split_api():
     assert np.allclose(pos_peak, np.floor(np.array([4.5, 20.5, 30.5]) * scale), atol=1)
     assert np.allclose(neg_peak, np.floor(np.array([16.5, 16.5, 16.5]) * scale), atol=1)
     assert maps[0, 0].max() <= 1.0 and maps[0, 1].max() <= 1.0
+
+
+def test_lesion_pooling_geometry_matches_analytic_solids():
+    """Moment eigenvalues of a solid ellipsoid with semi-axes a_i are a_i^2 / 5; a ball fills its ellipsoid."""
+    from nnunet_isrg.modeling.lesion_pooling import LesionPooling
+
+    z, y, x = np.indices((40, 40, 40)) - 20
+    axes = np.array([4.0, 7.0, 14.0])
+    ellipsoid = ((z / axes[0]) ** 2 + (y / axes[1]) ** 2 + (x / axes[2]) ** 2 <= 1).astype(np.float32)
+    ball = (z ** 2 + y ** 2 + x ** 2 <= 9 ** 2).astype(np.float32)
+    shell = ((z ** 2 + y ** 2 + x ** 2 <= 11 ** 2) & (z ** 2 + y ** 2 + x ** 2 > 8 ** 2)).astype(np.float32)
+    g = LesionPooling.geometry(torch.from_numpy(np.stack([ellipsoid, ball, shell]))[:, None]).numpy()
+    v23 = ellipsoid.sum() ** (2 / 3)
+    np.testing.assert_allclose(np.exp(g[0, :3]) * v23, axes ** 2 / 5, rtol=0.06)  # voxelisation
+    assert abs(g[1, 3]) < 0.05                      # a ball's volume equals its moment ellipsoid's
+    assert g[2, 3] > 0.8                            # a hollow shell fills its moment ellipsoid poorly
+    assert g[2, 4] > g[1, 4] + 0.5                  # and has far more surface per volume^(2/3)

@@ -22,6 +22,7 @@ from .isrg_model import ISRGModel
 from .mask_head import IoUHead, MaskHead
 from .point_refinement import PointRefinement
 from .prompt_encoder import PromptEncoder3D
+from .subvoxel_refiner import SubvoxelRefiner
 from .transformer import TwoWayTransformer3D
 
 #: Settings of each preset. Encoder: ``embed_dim`` (ViT width), ``depth``, ``num_heads``, ``mlp_ratio``,
@@ -30,19 +31,23 @@ from .transformer import TwoWayTransformer3D
 #: tokens), ``decoder_depth`` (two-way blocks), ``decoder_heads``, ``decoder_mlp_dim``,
 #: ``mask_head_depth``, ``mask_in_chans``, ``iou_head_hidden``, ``synergy_dim`` (common latent width).
 #: Point refinement: ``refine_window`` (w, odd, grid cells), ``refine_k`` (clusters), ``refine_max_iter``.
+#: ``conv_stem``: two stride-2 convolutions before the ViT's patch embedding.
+#: Voxel-level paths: ``high_res_skip`` (conv stem at the low-res logits' grid), ``subvoxel_refiner_chans``
+#: (width of the sub-voxel refiner that gives logits at the crop's resolution; 0 = plain upsampling),
+#: ``lesion_pooling`` (mask-guided pooling for the attributes), ``click_sigma`` (click map width, low-res voxels).
 PRESETS: "OrderedDict[str, dict[str, Any]]" = OrderedDict(
     tiny=dict(crop_size=(64, 64, 64), patch_size=8, embed_dim=192, depth=4, num_heads=6, mlp_ratio=4.0,
               window_size=4, global_every=2, prompt_embed_dim=128, decoder_depth=2, decoder_heads=4,
               decoder_mlp_dim=512, mask_head_depth=1, mask_in_chans=16, iou_head_hidden=128, synergy_dim=64,
-              refine_window=3, refine_k=3, refine_max_iter=20, high_res_skip=True, full_res_chans=0, lesion_pooling=True, click_sigma=1.5),
+              refine_window=3, refine_k=3, refine_max_iter=20, conv_stem=True, high_res_skip=True, subvoxel_refiner_chans=8, lesion_pooling=True, click_sigma=1.5),
     small=dict(crop_size=(96, 96, 96), patch_size=8, embed_dim=384, depth=8, num_heads=8, mlp_ratio=4.0,
                window_size=4, global_every=4, prompt_embed_dim=256, decoder_depth=2, decoder_heads=8,
                decoder_mlp_dim=1024, mask_head_depth=1, mask_in_chans=16, iou_head_hidden=256, synergy_dim=128,
-               refine_window=3, refine_k=3, refine_max_iter=20, high_res_skip=True, full_res_chans=0, lesion_pooling=True, click_sigma=1.5),
+               refine_window=3, refine_k=3, refine_max_iter=20, conv_stem=True, high_res_skip=True, subvoxel_refiner_chans=8, lesion_pooling=True, click_sigma=1.5),
     base=dict(crop_size=(128, 128, 128), patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
               window_size=4, global_every=3, prompt_embed_dim=384, decoder_depth=2, decoder_heads=8,
               decoder_mlp_dim=2048, mask_head_depth=1, mask_in_chans=16, iou_head_hidden=256, synergy_dim=192,
-              refine_window=3, refine_k=3, refine_max_iter=20, high_res_skip=True, full_res_chans=0, lesion_pooling=True, click_sigma=1.5),
+              refine_window=3, refine_k=3, refine_max_iter=20, conv_stem=True, high_res_skip=True, subvoxel_refiner_chans=8, lesion_pooling=True, click_sigma=1.5),
 )
 
 
@@ -84,17 +89,18 @@ def build_isrg_model(preset: str = "tiny", crop_size: int | Sequence[int] | None
     global_idx = [i for i in range(depth) if ge > 0 and (i + 1) % ge == 0]
     dim = int(cfg["prompt_embed_dim"])
     encoder = ImageEncoderViT3D(cfg["crop_size"], cfg["patch_size"], cfg["embed_dim"], depth, cfg["num_heads"],
-                                cfg["mlp_ratio"], dim, cfg["window_size"], global_idx)
+                                cfg["mlp_ratio"], dim, cfg["window_size"], global_idx, conv_stem=bool(cfg["conv_stem"]))
     prompt_encoder = PromptEncoder3D(dim, encoder.grid_size, encoder.img_size, cfg["mask_in_chans"],
                                      cfg["click_sigma"])
     # the skip stem works at the low-res logits' resolution: 4x the feature grid = patch_size / 4 voxels
-    skip = HighResolutionSkip(dim // 8, max(1, int(cfg["patch_size"]) // 4)) if cfg["high_res_skip"] else None
+    stride = max(1, int(cfg["patch_size"]) // 4)
+    skip = HighResolutionSkip(dim // 8, stride) if cfg["high_res_skip"] else None
     refiner = (PointRefinement(cfg["refine_window"], cfg["refine_k"], cfg["refine_max_iter"])
                if point_refinement else None)
     transformer = TwoWayTransformer3D(cfg["decoder_depth"], dim, cfg["decoder_heads"], cfg["decoder_mlp_dim"])
-    mask_head = MaskHead(dim, cfg["decoder_heads"], cfg["decoder_mlp_dim"], cfg["mask_head_depth"],
-                         int(cfg["full_res_chans"]))
-    full = HighResolutionSkip(int(cfg["full_res_chans"]), 1) if cfg["full_res_chans"] else None
+    mask_head = MaskHead(dim, cfg["decoder_heads"], cfg["decoder_mlp_dim"], cfg["mask_head_depth"])
+    subvoxel = (SubvoxelRefiner(stride, dim // 8 if cfg["high_res_skip"] else 0, hidden=int(cfg["subvoxel_refiner_chans"]))
+                if cfg["subvoxel_refiner_chans"] else None)
     pooling = (LesionPooling((dim // 8 if cfg["high_res_skip"] else 0) + 1, dim, len(num_classes))
                if cfg["lesion_pooling"] else None)
     iou_head = IoUHead(dim, cfg["iou_head_hidden"])
@@ -104,7 +110,7 @@ def build_isrg_model(preset: str = "tiny", crop_size: int | Sequence[int] | None
     config = {"preset": preset, **cfg, "crop_size": list(cfg["crop_size"]), "point_refinement": bool(point_refinement),
               "feature_synergy": bool(feature_synergy), "num_classes": dict(num_classes)}
     return ISRGModel(encoder, prompt_encoder, refiner, transformer, mask_head, iou_head, attribute_head, synergy,
-                     num_classes, config, high_res_skip=skip, full_res_skip=full, lesion_pooling=pooling)
+                     num_classes, config, high_res_skip=skip, subvoxel_refiner=subvoxel, lesion_pooling=pooling)
 
 
 def build_isrg_model_from_config(config: Mapping[str, Any]) -> ISRGModel:

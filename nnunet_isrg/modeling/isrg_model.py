@@ -31,6 +31,7 @@ from .lesion_pooling import LesionPooling
 from .mask_head import IoUHead, MaskHead
 from .point_refinement import PointRefinement
 from .prompt_encoder import PromptEncoder3D
+from .subvoxel_refiner import SubvoxelRefiner
 from .transformer import TwoWayTransformer3D
 
 NO_CLICK_MESSAGE = (
@@ -53,13 +54,13 @@ class ISRGModel(nn.Module):
                  iou_head: IoUHead, attribute_head: AttributeHead, synergy: FeatureSynergy | None,
                  num_classes: Mapping[str, int], config: Mapping[str, Any] | None = None,
                  high_res_skip: HighResolutionSkip | None = None,
-                 full_res_skip: HighResolutionSkip | None = None,
+                 subvoxel_refiner: SubvoxelRefiner | None = None,
                  lesion_pooling: LesionPooling | None = None) -> None:
         super().__init__()
         self.lesion_pooling = lesion_pooling
         self.image_encoder = image_encoder
         self.high_res_skip = high_res_skip
-        self.full_res_skip = full_res_skip
+        self.subvoxel_refiner = subvoxel_refiner
         self.prompt_encoder = prompt_encoder
         self.point_refiner = point_refiner
         self.transformer = transformer
@@ -103,12 +104,13 @@ class ISRGModel(nn.Module):
             raise ValueError(f"image must have shape (B, 1, {', '.join(map(str, self.crop_size))}) "
                              f"(the model's crop size), got {tuple(image.shape)}")
         parts = [self.image_encoder(image)]
-        if self.high_res_skip is not None:
-            parts.append(fold_to_grid(self.high_res_skip(image), 4))
+        skip = self.high_res_skip(image) if self.high_res_skip is not None else None
+        if skip is not None:
+            parts.append(fold_to_grid(skip, 4))
         if self.lesion_pooling is not None:  # the crop's intensities at the logits' resolution
             parts.append(fold_to_grid(F.avg_pool3d(image, self._low_res_stride), 4))
-        if self.full_res_skip is not None:
-            parts.append(fold_to_grid(self.full_res_skip(image), self.patch_size[0]))
+        if self.subvoxel_refiner is not None:  # the image half of the sub-voxel refinement
+            parts.append(fold_to_grid(self.subvoxel_refiner.image_features(image, skip), 4))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     @property
@@ -116,15 +118,14 @@ class ISRGModel(nn.Module):
         return max(1, self.patch_size[0] // 4)
 
     def _split_embedding(self, embedding: torch.Tensor):
-        """Packed embedding -> (grid embedding, skip features at 4x the grid, intensities at 4x the grid,
-        full-res features); the last three are None when their module is off."""
+        """Packed embedding -> (grid embedding, skip features, intensities and sub-voxel refiner
+        features, all three at 4x the grid); the last three are None when their module is off."""
         c = self.prompt_encoder.embed_dim
         grid, rest = embedding[:, :c], embedding[:, c:]
         out = []
         for module, chans, factor in ((self.high_res_skip, getattr(self.high_res_skip, "out_chans", 0), 4),
                                       (self.lesion_pooling, 1, 4),
-                                      (self.full_res_skip, getattr(self.full_res_skip, "out_chans", 0),
-                                       self.patch_size[0])):
+                                      (self.subvoxel_refiner, getattr(self.subvoxel_refiner, "out_chans", 0), 4)):
             if module is None:
                 out.append(None)
                 continue
@@ -147,7 +148,7 @@ class ISRGModel(nn.Module):
             raise RuntimeError(NO_CLICK_MESSAGE)
         b = embedding.shape[0]
         self._check_prompts(b, points, labels, mask_prompt)
-        embedding, high_res, intensity, full_res = self._split_embedding(embedding)
+        embedding, high_res, intensity, refiner_features = self._split_embedding(embedding)
         labels = labels.long()
         # At least float32 for coordinates, also when the embedding comes out of autocast in half precision.
         points = points.to(torch.promote_types(embedding.dtype, torch.float32))
@@ -178,9 +179,10 @@ class ISRGModel(nn.Module):
         if self.lesion_pooling is not None:
             pooled = intensity if high_res is None else torch.cat([high_res, intensity], dim=1)
             a = a + self.lesion_pooling(low_res, pooled)
-        mask_logits = F.interpolate(low_res, size=self.crop_size, mode="trilinear", align_corners=False)
-        if full_res is not None:
-            mask_logits = mask_logits + self.mask_head.full_resolution_term(m, full_res)
+        if self.subvoxel_refiner is not None:
+            mask_logits = self.subvoxel_refiner(low_res, refiner_features, dense_input)
+        else:
+            mask_logits = F.interpolate(low_res, size=self.crop_size, mode="trilinear", align_corners=False)
         return {"mask_logits": mask_logits, "low_res_logits": low_res, "iou_pred": iou_pred,
                 "attribute_logits": self.attribute_head.classify(a)}
 

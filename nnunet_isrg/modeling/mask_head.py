@@ -31,7 +31,7 @@ class TokenRefineLayer(nn.Module):
 class MaskHead(nn.Module):
     """Args: dim (token/embedding width), num_heads, mlp_dim, depth (refinement layers)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, depth: int = 1, full_res_chans: int = 0) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, depth: int = 1) -> None:
         super().__init__()
         self.refine_layers = nn.ModuleList(TokenRefineLayer(dim, num_heads, mlp_dim) for _ in range(depth))
         self.output_upscaling = nn.Sequential(
@@ -45,8 +45,6 @@ class MaskHead(nn.Module):
         # previous logits and click maps at the logits' resolution, projected into the hypernetwork's
         # space: a voxel-level shortcut from the prompts to the mask (the tokens only see them coarsely)
         self.prompt_projection = nn.Conv3d(4, dim // 8, kernel_size=1)
-        # optional last term at the crop's own resolution, for lesions of a few voxels
-        self.full_res_projection = nn.Linear(dim // 8, full_res_chans) if full_res_chans else None
 
     def refine(self, mask_tokens: torch.Tensor, hybrid_tokens: torch.Tensor, token_valid: torch.Tensor) -> torch.Tensor:
         """mask_tokens (B, 1, C), hybrid tokens Z (B, T, C) -> mask features M (B, 1, C)."""
@@ -88,12 +86,6 @@ class MaskHead(nn.Module):
         if fine is not None:
             lr = lr + torch.einsum("bcdhw,bc->bdhw", fine, hyper)[:, None]
         return lr
-
-
-    def full_resolution_term(self, mask_features: torch.Tensor, full_res: torch.Tensor) -> torch.Tensor:
-        """M (B, 1, C), crop-resolution image features (B, c, D, H, W) -> logits term (B, 1, D, H, W)."""
-        weights = self.full_res_projection(self.hypernetwork(mask_features)[:, 0])
-        return torch.einsum("bcdhw,bc->bdhw", full_res, weights)[:, None]
 
 
 class IoUHead(nn.Module):
