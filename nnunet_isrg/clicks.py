@@ -206,13 +206,17 @@ def simulate_correction_click(pred_masks: torch.Tensor, target_masks: torch.Tens
     False negatives ``target & ~pred`` give a positive click (1), false positives ``pred & ~target``
     a negative one (0). ``mode="proportional"``: a voxel uniform over FN and FP together, so a
     region is chosen with probability proportional to its size; ``mode="larger"``: a voxel uniform
-    over the larger of the two (FN on a tie). A sample without error gets a padding click (-1 at
-    0,0,0). Returns ``points`` (B,1,3) float32 z,y,x and ``labels`` (B,1) int64 on the masks' device.
+    over the larger of the two (FN on a tie); ``mode="centre"``: the evaluation protocol's click
+    (:func:`next_click_deterministic` in voxel units), no randomness. A sample without error gets a
+    padding click (-1 at 0,0,0). Returns ``points`` (B,1,3) float32 z,y,x and ``labels`` (B,1) int64
+    on the masks' device.
     """
     _check_batch(pred_masks, "pred_masks")
     _check_batch(target_masks, "target_masks")
     if pred_masks.shape != target_masks.shape:
         raise ValueError(f"pred_masks {tuple(pred_masks.shape)} and target_masks {tuple(target_masks.shape)} differ")
+    if mode == "centre":
+        return _protocol_clicks(pred_masks, target_masks)
     pred, target = pred_masks.bool().flatten(1), target_masks.bool().flatten(1)
     fn, fp = target & ~pred, pred & ~target
     if mode == "proportional":
@@ -221,7 +225,7 @@ def simulate_correction_click(pred_masks: torch.Tensor, target_masks: torch.Tens
         use_fn = fn.sum(1) >= fp.sum(1)
         region = torch.where(use_fn[:, None], fn, fp)
     else:
-        raise ValueError(f"mode must be 'proportional' or 'larger', got {mode!r}")
+        raise ValueError(f"mode must be 'proportional', 'larger' or 'centre', got {mode!r}")
     flat, valid = _random_voxel(region, generator)
     is_fn = fn.gather(1, flat[:, None])[:, 0]
     labels = torch.where(is_fn, torch.full_like(flat, POSITIVE), torch.full_like(flat, NEGATIVE))
@@ -229,6 +233,19 @@ def simulate_correction_click(pred_masks: torch.Tensor, target_masks: torch.Tens
     points = _unravel(flat, pred_masks.shape[2:]).float()
     points = torch.where(valid[:, None], points, torch.zeros_like(points))
     return points[:, None, :], labels[:, None]
+
+
+def _protocol_clicks(pred_masks: torch.Tensor, target_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    pred_np = pred_masks.detach().bool().cpu().numpy()
+    target_np = target_masks.detach().bool().cpu().numpy()
+    points = np.zeros((pred_np.shape[0], 1, 3), dtype=np.float32)
+    labels = np.full((pred_np.shape[0], 1), PADDING, dtype=np.int64)
+    for b in range(pred_np.shape[0]):
+        found = next_click_deterministic(pred_np[b, 0], target_np[b, 0], (1.0, 1.0, 1.0))
+        if found is not None:
+            points[b, 0] = found[0]
+            labels[b, 0] = POSITIVE if found[1] else NEGATIVE
+    return torch.from_numpy(points).to(pred_masks.device), torch.from_numpy(labels).to(pred_masks.device)
 
 
 # --------------------------------------------------------------------------- evaluation clicks (numpy)

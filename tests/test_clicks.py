@@ -227,3 +227,23 @@ def test_clicks_on_gpu_match_cpu_with_a_cpu_generator():
     for b in range(target.shape[0]):
         z, y, x = pts[b, 0].long().tolist()
         assert bool(target[b, 0, z, y, x]) and labels[b, 0] == POSITIVE
+
+
+def test_centre_mode_places_the_evaluation_protocols_click():
+    """mode="centre" is next_click_deterministic per sample: the centre of the largest error component."""
+    target = torch.zeros(3, 1, 24, 24, 24, dtype=torch.bool)
+    pred = torch.zeros_like(target)
+    target[0, 0, 4:15, 4:15, 4:15] = True          # sample 0: missed cube -> positive click at its centre
+    pred[1, 0, 10:13, 10:13, 10:13] = True          # sample 1: false-positive blob -> negative click at (11,11,11)
+    target[2, 0, 2:5, 2:5, 2:5] = True              # sample 2: perfect -> padding
+    pred[2] = target[2]
+    points, labels = simulate_correction_click(pred, target, mode="centre")
+    assert labels[:, 0].tolist() == [POSITIVE, NEGATIVE, PADDING]
+    assert points[0, 0].tolist() == [9.0, 9.0, 9.0]
+    assert points[1, 0].tolist() == [11.0, 11.0, 11.0]
+    assert points[2, 0].tolist() == [0.0, 0.0, 0.0]
+    for b in range(2):
+        expected = next_click_deterministic(pred[b, 0].numpy(), target[b, 0].numpy(), (1.0, 1.0, 1.0))
+        assert tuple(points[b, 0].int().tolist()) == tuple(expected[0])
+    with pytest.raises(ValueError, match="'centre'"):
+        simulate_correction_click(pred, target, mode="middle")

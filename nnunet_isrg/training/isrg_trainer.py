@@ -38,6 +38,10 @@ class ISRGTrainer(nnUNetTrainer):
     batch_size_override: int | None = 2               # None: the plans' batch size
     max_correction_rounds: int = 3                    # each iteration draws 0..max rounds without gradient
     first_click_interior_fraction: float = 0.3        # first click away from the lesion boundary
+    # share of correction clicks placed like the evaluation protocol (centre of the largest error
+    # component, as RITM / SAM-Med3D train); the rest are random error voxels (paper eq. 4), so the
+    # model also answers a user's less central clicks
+    protocol_click_fraction: float = 0.5
     learn_lambda: bool = True
     initial_lambda: float = 1.0
     validation_clicks: int = 5
@@ -199,7 +203,9 @@ class ISRGTrainer(nnUNetTrainer):
                 emb = embedding.detach() if embedding is not None else self.model.encode_image(data)
                 for _ in range(n_rounds):
                     out = self.model.decode(emb, points, labels, prev)
-                    p, l = simulate_correction_click(out["mask_logits"] > 0, targets, self._click_generator)
+                    central = float(torch.rand(1, generator=self._click_generator)) < self.protocol_click_fraction
+                    p, l = simulate_correction_click(out["mask_logits"] > 0, targets, self._click_generator,
+                                                     mode="centre" if central else "proportional")
                     points, labels = torch.cat([points, p], 1), torch.cat([labels, l], 1)
                     prev = out["low_res_logits"]
         return targets, points, labels, prev, embedding
