@@ -109,7 +109,9 @@ class ImageEncoderViT3D(nn.Module):
         if conv_stem:
             if self.patch_size % 4:
                 raise ValueError(f"a convolutional stem needs a patch size divisible by 4, got {self.patch_size}")
-            c1, c2, rest = max(8, embed_dim // 12), max(16, embed_dim // 6), self.patch_size // 4
+            # narrow, whatever the ViT width: the stem's job is local edges, and at the crop's
+            # resolution width is what costs (a 768-wide ViT's stem at embed_dim/6 doubled base's encode)
+            c1, c2, rest = 16, 32, self.patch_size // 4
             self.patch_embed = nn.Sequential(
                 nn.Conv3d(in_chans, c1, kernel_size=3, stride=2, padding=1), LayerNorm3d(c1), nn.GELU(),
                 nn.Conv3d(c1, c2, kernel_size=3, stride=2, padding=1), LayerNorm3d(c2), nn.GELU(),
