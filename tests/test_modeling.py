@@ -408,3 +408,16 @@ def test_lesion_pooling_geometry_matches_analytic_solids():
     assert abs(g[1, 3]) < 0.05                      # a ball's volume equals its moment ellipsoid's
     assert g[2, 3] > 0.8                            # a hollow shell fills its moment ellipsoid poorly
     assert g[2, 4] > g[1, 4] + 0.5                  # and has far more surface per volume^(2/3)
+
+
+def test_untrained_model_predicts_a_blob_at_a_positive_click_and_a_hole_at_a_negative_one():
+    """The click prior: before any training, a positive click is inside the mask and far voxels are not."""
+    model = small_model(32).eval()
+    img = torch.randn(1, 1, 32, 32, 32)
+    pts = torch.tensor([[[16.0, 16.0, 16.0], [16.0, 16.0, 22.0]]])
+    with torch.no_grad():
+        only_pos = model(img, pts[:, :1], torch.tensor([[1]]))["mask_logits"][0, 0]
+        with_neg = model(img, pts, torch.tensor([[1, 0]]))["mask_logits"][0, 0]
+    assert only_pos[16, 16, 16] > 0 and only_pos[16, 16, 19] > 0
+    assert (only_pos[:4] < 0).all() and (only_pos[:, :, 28:] < 0).all()
+    assert with_neg[16, 16, 22] < 0 < with_neg[16, 16, 16]

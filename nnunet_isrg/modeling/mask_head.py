@@ -45,6 +45,14 @@ class MaskHead(nn.Module):
         # previous logits and click maps at the logits' resolution, projected into the hypernetwork's
         # space: a voxel-level shortcut from the prompts to the mask (the tokens only see them coarsely)
         self.prompt_projection = nn.Conv3d(4, dim // 8, kernel_size=1)
+        # click prior: a logit term straight from the prompt maps, initialised to a blob around each
+        # positive click (minus one around each negative). Without it a lesion of a few voxels is
+        # predicted empty for the first hundred iterations; with it the first prediction already
+        # overlaps the lesion, so the Dice loss has a gradient from the start
+        self.click_prior = nn.Conv3d(4, 1, kernel_size=1)
+        with torch.no_grad():
+            self.click_prior.weight.copy_(torch.tensor([0.0, 0.0, 4.0, -4.0]).view(1, 4, 1, 1, 1))
+            self.click_prior.bias.fill_(-2.0)
 
     def refine(self, mask_tokens: torch.Tensor, hybrid_tokens: torch.Tensor, token_valid: torch.Tensor) -> torch.Tensor:
         """mask_tokens (B, 1, C), hybrid tokens Z (B, T, C) -> mask features M (B, 1, C)."""
@@ -85,6 +93,8 @@ class MaskHead(nn.Module):
             fine = high_res if fine is None else fine + high_res
         if fine is not None:
             lr = lr + torch.einsum("bcdhw,bc->bdhw", fine, hyper)[:, None]
+        if prompt_maps is not None:
+            lr = lr + self.click_prior(prompt_maps)
         return lr
 
 
