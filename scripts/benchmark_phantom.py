@@ -159,7 +159,10 @@ def main(argv=None) -> int:
                "-device", cfg["device"]]
         if (fold_dir / "checkpoint_latest.pth").exists():
             cmd.append("--c")
-        return round(run(cmd, env), 1)
+        # side by side, each training gets its share of the cores (an oversubscribed OpenMP pool is
+        # many times slower); the ISRG trainers limit themselves, nnU-Net's UNet takes torch's default
+        share = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))} if args.jobs > 1 else {}
+        return round(run(cmd, {**env, **share}), 1)
 
     from concurrent.futures import ThreadPoolExecutor
 
