@@ -10,6 +10,7 @@ every 25 iterations (about 100 s for 150 iterations on one CPU thread).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,11 +28,14 @@ from nnunet_isrg.modeling.build import build_isrg_model  # noqa: E402
 from nnunet_isrg.training.losses import soft_dice_loss  # noqa: E402
 
 
-def load_cases(raw: Path, n: int, clip=(-341.0, 677.0), mean=84.8, std=191.5):
-    """First ``n`` training cases of a 64^3 phantom, CT-normalised like the demo's plans."""
+def load_cases(raw: Path, plans: Path, n: int):
+    """First ``n`` training cases of a 64^3 phantom, CT-normalised with the plans' foreground statistics."""
     labels = sorted((raw / "labelsTr").glob("*.nii.gz"))[:n]
-    if len(labels) < n:
-        raise SystemExit(f"{raw / 'labelsTr'} has {len(labels)} cases, {n} requested: run `make demo` first")
+    if len(labels) < n or not plans.exists():
+        raise SystemExit(f"{raw / 'labelsTr'} has {len(labels)} cases ({n} requested) and {plans} "
+                         f"{'exists' if plans.exists() else 'is missing'}: run `make demo` first")
+    props = json.loads(plans.read_text())["foreground_intensity_properties_per_channel"]["0"]
+    clip, mean, std = (props["percentile_00_5"], props["percentile_99_5"]), props["mean"], props["std"]
     images, masks, clicks = [], [], []
     for f in labels:
         case = f.name[:-len(".nii.gz")]
@@ -47,6 +51,8 @@ def load_cases(raw: Path, n: int, clip=(-341.0, 677.0), mean=84.8, std=191.5):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--raw", type=Path, default=REPO / "work" / "nnUNet_raw" / "Dataset500_ISRGPhantom")
+    p.add_argument("--plans", type=Path,
+                   default=REPO / "work" / "nnUNet_preprocessed" / "Dataset500_ISRGPhantom" / "nnUNetPlans.json")
     p.add_argument("--cases", type=int, default=4)
     p.add_argument("--iterations", type=int, default=150)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -55,7 +61,7 @@ def main() -> int:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    x, y, points, names = load_cases(args.raw, args.cases)
+    x, y, points, names = load_cases(args.raw, args.plans, args.cases)
     labels = torch.ones(len(names), 1, dtype=torch.long)
     print("cases:", ", ".join(f"{n} ({int(m.sum())} voxels)" for n, m in zip(names, y)))
     model = build_isrg_model("tiny")

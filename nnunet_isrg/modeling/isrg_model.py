@@ -123,14 +123,14 @@ class ISRGModel(nn.Module):
         c = self.prompt_encoder.embed_dim
         grid, rest = embedding[:, :c], embedding[:, c:]
         out = []
-        for module, chans, factor in ((self.high_res_skip, getattr(self.high_res_skip, "out_chans", 0), 4),
-                                      (self.lesion_pooling, 1, 4),
-                                      (self.subvoxel_refiner, getattr(self.subvoxel_refiner, "out_chans", 0), 4)):
+        for module, chans in ((self.high_res_skip, getattr(self.high_res_skip, "out_chans", 0)),
+                              (self.lesion_pooling, 1),
+                              (self.subvoxel_refiner, getattr(self.subvoxel_refiner, "out_chans", 0))):
             if module is None:
                 out.append(None)
                 continue
-            n = chans * factor ** 3
-            out.append(unfold_from_grid(rest[:, :n], chans, factor))
+            n = chans * 4 ** 3
+            out.append(unfold_from_grid(rest[:, :n], chans, 4))
             rest = rest[:, n:]
         return (grid, *out)
 
