@@ -5,7 +5,7 @@
    (Dataset500_ISRGPhantom), so a model the demo trained is reused.
 2. ``nnUNetv2_plan_and_preprocess -d 500 -c 3d_fullres``.
 3. ``nnUNetv2_train 500 3d_fullres FOLD -tr T -device cpu`` for the four tiny ISRG variants
-   (ISRGTrainer_Tiny_Vanilla, _Tiny_PointRefinement, _Tiny_FeatureSynergy, ISRGTrainer_Tiny: 24 epochs x
+   (ISRGTrainer_Tiny_Vanilla, _Tiny_PointRefinement, _Tiny_FeatureSynergy, ISRGTrainer_Tiny: 36 epochs x
    50 iterations each) and the CPU-budget UNet (nnUNetTrainer_CPUBudget: 40 x 10 iterations, half
    width), fold 0 by default (``--folds``).
 4. ``isrg compare`` with the attribute baseline and the zero-shot block; tables, CSV and plots.

@@ -84,6 +84,24 @@ def test_mask_logits_are_the_upsampled_low_res_logits_without_the_subvoxel_refin
     torch.testing.assert_close(out["mask_logits"], ref)
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (3, 2, 1), (2, 2, 0), (1, 1, 0)])
+def test_conv3d_equals_torch_conv3d_for_a_single_crop(kernel, stride, padding):
+    """The oneDNN route for a batch of one gives torch's own Conv3d result and gradients."""
+    from nnunet_isrg.modeling.common import Conv3d
+
+    torch.manual_seed(0)
+    ours, ref = Conv3d(4, 6, kernel, stride=stride, padding=padding), torch.nn.Conv3d(4, 6, kernel, stride=stride,
+                                                                                      padding=padding)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(1, 4, 12, 12, 12, requires_grad=True)
+    y_ours, y_ref = ours(x), ref(x)
+    torch.testing.assert_close(y_ours, y_ref, atol=1e-5, rtol=1e-4)
+    g_ours = torch.autograd.grad(y_ours.square().sum(), (x, ours.weight, ours.bias))
+    g_ref = torch.autograd.grad(y_ref.square().sum(), (x, ref.weight, ref.bias))
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-4)
+
+
 def test_subvoxel_refiner_draws_boundaries_finer_than_the_low_res_grid():
     """Upsampled stride-2 logits cannot draw a one-voxel checkerboard; the refiner learns it from the crop."""
     from nnunet_isrg.modeling.subvoxel_refiner import SubvoxelRefiner
@@ -97,7 +115,7 @@ def test_subvoxel_refiner_draws_boundaries_finer_than_the_low_res_grid():
     opt = torch.optim.Adam(refiner.parameters(), 1e-2)
 
     def predict():
-        return refiner(coarse, refiner.image_features(image, None), torch.zeros(1, 4, 8, 8, 8))
+        return refiner(coarse, refiner.image_features(image, None), torch.zeros(1, refiner.prompt_chans, 8, 8, 8))
 
     for _ in range(150):
         loss = F.binary_cross_entropy_with_logits(predict(), target)

@@ -54,6 +54,11 @@ def test_debug_training_writes_nnunet_and_interactive_outputs(debug_model):
     assert abs(nnunet_summary["foreground_mean"]["Dice"] - summary["mean_per_click"]["dice"][-1]) < 0.05
     log = (debug_model / "train_stdout.txt").read_text()
     assert "seg loss" in log and "attribute loss" in log
+    # a small CPU augments in the training process and gives torch every core
+    import re
+    threads, workers, cores = map(int, re.search(r"CPU training: (\d+) torch thread\(s\) beside (\d+) "
+                                                 r"augmentation worker\(s\) on (\d+) cores", log).groups())
+    assert (workers == 0) == (cores <= 4) and threads == max(1, cores - workers)
 
 
 def test_continue_training_and_val_only(debug_model, nnunet_dirs):

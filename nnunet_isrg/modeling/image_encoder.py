@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm3d, MLPBlock
+from .common import Conv3d, LayerNorm3d, MLPBlock
 
 
 def window_partition3d(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
@@ -113,11 +113,11 @@ class ImageEncoderViT3D(nn.Module):
             # resolution width is what costs (a 768-wide ViT's stem at embed_dim/6 doubled base's encode)
             c1, c2, rest = 16, 32, self.patch_size // 4
             self.patch_embed = nn.Sequential(
-                nn.Conv3d(in_chans, c1, kernel_size=3, stride=2, padding=1), LayerNorm3d(c1), nn.GELU(),
-                nn.Conv3d(c1, c2, kernel_size=3, stride=2, padding=1), LayerNorm3d(c2), nn.GELU(),
-                nn.Conv3d(c2, embed_dim, kernel_size=rest, stride=rest))
+                Conv3d(in_chans, c1, kernel_size=3, stride=2, padding=1), LayerNorm3d(c1), nn.GELU(),
+                Conv3d(c1, c2, kernel_size=3, stride=2, padding=1), LayerNorm3d(c2), nn.GELU(),
+                Conv3d(c2, embed_dim, kernel_size=rest, stride=rest))
         else:
-            self.patch_embed = nn.Conv3d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+            self.patch_embed = Conv3d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, *self.grid_size, embed_dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.global_attn_indexes = tuple(sorted(int(i) for i in global_attn_indexes))
@@ -125,9 +125,9 @@ class ImageEncoderViT3D(nn.Module):
             Block3D(embed_dim, num_heads, mlp_ratio, 0 if i in self.global_attn_indexes else window_size)
             for i in range(depth))
         self.neck = nn.Sequential(
-            nn.Conv3d(embed_dim, out_chans, kernel_size=1, bias=False),
+            Conv3d(embed_dim, out_chans, kernel_size=1, bias=False),
             LayerNorm3d(out_chans),
-            nn.Conv3d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            Conv3d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm3d(out_chans),
         )
 
@@ -151,14 +151,14 @@ class HighResolutionSkip(nn.Module):
         super().__init__()
         self.out_chans = out_chans
         self.net = nn.Sequential(
-            nn.Conv3d(in_chans, out_chans, kernel_size=3 if stride == 1 else stride, stride=stride,
+            Conv3d(in_chans, out_chans, kernel_size=3 if stride == 1 else stride, stride=stride,
                       padding=1 if stride == 1 else 0),
             LayerNorm3d(out_chans),
             nn.GELU(),
-            nn.Conv3d(out_chans, out_chans, kernel_size=3, padding=1),
+            Conv3d(out_chans, out_chans, kernel_size=3, padding=1),
             LayerNorm3d(out_chans),
             nn.GELU(),
-            nn.Conv3d(out_chans, out_chans, kernel_size=3, padding=1),
+            Conv3d(out_chans, out_chans, kernel_size=3, padding=1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

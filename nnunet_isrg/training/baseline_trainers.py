@@ -12,8 +12,8 @@ Budgets (state them with every number produced by these trainers):
   (``[16, 32, 64, 128, 160]`` instead of ``[32, 64, 128, 256, 320]`` on the 64^3 phantom's plans),
   nnU-Net's batch size and patch (batch 2, 64^3 on the 64^3 phantom), 2 validation iterations per
   epoch, everything else nnU-Net's defaults (SGD, poly LR from 1e-2, deep supervision, DA,
-  mirroring at test time). Sized for the wall-clock budget of ``ISRGTrainer_Tiny`` (1,200
-  iterations at about 0.8 s, about 16 minutes on the project's 2-core CPU): nnU-Net's full-width
+  mirroring at test time). Sized for the wall-clock budget of ``ISRGTrainer_Tiny`` (1,800
+  iterations at about 0.5 s, about 16 minutes on the project's 2-core CPU): nnU-Net's full-width
   UNet needs about 6 s per iteration there (issue 4), the half-width one roughly 2 s, so 400
   iterations take about 13 minutes. ``scripts/benchmark_phantom.py`` reports the measured
   training time of every trainer next to its results.
