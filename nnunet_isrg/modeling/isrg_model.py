@@ -107,8 +107,8 @@ class ISRGModel(nn.Module):
         skip = self.high_res_skip(image) if self.high_res_skip is not None else None
         if skip is not None:
             parts.append(fold_to_grid(skip, 4))
-        # the crop's intensities at the logits' resolution (likeness prompt, lesion pooling)
-        parts.append(fold_to_grid(F.avg_pool3d(image, self._low_res_stride), 4))
+        if self.lesion_pooling is not None:  # the crop's intensities at the logits' resolution
+            parts.append(fold_to_grid(F.avg_pool3d(image, self._low_res_stride), 4))
         if self.subvoxel_refiner is not None:  # the image half of the sub-voxel refinement
             parts.append(fold_to_grid(self.subvoxel_refiner.image_features(image, skip), 4))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -119,12 +119,12 @@ class ISRGModel(nn.Module):
 
     def _split_embedding(self, embedding: torch.Tensor):
         """Packed embedding -> (grid embedding, skip features, intensities and sub-voxel refiner
-        features, all three at 4x the grid); skip and refiner features are None when their module is off."""
+        features, all three at 4x the grid); the last three are None when their module is off."""
         c = self.prompt_encoder.embed_dim
         grid, rest = embedding[:, :c], embedding[:, c:]
         out = []
         for module, chans in ((self.high_res_skip, getattr(self.high_res_skip, "out_chans", 0)),
-                              (self.prompt_encoder, 1),
+                              (self.lesion_pooling, 1),
                               (self.subvoxel_refiner, getattr(self.subvoxel_refiner, "out_chans", 0))):
             if module is None:
                 out.append(None)
@@ -161,8 +161,7 @@ class ISRGModel(nn.Module):
             labels = torch.cat([labels, ref_labels], dim=1)
         sparse, sparse_valid = self.prompt_encoder.embed_points(points, labels)
         click_maps = self.prompt_encoder.click_maps(clicks, click_labels, dtype=embedding.dtype)
-        dense_input = self.prompt_encoder.dense_input(mask_prompt, b, embedding.dtype, embedding.device, click_maps,
-                                                      intensity)
+        dense_input = self.prompt_encoder.dense_input(mask_prompt, b, embedding.dtype, embedding.device, click_maps)
         dense = self.prompt_encoder.mask_downscaling(dense_input)
 
         out_tokens = torch.cat([self.iou_token.weight, self.mask_token.weight, self.attribute_tokens.weight], 0)

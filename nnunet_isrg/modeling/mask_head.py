@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from .common import MLP, Attention, Conv3d, ConvTranspose3dK2, LayerNorm3d, MLPBlock
-from .prompt_encoder import DENSE_PROMPT_CHANNELS
 
 
 class TokenRefineLayer(nn.Module):
@@ -45,14 +44,14 @@ class MaskHead(nn.Module):
         self.hypernetwork = MLP(dim, dim, dim // 8, 3)
         # previous logits and click maps at the logits' resolution, projected into the hypernetwork's
         # space: a voxel-level shortcut from the prompts to the mask (the tokens only see them coarsely)
-        self.prompt_projection = Conv3d(DENSE_PROMPT_CHANNELS, dim // 8, kernel_size=1)
+        self.prompt_projection = Conv3d(4, dim // 8, kernel_size=1)
         # click prior: a logit term straight from the prompt maps, initialised to a blob around each
         # positive click (minus one around each negative). Without it a lesion of a few voxels is
         # predicted empty for the first hundred iterations; with it the first prediction already
         # overlaps the lesion, so the Dice loss has a gradient from the start
-        self.click_prior = Conv3d(DENSE_PROMPT_CHANNELS, 1, kernel_size=1)
+        self.click_prior = Conv3d(4, 1, kernel_size=1)
         with torch.no_grad():
-            self.click_prior.weight.copy_(torch.tensor([0.0, 0.0, 4.0, -4.0, 0.0, 0.0]).view(1, -1, 1, 1, 1))
+            self.click_prior.weight.copy_(torch.tensor([0.0, 0.0, 4.0, -4.0]).view(1, 4, 1, 1, 1))
             self.click_prior.bias.fill_(-2.0)
 
     def refine(self, mask_tokens: torch.Tensor, hybrid_tokens: torch.Tensor, token_valid: torch.Tensor) -> torch.Tensor:
@@ -72,7 +71,7 @@ class MaskHead(nn.Module):
         """M (B, 1, C), image tokens (B, d*h*w, C) -> low-res logits (B, 1, 4d, 4h, 4w).
 
         Optional voxel-level terms at the logits' resolution: ``high_res`` skip features of the
-        image (B, C/8, ...) and ``prompt_maps`` (B, 6, ...) (:meth:`PromptEncoder3D.dense_input`).
+        image (B, C/8, ...) and ``prompt_maps`` (B, 4, ...) (previous logits, presence, click maps).
 
         Equals ``hypernetwork(M) @ upscale(image_tokens)``, but the last transposed conv, its GELU
         and the dot product are done per 2x2x2 output block before the voxel shuffle, so only the

@@ -16,10 +16,6 @@ from torch import nn
 
 from .common import Conv3d, LayerNorm3d
 
-#: channels of :meth:`PromptEncoder3D.dense_input`: previous logits, their presence, positive and
-#: negative click maps, likeness to the positive and to the negative clicked tissue
-DENSE_PROMPT_CHANNELS = 6
-
 
 class PositionEmbeddingRandom3D(nn.Module):
     """Positional encoding with random spatial frequencies (SAM's PositionEmbeddingRandom, 3D)."""
@@ -61,12 +57,7 @@ class PromptEncoder3D(nn.Module):
       blob of ``click_sigma`` low-res voxels around each positive / negative click) go through two
       strided convs (4x down, to the feature grid). The click maps tell every image token how far
       it is from each click, which the sparse tokens only convey through attention; with few
-      training iterations this grounding is what lets the mask follow the clicks. Two likeness
-      maps say, for every voxel, how close its intensity is to the mean intensity under the
-      positive (negative) click maps, a Gaussian of learned width: the seeded region growing cue
-      (as DeepIGeoS's geodesic click maps, without the path). Without it the tiny model ignored
-      the image for its first thousands of iterations and drew a blob of typical lesion size
-      around each click. Without a mask
+      training iterations this grounding is what lets the mask follow the clicks. Without a mask
       prompt the mask channels are zero, so both paths use the same parameters and DDP never sees
       an unused one.
     """
@@ -84,11 +75,8 @@ class PromptEncoder3D(nn.Module):
         self.pe_layer = PositionEmbeddingRandom3D(embed_dim // 2)
         self.point_embeddings = nn.Embedding(2, embed_dim)  # row 0 negative, row 1 positive
         self.not_a_point_embed = nn.Embedding(1, embed_dim)
-        # width of the likeness maps in normalised intensity units (CT: about 0.1 = 20 HU at the
-        # phantom's foreground std); learned
-        self.likeness_log_width = nn.Parameter(torch.tensor(math.log(0.1)))
         self.mask_downscaling = nn.Sequential(
-            Conv3d(DENSE_PROMPT_CHANNELS, mask_in_chans // 4, kernel_size=2, stride=2),
+            Conv3d(4, mask_in_chans // 4, kernel_size=2, stride=2),
             LayerNorm3d(mask_in_chans // 4),
             nn.GELU(),
             Conv3d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
@@ -129,10 +117,8 @@ class PromptEncoder3D(nn.Module):
         return torch.stack(out, dim=1)
 
     def dense_input(self, mask_prompt: torch.Tensor | None, batch_size: int, dtype=torch.float32, device=None,
-                    click_maps: torch.Tensor | None = None, intensity: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 6, 4d, 4h, 4w): previous logits, their presence, positive and negative click maps, and
-        likeness of ``intensity`` (B, 1, 4d, 4h, 4w), the normalised crop at this grid, to the tissue
-        under each click sign (zero without clicks of that sign or without ``intensity``).
+                    click_maps: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 4, 4d, 4h, 4w): previous logits, their presence, positive and negative click maps.
 
         ``mask_downscaling`` turns it into the dense prompt added to the image embedding.
         """
@@ -142,17 +128,4 @@ class PromptEncoder3D(nn.Module):
             mask = torch.cat([mask_prompt.to(dtype), torch.ones_like(mask_prompt, dtype=dtype)], dim=1)
         if click_maps is None:
             click_maps = torch.zeros(batch_size, 2, *self.mask_input_size, device=device, dtype=dtype)
-        click_maps = click_maps.to(dtype)
-        return torch.cat([mask, click_maps, self.likeness(click_maps, intensity)], dim=1)
-
-    def likeness(self, click_maps: torch.Tensor, intensity: torch.Tensor | None) -> torch.Tensor:
-        """(B, 2, ...) click maps, (B, 1, ...) intensities -> (B, 2, ...) exp(-(I - mean under map)^2 / 2w^2)."""
-        if intensity is None:  # keeps the width parameter in the graph
-            return click_maps * 0.0 * self.likeness_log_width.to(click_maps.dtype)
-        intensity = intensity.to(click_maps.dtype)
-        weight = click_maps.flatten(2)
-        total = weight.sum(-1)
-        ref = (weight * intensity.flatten(2)).sum(-1) / total.clamp(min=1e-6)          # (B, 2)
-        width = self.likeness_log_width.exp().to(click_maps.dtype)
-        out = torch.exp(-(intensity - ref[..., None, None, None]) ** 2 / (2 * width ** 2))
-        return out * (total > 1e-6).to(out.dtype)[..., None, None, None]
+        return torch.cat([mask, click_maps.to(dtype)], dim=1)

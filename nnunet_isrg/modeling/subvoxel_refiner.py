@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import Conv3d
-from .prompt_encoder import DENSE_PROMPT_CHANNELS
 from .image_encoder import fold_to_grid, unfold_from_grid
 
 
@@ -31,7 +30,7 @@ class SubvoxelRefiner(nn.Module):
     channels at the low-res grid, 0 without the skip), prompt_chans (channels of the prompt maps),
     hidden (width of the image features)."""
 
-    def __init__(self, stride: int, feature_chans: int, prompt_chans: int = DENSE_PROMPT_CHANNELS, hidden: int = 8) -> None:
+    def __init__(self, stride: int, feature_chans: int, prompt_chans: int = 4, hidden: int = 8) -> None:
         super().__init__()
         self.stride = int(stride)
         self.out_chans = int(hidden)
@@ -64,7 +63,7 @@ class SubvoxelRefiner(nn.Module):
     def forward(self, low_res_logits: torch.Tensor, image_features: torch.Tensor,
                 prompt_maps: torch.Tensor) -> torch.Tensor:
         """low-res logits (B, 1, d, h, w), :meth:`image_features` (B, hidden, d, h, w), prompt maps
-        (B, prompt_chans, d, h, w) -> logits at the crop's resolution (B, 1, d*s, h*s, w*s)."""
+        (B, 4, d, h, w) -> logits at the crop's resolution (B, 1, d*s, h*s, w*s)."""
         dtype = low_res_logits.dtype
         size = tuple(n * self.stride for n in low_res_logits.shape[2:])
         coarse = F.interpolate(low_res_logits, size=size, mode="trilinear", align_corners=False)

@@ -1,0 +1,96 @@
+"""A quick A/B check of a model change: train on fold 0's training cases, score its validation cases.
+
+Trains the tiny ISRG model on the demo phantom's fold-0 training cases (whole 64^3 volumes, random
+flips, one click at a random interior point of the lesion, soft Dice + BCE) and prints the mean
+first-click Dice on the fold's validation cases (click at the interior point farthest from the
+boundary) every ``--every`` iterations. No nnU-Net augmentation, no correction rounds, no
+attributes: about 0.37 s per iteration on two cores, so 400 iterations take under 3 minutes,
+against 16 for the demo's training. It ranks changes early in training; the demo measures them.
+
+    python scripts/quick_fold_fit.py                     # 400 iterations, scores every 100
+    python scripts/quick_fold_fit.py --iterations 1800 --every 200
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from fit_few_cases import load_cases  # noqa: E402
+from nnunet_isrg.clicks import sample_target_and_first_click  # noqa: E402
+from nnunet_isrg.modeling.build import build_isrg_model  # noqa: E402
+from nnunet_isrg.training.losses import soft_dice_loss  # noqa: E402
+
+
+def first_click_dice(model, images, masks, clicks) -> list[float]:
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for x, y, p in zip(images, masks, clicks):
+            pred = model(x[None], p[None], torch.ones(1, 1, dtype=torch.long))["mask_logits"][0] > 0
+            scores.append(2 * (pred & y).sum().item() / (pred.sum().item() + y.sum().item()))
+    model.train()
+    return scores
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    preprocessed = REPO / "work" / "nnUNet_preprocessed" / "Dataset500_ISRGPhantom"
+    p.add_argument("--raw", type=Path, default=REPO / "work" / "nnUNet_raw" / "Dataset500_ISRGPhantom")
+    p.add_argument("--preprocessed", type=Path, default=preprocessed,
+                   help="nnU-Net's preprocessed folder of the dataset (plans and splits_final.json)")
+    p.add_argument("--iterations", type=int, default=400)
+    p.add_argument("--every", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    splits_file = args.preprocessed / "splits_final.json"
+    if not splits_file.is_file():
+        raise SystemExit(f"{splits_file} is missing: run `make demo` first")
+    split = json.loads(splits_file.read_text())[0]
+    n_cases = len(split["train"]) + len(split["val"])
+    images, masks, clicks, files = load_cases(args.raw, args.preprocessed / "nnUNetPlans.json", n_cases)
+    names = [f[:-len(".nii.gz")] for f in files]
+    train = torch.tensor([i for i, n in enumerate(names) if n in split["train"]])
+    val = [i for i, n in enumerate(names) if n in split["val"]]
+    print(f"fold 0: {len(train)} training, {len(val)} validation cases")
+
+    model = build_isrg_model("tiny")
+    opt = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=0.05, betas=(0.9, 0.98))
+    generator = torch.Generator().manual_seed(0)
+    t0 = time.time()
+    for it in range(args.iterations):
+        idx = train[torch.randint(len(train), (2,), generator=generator)]
+        x, y = images[idx], masks[idx]
+        for axis in (2, 3, 4):
+            if torch.rand(1, generator=generator) < 0.5:
+                x, y = x.flip(axis), y.flip(axis)
+        target, points, labels = sample_target_and_first_click(y, generator, interior_fraction=0.3)
+        logits = model(x, points, labels)["mask_logits"]
+        loss = soft_dice_loss(logits, target).mean() + F.binary_cross_entropy_with_logits(logits, target.float())
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if (it + 1) % args.every == 0:
+            scores = first_click_dice(model, images[val], masks[val], clicks[val])
+            print(f"iteration {it + 1}: validation Dice after one click {np.mean(scores):.3f} "
+                  f"({' '.join(f'{s:.2f}' for s in scores)})  {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
