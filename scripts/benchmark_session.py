@@ -203,9 +203,15 @@ def child_session(args) -> dict:
         t = time.perf_counter()
         state = session.add_click(p, positive=bool(i % 2))
         times.append(time.perf_counter() - t)
-    t = time.perf_counter()
-    session.report()
-    report_s = time.perf_counter() - t
+    # random weights may leave the lesion without a mask after the alternating clicks; a last
+    # positive click on the lesion (not timed) gives the report a mask to measure
+    if not state.n_voxels:
+        state = session.add_click(click, positive=True)
+    report_s = None
+    if state.n_voxels:
+        t = time.perf_counter()
+        session.report()
+        report_s = time.perf_counter() - t
     ms = sorted(1e3 * v for v in times)
     return {"set_image_s": set_image_s, "first_click_s": first_s,
             "further_click_median_ms": statistics.median(ms),
@@ -313,7 +319,8 @@ def markdown_table(results: dict) -> str:
             speed = bt / (r["further_click_median_ms"] / 1e3) if bt else None
             lines.append(f"| {vol} {tuple(r['image_shape_zyx'])} | {preset} | {r['set_image_s']:.2f} | "
                          f"{r['first_click_s']:.2f} | {r['further_click_median_ms']:.0f} / {r['further_click_p95_ms']:.0f} | "
-                         f"{r['report_s']:.2f} | {r['peak_rss_gib']:.2f} | "
+                         + (f"{r['report_s']:.2f}" if r['report_s'] is not None else "n/a (no mask)")
+                         + f" | {r['peak_rss_gib']:.2f} | "
                          f"{'%.1f' % bt if bt else '-'}{' (extrapolated)' if base.get('method', '').startswith('extra') else ''} | "
                          f"{'%.0fx' % speed if speed else '-'} |")
     t = results["targets"]
