@@ -317,10 +317,10 @@ def markdown_table(results: dict) -> str:
                 lines.append(f"| {vol} | {preset} | error: see JSON | | | | | | |")
                 continue
             speed = bt / (r["further_click_median_ms"] / 1e3) if bt else None
+            report = "n/a (no mask)" if r["report_s"] is None else f"{r['report_s']:.2f}"
             lines.append(f"| {vol} {tuple(r['image_shape_zyx'])} | {preset} | {r['set_image_s']:.2f} | "
                          f"{r['first_click_s']:.2f} | {r['further_click_median_ms']:.0f} / {r['further_click_p95_ms']:.0f} | "
-                         + (f"{r['report_s']:.2f}" if r['report_s'] is not None else "n/a (no mask)")
-                         + f" | {r['peak_rss_gib']:.2f} | "
+                         f"{report} | {r['peak_rss_gib']:.2f} | "
                          f"{'%.1f' % bt if bt else '-'}{' (extrapolated)' if base.get('method', '').startswith('extra') else ''} | "
                          f"{'%.0fx' % speed if speed else '-'} |")
     t = results["targets"]

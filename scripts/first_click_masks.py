@@ -10,7 +10,6 @@ It shows whether the model follows the lesion or draws a blob of typical size at
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from fit_few_cases import load_cases  # noqa: E402
+from fit_few_cases import first_click_predictions, load_fold  # noqa: E402
 from nnunet_isrg.inference.model_loading import load_trained_model  # noqa: E402
 
 
@@ -36,23 +35,14 @@ def main() -> int:
     args = p.parse_args()
 
     torch.set_num_threads(1)
-    splits = json.loads((args.preprocessed / "splits_final.json").read_text())
-    val = set(splits[args.fold]["val"])
-    n_cases = len(splits[args.fold]["train"]) + len(val)
-    images, masks, clicks, files = load_cases(args.raw, args.preprocessed / "nnUNetPlans.json", n_cases)
+    images, masks, clicks, names, _, val = load_fold(args.raw, args.preprocessed, args.fold)
     network = load_trained_model(args.model, folds=(args.fold,)).network
     rows = []
     print(f"{'case':<10} {'true':>6} {'pred':>6} {'Dice':>5} {'IoU est.':>8}")
-    with torch.no_grad():
-        for x, y, c, f in zip(images, masks, clicks, files):
-            case = f[:-len(".nii.gz")]
-            if case not in val:
-                continue
-            out = network(x[None], c[None], torch.ones(1, 1, dtype=torch.long))
-            pred = out["mask_logits"][0] > 0
-            dice = 2 * (pred & y).sum().item() / (pred.sum().item() + y.sum().item())
-            rows.append((int(y.sum()), int(pred.sum()), dice, float(out["iou_pred"])))
-            print(f"{case:<10} {rows[-1][0]:>6} {rows[-1][1]:>6} {dice:>5.2f} {rows[-1][3]:>8.2f}")
+    predictions = first_click_predictions(network, images[val], masks[val], clicks[val])
+    for i, (pred, dice, iou) in zip(val, predictions):
+        rows.append((int(masks[i].sum()), int(pred.sum()), dice, iou))
+        print(f"{names[i]:<10} {rows[-1][0]:>6} {rows[-1][1]:>6} {dice:>5.2f} {iou:>8.2f}")
     true, pred = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
     print(f"true volumes {true.min()}-{true.max()}, predicted {pred.min()}-{pred.max()}; "
           f"Pearson r of log volumes {np.corrcoef(np.log(true), np.log(pred))[0, 1]:.2f}; "

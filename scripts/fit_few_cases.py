@@ -48,6 +48,30 @@ def load_cases(raw: Path, plans: Path, n: int):
             torch.tensor(clicks, dtype=torch.float32)[:, None], [f.name for f in labels])
 
 
+
+def load_fold(raw: Path, preprocessed: Path, fold: int = 0):
+    """Every case of the phantom, CT-normalised as :func:`load_cases`, and the indices of ``fold``'s
+    training and validation cases in ``preprocessed/splits_final.json``."""
+    splits_file = preprocessed / "splits_final.json"
+    if not splits_file.is_file():
+        raise SystemExit(f"{splits_file} is missing: run `make demo` first")
+    split = json.loads(splits_file.read_text())[fold]
+    images, masks, clicks, files = load_cases(raw, preprocessed / "nnUNetPlans.json",
+                                              len(split["train"]) + len(split["val"]))
+    names = [f[:-len(".nii.gz")] for f in files]
+    train = [i for i, n in enumerate(names) if n in split["train"]]
+    val = [i for i, n in enumerate(names) if n in split["val"]]
+    return images, masks, clicks, names, train, val
+
+
+def first_click_predictions(model, images, masks, clicks):
+    """One positive click per case (no gradient): yields (predicted mask, Dice, predicted IoU)."""
+    with torch.no_grad():
+        for x, y, p in zip(images, masks, clicks):
+            out = model(x[None], p[None], torch.ones(1, 1, dtype=torch.long))
+            pred = out["mask_logits"][0] > 0
+            yield pred, 2 * (pred & y).sum().item() / (pred.sum().item() + y.sum().item()), float(out["iou_pred"])
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--raw", type=Path, default=REPO / "work" / "nnUNet_raw" / "Dataset500_ISRGPhantom")

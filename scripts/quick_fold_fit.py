@@ -13,7 +13,6 @@ against 16 for the demo's training. It ranks changes early in training; the demo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from fit_few_cases import load_cases  # noqa: E402
+from fit_few_cases import first_click_predictions, load_fold  # noqa: E402
 from nnunet_isrg.clicks import sample_target_and_first_click  # noqa: E402
 from nnunet_isrg.modeling.build import build_isrg_model  # noqa: E402
 from nnunet_isrg.training.losses import soft_dice_loss  # noqa: E402
@@ -34,11 +33,7 @@ from nnunet_isrg.training.losses import soft_dice_loss  # noqa: E402
 
 def first_click_dice(model, images, masks, clicks) -> list[float]:
     model.eval()
-    scores = []
-    with torch.no_grad():
-        for x, y, p in zip(images, masks, clicks):
-            pred = model(x[None], p[None], torch.ones(1, 1, dtype=torch.long))["mask_logits"][0] > 0
-            scores.append(2 * (pred & y).sum().item() / (pred.sum().item() + y.sum().item()))
+    scores = [dice for _, dice, _ in first_click_predictions(model, images, masks, clicks)]
     model.train()
     return scores
 
@@ -57,15 +52,8 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    splits_file = args.preprocessed / "splits_final.json"
-    if not splits_file.is_file():
-        raise SystemExit(f"{splits_file} is missing: run `make demo` first")
-    split = json.loads(splits_file.read_text())[0]
-    n_cases = len(split["train"]) + len(split["val"])
-    images, masks, clicks, files = load_cases(args.raw, args.preprocessed / "nnUNetPlans.json", n_cases)
-    names = [f[:-len(".nii.gz")] for f in files]
-    train = torch.tensor([i for i, n in enumerate(names) if n in split["train"]])
-    val = [i for i, n in enumerate(names) if n in split["val"]]
+    images, masks, clicks, _, train, val = load_fold(args.raw, args.preprocessed)
+    train = torch.tensor(train)
     print(f"fold 0: {len(train)} training, {len(val)} validation cases")
 
     model = build_isrg_model("tiny")

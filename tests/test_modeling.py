@@ -115,7 +115,7 @@ def test_subvoxel_refiner_draws_boundaries_finer_than_the_low_res_grid():
     opt = torch.optim.Adam(refiner.parameters(), 1e-2)
 
     def predict():
-        return refiner(coarse, refiner.image_features(image, None), torch.zeros(1, refiner.prompt_chans, 8, 8, 8))
+        return refiner(coarse, refiner.image_features(image, None), torch.zeros(1, 4, 8, 8, 8))
 
     for _ in range(150):
         loss = F.binary_cross_entropy_with_logits(predict(), target)

@@ -34,7 +34,6 @@ class SubvoxelRefiner(nn.Module):
         super().__init__()
         self.stride = int(stride)
         self.out_chans = int(hidden)
-        self.prompt_chans = int(prompt_chans)
         sub = self.stride ** 3
         self.image_net = nn.Sequential(
             Conv3d(sub + feature_chans, hidden, kernel_size=1),

@@ -6,6 +6,7 @@ data loader and augmentation, logging and the progress plot, checkpoints and ``-
 """
 from __future__ import annotations
 
+import os
 from typing import Mapping
 
 import numpy as np
@@ -295,6 +296,4 @@ class ISRGTrainer(nnUNetTrainer):
 
 
 def _cpu_cores() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
