@@ -9,6 +9,9 @@ against 16 for the demo's training. It ranks changes early in training; the demo
 
     python scripts/quick_fold_fit.py                     # 400 iterations, scores every 100
     python scripts/quick_fold_fit.py --iterations 1800 --every 200
+    python scripts/quick_fold_fit.py --ema 0.99          # score a moving average of the weights
+    python scripts/quick_fold_fit.py --crop 32 --patch 4 # 32^3 crops at the click, 4-voxel patches
+    python scripts/quick_fold_fit.py --train-score       # also the fitted (training) cases
 """
 from __future__ import annotations
 
@@ -31,9 +34,32 @@ from nnunet_isrg.modeling.build import build_isrg_model  # noqa: E402
 from nnunet_isrg.training.losses import soft_dice_loss  # noqa: E402
 
 
-def first_click_dice(model, images, masks, clicks) -> list[float]:
+def crop_at(images: torch.Tensor, masks: torch.Tensor, centres: torch.Tensor, size: int):
+    """Cubic ``size`` crops of (B, 1, D, H, W) volumes at ``centres`` (B, 3) voxel (z, y, x), kept
+    inside the volume; returns the crops and their corners (B, 3)."""
+    limits = torch.tensor(images.shape[2:]) - size
+    corners = (centres.round().long() - size // 2).clamp(min=0).minimum(limits)
+    xs, ys = [], []
+    for x, y, (z0, y0, x0) in zip(images, masks, corners.tolist()):
+        xs.append(x[:, z0:z0 + size, y0:y0 + size, x0:x0 + size])
+        ys.append(y[:, z0:z0 + size, y0:y0 + size, x0:x0 + size])
+    return torch.stack(xs), torch.stack(ys), corners
+
+
+def first_click_dice(model, images, masks, clicks, crop: int | None = None) -> list[float]:
+    """Dice after the deterministic first click, over the whole volume (a crop centred at the click)."""
     model.eval()
-    scores = [dice for _, dice, _ in first_click_predictions(model, images, masks, clicks)]
+    if crop is None:
+        scores = [dice for _, dice, _ in first_click_predictions(model, images, masks, clicks)]
+    else:
+        x, cropped, corners = crop_at(images, masks, clicks[:, 0], crop)
+        scores = []
+        for (pred, _, _), y, (z0, y0, x0) in zip(
+                first_click_predictions(model, x, cropped, clicks - corners[:, None].float()),
+                masks, corners.tolist()):
+            full = torch.zeros_like(y)
+            full[:, z0:z0 + crop, y0:y0 + crop, x0:x0 + crop] = pred
+            scores.append(2 * (full & y).sum().item() / (full.sum().item() + y.sum().item()))
     model.train()
     return scores
 
@@ -48,6 +74,14 @@ def main() -> int:
     p.add_argument("--every", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--crop", type=int, default=None,
+                   help="train and predict on cubic crops of this size around the click (jittered in training)")
+    p.add_argument("--patch", type=int, default=None, help="the encoder's patch size (default: the preset's)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--ema", type=float, default=None,
+                   help="score an exponential moving average of the weights with this decay (e.g. 0.99)")
+    p.add_argument("--train-score", action="store_true",
+                   help="also score the training cases (deterministic click): underfitting or overfitting?")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -56,27 +90,39 @@ def main() -> int:
     train = torch.tensor(train)
     print(f"fold 0: {len(train)} training, {len(val)} validation cases")
 
-    model = build_isrg_model("tiny")
+    overrides = {} if args.patch is None else {"patch_size": args.patch}
+    model = build_isrg_model("tiny", crop_size=args.crop, **overrides)
     opt = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=0.05, betas=(0.9, 0.98))
     generator = torch.Generator().manual_seed(0)
+    scored = model if args.ema is None else torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema))
     t0 = time.time()
     for it in range(args.iterations):
-        idx = train[torch.randint(len(train), (2,), generator=generator)]
+        idx = train[torch.randint(len(train), (args.batch,), generator=generator)]
         x, y = images[idx], masks[idx]
         for axis in (2, 3, 4):
             if torch.rand(1, generator=generator) < 0.5:
                 x, y = x.flip(axis), y.flip(axis)
         target, points, labels = sample_target_and_first_click(y, generator, interior_fraction=0.3)
+        if args.crop is not None:
+            jitter = (torch.rand(len(idx), 3, generator=generator) - 0.5) * (args.crop / 2)
+            x, target, corners = crop_at(x, target, points[:, 0] + jitter, args.crop)
+            points = points - corners[:, None].float()
         logits = model(x, points, labels)["mask_logits"]
         loss = soft_dice_loss(logits, target).mean() + F.binary_cross_entropy_with_logits(logits, target.float())
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if scored is not model:
+            scored.update_parameters(model)
         if (it + 1) % args.every == 0:
-            scores = first_click_dice(model, images[val], masks[val], clicks[val])
+            scores = first_click_dice(scored, images[val], masks[val], clicks[val], args.crop)
+            fitted = ""
+            if args.train_score:
+                fitted = f", training cases {np.mean(first_click_dice(scored, images[train], masks[train], clicks[train], args.crop)):.3f}"
             print(f"iteration {it + 1}: validation Dice after one click {np.mean(scores):.3f} "
-                  f"({' '.join(f'{s:.2f}' for s in scores)})  {time.time() - t0:.0f} s", flush=True)
+                  f"({' '.join(f'{s:.2f}' for s in scores)}){fitted}  {time.time() - t0:.0f} s", flush=True)
     return 0
 
 

@@ -78,6 +78,30 @@ def test_continue_training_and_val_only(debug_model, nnunet_dirs):
     np.testing.assert_allclose(after["mean_per_click"]["dice"], before["mean_per_click"]["dice"], atol=1e-6)
 
 
+def test_checkpoint_holds_the_weight_average_and_loading_restores_both(debug_model, nnunet_dirs):
+    """network_weights are the averaged weights (what inference reads); the raw ones come back for --c."""
+    from nnunet_isrg.training.isrg_trainer import TRAINING_WEIGHTS_KEY
+
+    ckpt_file = debug_model / "fold_0" / "checkpoint_final.pth"
+    ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+    averaged, raw = ckpt["network_weights"], ckpt[TRAINING_WEIGHTS_KEY]
+    assert averaged.keys() == raw.keys()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in averaged)
+    code = ("import sys, torch\n"
+            "from nnunetv2.run.run_training import get_trainer_from_args\n"
+            f"t = get_trainer_from_args('{PHANTOM_ID}', '3d_fullres', 0, 'ISRGTrainer_Debug', device=torch.device('cpu'))\n"
+            f"t.load_checkpoint({str(ckpt_file)!r})\n"
+            "c = torch.load(sys.argv[1], map_location='cpu', weights_only=False)\n"
+            f"same = lambda a, b: all(torch.equal(a[k], b[k]) for k in b)\n"
+            f"assert same(t.model.state_dict(), c[{TRAINING_WEIGHTS_KEY!r}]), 'training weights not restored'\n"
+            "assert same(t.weight_average.state_dict(), c['network_weights']), 'average not restored'\n"
+            "with t._averaged_weights():\n"
+            "    assert same(t.model.state_dict(), c['network_weights'])\n"
+            "print('restored')\n")
+    proc = run_cmd([nnunet_cmd("python"), "-c", code, str(ckpt_file)])
+    assert "restored" in proc.stdout
+
+
 def test_continue_from_latest_checkpoint(phantom_preprocessed, nnunet_dirs):
     """Train one epoch of a 2-epoch run, then --c resumes at epoch 1 from checkpoint_latest.pth."""
     out = nnunet_dirs["nnUNet_results"] / phantom_preprocessed.name / "ISRGTrainer_Debug_Vanilla__nnUNetPlans__3d_fullres"

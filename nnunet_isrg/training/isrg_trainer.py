@@ -7,6 +7,7 @@ data loader and augmentation, logging and the progress plot, checkpoints and ``-
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack, nullcontext
 from typing import Mapping
 
 import numpy as np
@@ -26,6 +27,10 @@ from nnunet_isrg.training.losses import ISRGLoss
 from nnunet_isrg.training.network_config import (PLANS_KEY, build_isrg_network, isrg_block_of, make_isrg_block,
                                                  preset_crop_size)
 from nnunet_isrg.training.schedule import WarmupPolyLRScheduler
+from nnunet_isrg.training.weight_average import WeightAverage
+
+#: checkpoint key of the raw training weights (for --c); ``network_weights`` holds their average
+TRAINING_WEIGHTS_KEY = "isrg_training_weights"
 
 
 class ISRGTrainer(nnUNetTrainer):
@@ -53,6 +58,8 @@ class ISRGTrainer(nnUNetTrainer):
     learning_rate: float = 3e-4
     warmup_epochs: int = 5
     checkpoint_every: int | None = None
+    # validation, checkpoints and inference use this moving average of the weights (None: the raw weights)
+    weight_average_decay: float | None = 0.999
     EXTRA_LOG_KEYS = ("train_seg_loss", "train_attr_loss", "attr_lambda")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -72,6 +79,8 @@ class ISRGTrainer(nnUNetTrainer):
         self.attribute_table: dict[str, dict[str, str]] = {}
         self.attribute_labels: AttributeLabels | None = None
         self._second_largest_lesion: dict[str, int] = {}
+        self.weight_average: WeightAverage | None = None
+        self._validation_weights = ExitStack()
         self._click_generator = torch.Generator().manual_seed(12345 + (fold if isinstance(fold, int) else 0))
         # nnU-Net's local logger accepts only keys it knows and wants one value per epoch for each
         self.logger.local_logger.my_fantastic_logging.update({k: [] for k in self.EXTRA_LOG_KEYS})
@@ -95,6 +104,11 @@ class ISRGTrainer(nnUNetTrainer):
                                    enable_deep_supervision: bool = True) -> torch.nn.Module:
         return build_isrg_network(isrg_block_of(configuration_manager.configuration,
                                                 f"plans '{plans_manager.plans_name}'"), num_input_channels)
+
+    def initialize(self):
+        super().initialize()
+        if self.weight_average_decay:
+            self.weight_average = WeightAverage(self.model, self.weight_average_decay)
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         pass  # the ISRG network has a single output resolution
@@ -251,6 +265,8 @@ class ISRGTrainer(nnUNetTrainer):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
             self.optimizer.step()
+        if self.weight_average is not None:
+            self.weight_average.update(self.model)
         return {"loss": loss.detach().cpu().numpy(), "seg": parts["seg"], "attr": parts["attr"],
                 "lambda": parts["lambda"]}
 
@@ -266,6 +282,46 @@ class ISRGTrainer(nnUNetTrainer):
         self.print_to_log_file(f"seg loss {self.logger.get_value('train_seg_loss', -1):.4f}, attribute loss "
                                f"{self.logger.get_value('train_attr_loss', -1):.4f}, lambda "
                                f"{self.logger.get_value('attr_lambda', -1):.3f}")
+
+    # ------------------------------------------------------------------ averaged weights
+    def _averaged_weights(self):
+        """Context in which the network holds the averaged weights (a no-op without averaging)."""
+        return self.weight_average.swapped_into(self.model) if self.weight_average is not None else nullcontext()
+
+    def on_validation_epoch_start(self):
+        # the pseudo Dice picks checkpoint_best, whose network_weights are the average
+        self._validation_weights.enter_context(self._averaged_weights())
+        super().on_validation_epoch_start()
+
+    def on_validation_epoch_end(self, val_outputs):
+        self._validation_weights.close()
+        super().on_validation_epoch_end(val_outputs)
+
+    def save_checkpoint(self, filename: str) -> None:
+        """``network_weights`` are the averaged weights, the ones every reader of the checkpoint
+        (``isrg predict``, the session, ``--val``) should use; the raw ones ride along for ``--c``."""
+        if self.weight_average is None:
+            return super().save_checkpoint(filename)
+        with self._averaged_weights() as training_weights:
+            super().save_checkpoint(filename)
+        if self.local_rank == 0 and not self.disable_checkpointing:
+            checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+            checkpoint[TRAINING_WEIGHTS_KEY] = training_weights
+            tmp = f"{filename}.tmp"
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        # nnU-Net 2.8.1 reads only a file name here (a dict leaves its `checkpoint` unset), so the
+        # file is read twice: once by nnU-Net, once for the keys it does not know
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, str):
+            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        if self.weight_average is not None:
+            self.weight_average.load_state_dict(self.model.state_dict())
+            if TRAINING_WEIGHTS_KEY in checkpoint:  # absent in checkpoints written without averaging
+                self.model.load_state_dict(checkpoint[TRAINING_WEIGHTS_KEY])
 
     def validation_step(self, batch: dict) -> dict:
         """Pseudo Dice after one random click inside the lesion (nnU-Net's green curve)."""
@@ -292,7 +348,8 @@ class ISRGTrainer(nnUNetTrainer):
         if self.attribute_labels is None:
             self._load_attribute_labels()
         self.network.eval()
-        run_interactive_validation(self, save_probabilities=save_probabilities)
+        with self._averaged_weights():
+            run_interactive_validation(self, save_probabilities=save_probabilities)
 
 
 def _cpu_cores() -> int:

@@ -11,7 +11,7 @@ from nnunet_isrg.training.isrg_trainer import ISRGTrainer
 __all__ = [
     "ISRGTrainer_Vanilla", "ISRGTrainer_PointRefinement", "ISRGTrainer_FeatureSynergy",
     "ISRGTrainer_Tiny", "ISRGTrainer_Tiny_Vanilla", "ISRGTrainer_Tiny_PointRefinement",
-    "ISRGTrainer_Tiny_FeatureSynergy", "ISRGTrainer_Tiny_FixedLambda", "ISRGTrainer_Debug",
+    "ISRGTrainer_Tiny_FeatureSynergy", "ISRGTrainer_Tiny_FixedLambda", "ISRGTrainer_Tiny_RawWeights", "ISRGTrainer_Debug",
     "ISRGTrainer_Debug_Vanilla", "ISRGTrainer_50epochs", "ISRGTrainer_Tiny_50epochs",
 ]
 
@@ -39,6 +39,7 @@ class _TinySchedule:
     learning_rate = 1e-3
     warmup_epochs = 2
     checkpoint_every = 10
+    weight_average_decay = 0.99   # about the last 100 of 1,800 iterations
 
 
 class ISRGTrainer_Tiny(_TinySchedule, ISRGTrainer):
@@ -59,6 +60,10 @@ class ISRGTrainer_Tiny_FeatureSynergy(_TinySchedule, ISRGTrainer_FeatureSynergy)
 
 class ISRGTrainer_Tiny_FixedLambda(ISRGTrainer_Tiny):
     learn_lambda = False
+
+
+class ISRGTrainer_Tiny_RawWeights(ISRGTrainer_Tiny):
+    weight_average_decay = None
 
 
 class ISRGTrainer_50epochs(ISRGTrainer):
@@ -82,6 +87,7 @@ class _DebugSchedule:
     val_iterations_per_epoch = 1
     warmup_epochs = 1
     checkpoint_every = 1
+    weight_average_decay = 0.5    # so that 4 iterations move the average away from the initial weights
 
 
 class ISRGTrainer_Debug(_DebugSchedule, ISRGTrainer):
