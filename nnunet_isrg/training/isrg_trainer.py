@@ -315,10 +315,10 @@ class ISRGTrainer(nnUNetTrainer):
         # nnU-Net 2.8.1 reads only a file name here (a dict leaves its `checkpoint` unset), so the
         # file is read twice: once by nnU-Net, once for the keys it does not know
         super().load_checkpoint(filename_or_checkpoint)
-        checkpoint = filename_or_checkpoint
-        if isinstance(checkpoint, str):
-            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
         if self.weight_average is not None:
+            checkpoint = filename_or_checkpoint
+            if isinstance(checkpoint, str):
+                checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
             self.weight_average.load_state_dict(self.model.state_dict())
             if TRAINING_WEIGHTS_KEY in checkpoint:  # absent in checkpoints written without averaging
                 self.model.load_state_dict(checkpoint[TRAINING_WEIGHTS_KEY])
