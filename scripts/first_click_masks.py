@@ -5,7 +5,8 @@ protocol's first click (the interior point farthest from the boundary) is given,
 prints the predicted and true lesion volumes (voxels), the Dice and the model's own IoU estimate.
 It shows whether the model follows the lesion or draws a blob of typical size at the click.
 
-    python scripts/first_click_masks.py          # the demo's ISRGTrainer_Tiny, fold 0
+    python scripts/first_click_masks.py                      # the demo's ISRGTrainer_Tiny, fold 0
+    python scripts/first_click_masks.py --training-weights   # its raw weights, not their average
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from fit_few_cases import first_click_predictions, load_fold  # noqa: E402
 from nnunet_isrg.inference.model_loading import load_trained_model  # noqa: E402
+from nnunet_isrg.training.isrg_trainer import TRAINING_WEIGHTS_KEY  # noqa: E402
 
 
 def main() -> int:
@@ -32,11 +34,20 @@ def main() -> int:
     p.add_argument("--raw", type=Path, default=work / "nnUNet_raw" / "Dataset500_ISRGPhantom")
     p.add_argument("--preprocessed", type=Path, default=work / "nnUNet_preprocessed" / "Dataset500_ISRGPhantom")
     p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--training-weights", action="store_true",
+                   help="score the raw training weights stored beside the averaged ones in the checkpoint")
     args = p.parse_args()
 
     torch.set_num_threads(1)
     images, masks, clicks, names, _, val = load_fold(args.raw, args.preprocessed, args.fold)
     network = load_trained_model(args.model, folds=(args.fold,)).network
+    if args.training_weights:
+        checkpoint = torch.load(args.model / f"fold_{args.fold}" / "checkpoint_final.pth", map_location="cpu",
+                                weights_only=False)
+        if TRAINING_WEIGHTS_KEY not in checkpoint:
+            raise SystemExit(f"{args.model}/fold_{args.fold}/checkpoint_final.pth has no {TRAINING_WEIGHTS_KEY!r}: "
+                             "it was trained without a weight average")
+        network.load_state_dict(checkpoint[TRAINING_WEIGHTS_KEY])
     rows = []
     print(f"{'case':<10} {'true':>6} {'pred':>6} {'Dice':>5} {'IoU est.':>8}")
     predictions = first_click_predictions(network, images[val], masks[val], clicks[val])
@@ -44,7 +55,8 @@ def main() -> int:
         rows.append((int(masks[i].sum()), int(pred.sum()), dice, iou))
         print(f"{names[i]:<10} {rows[-1][0]:>6} {rows[-1][1]:>6} {dice:>5.2f} {iou:>8.2f}")
     true, pred = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
-    print(f"true volumes {true.min()}-{true.max()}, predicted {pred.min()}-{pred.max()}; "
+    print(f"mean Dice {np.mean([r[2] for r in rows]):.3f}; "
+          f"true volumes {true.min()}-{true.max()}, predicted {pred.min()}-{pred.max()}; "
           f"Pearson r of log volumes {np.corrcoef(np.log(true), np.log(pred))[0, 1]:.2f}; "
           f"IoU estimates {min(r[3] for r in rows):.2f}-{max(r[3] for r in rows):.2f}")
     return 0
