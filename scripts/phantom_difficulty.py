@@ -9,7 +9,7 @@ scores three reference masks against the ground truth:
 * an intensity oracle: the image smoothed (Gaussian, sigma 0.7 voxel), thresholded to an HU
   window taken from the *true* lesion's own percentiles (25 windows tried, the best one kept),
   and the connected component under the protocol's first click. It shows how far intensity alone
-  goes; a method that knows no more than a window of HU values around the click cannot beat it.
+  goes.
 
 Next to them, when a trained model's validation folder has a report for the case (default: the
 demo's), the model's Dice after the first and the last click of the protocol.
@@ -69,7 +69,8 @@ def score_case(raw: Path, case: str) -> dict:
     lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(label))) > 0
     if not lesion.any():
         raise SystemExit(f"{label}: no lesion voxel; every phantom case has one lesion")
-    click = tuple(int(round(c)) for c in first_click_deterministic(lesion, (1.0, 1.0, 1.0)))
+    spacing_zyx = tuple(reversed(sitk.ReadImage(str(label)).GetSpacing()))
+    click = tuple(int(round(c)) for c in first_click_deterministic(lesion, spacing_zyx))
     extent = np.ptp(np.argwhere(lesion), axis=0) + 1
     return {"case": case, "voxels": int(lesion.sum()), "max_extent_voxels": int(extent.max()),
             "eroded_1_voxel": dice(ndi.binary_erosion(lesion), lesion),
@@ -92,7 +93,7 @@ def markdown(result: dict) -> str:
     with_model = all(r.get("model_dice") for r in rows)
     model_head = " model, 1st click | model, last click |" if with_model else ""
     lines = [f"Reference masks scored against the ground truth on {result['dataset']} "
-             f"({result['which']}). Dice; the first three columns of figures involve no model"
+             f"({result['which']}). Dice; the three reference-mask columns involve no model"
              + (f"; the last two are the model in `{result['validation']}`." if with_model else "."), "",
              "| case | lesion type | shape | density | voxels | GT eroded 1 voxel | GT dilated 1 voxel | "
              "intensity oracle |" + model_head, "|---|---|---|---|---|---|---|---|" + ("---|---|" if with_model else "")]
@@ -115,18 +116,23 @@ def markdown(result: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--raw", type=Path, default=REPO / "work" / "nnUNet_raw" / "Dataset500_ISRGPhantom")
-    p.add_argument("--splits", default=str(REPO / "work" / "nnUNet_preprocessed" / "Dataset500_ISRGPhantom" /
-                                           "splits_final.json"),
-                   help="splits_final.json whose fold 0 validation cases are scored, or 'none' for every case")
-    p.add_argument("--validation", type=Path,
-                   default=REPO / "work" / "nnUNet_results" / "Dataset500_ISRGPhantom" /
-                   "ISRGTrainer_Tiny__nnUNetPlans__3d_fullres" / "fold_0" / "validation",
-                   help="a trained model's validation folder whose reports/CASE.json give its Dice per click")
+    p.add_argument("--splits", default=None,
+                   help="splits_final.json whose fold 0 validation cases are scored, or 'none' for every case "
+                        "(default: the dataset's in work/nnUNet_preprocessed)")
+    p.add_argument("--validation", type=Path, default=None,
+                   help="a trained model's validation folder whose reports/CASE.json give its Dice per click "
+                        "(default: the dataset's ISRGTrainer_Tiny fold 0 in work/nnUNet_results)")
     p.add_argument("--out", type=Path, default=REPO / "results" / "phantom_difficulty")
     p.add_argument("--update-readme", action="store_true")
     args = p.parse_args()
 
     t0 = time.time()
+    work = REPO / "work"
+    if args.splits is None:
+        args.splits = str(work / "nnUNet_preprocessed" / args.raw.name / "splits_final.json")
+    if args.validation is None:
+        args.validation = (work / "nnUNet_results" / args.raw.name / "ISRGTrainer_Tiny__nnUNetPlans__3d_fullres" /
+                           "fold_0" / "validation")
     if args.splits == "none":
         cases = sorted(f.name[:-len(".nii.gz")] for f in (args.raw / "labelsTr").glob("*.nii.gz"))
         which = f"all {len(cases)} cases"

@@ -37,6 +37,8 @@ from nnunet_isrg.training.losses import soft_dice_loss  # noqa: E402
 def crop_at(images: torch.Tensor, masks: torch.Tensor, centres: torch.Tensor, size: int):
     """Cubic ``size`` crops of (B, 1, D, H, W) volumes at ``centres`` (B, 3) voxel (z, y, x), kept
     inside the volume; returns the crops and their corners (B, 3)."""
+    if size > min(images.shape[2:]):
+        raise SystemExit(f"--crop {size} is larger than the volumes ({tuple(images.shape[2:])} voxels)")
     limits = torch.tensor(images.shape[2:]) - size
     corners = (centres.round().long() - size // 2).clamp(min=0).minimum(limits)
     xs, ys = [], []

@@ -107,7 +107,7 @@ class ISRGTrainer(nnUNetTrainer):
 
     def initialize(self):
         super().initialize()
-        if self.weight_average_decay:
+        if self.weight_average_decay is not None:
             self.weight_average = WeightAverage(self.model, self.weight_average_decay)
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
@@ -289,7 +289,9 @@ class ISRGTrainer(nnUNetTrainer):
         return self.weight_average.swapped_into(self.model) if self.weight_average is not None else nullcontext()
 
     def on_validation_epoch_start(self):
-        # the pseudo Dice picks checkpoint_best, whose network_weights are the average
+        # the pseudo Dice picks checkpoint_best, whose network_weights are the average; a swap left
+        # open by an interrupted validation is undone first
+        self._validation_weights.close()
         self._validation_weights.enter_context(self._averaged_weights())
         super().on_validation_epoch_start()
 
@@ -302,12 +304,14 @@ class ISRGTrainer(nnUNetTrainer):
         (``isrg predict``, the session, ``--val``) should use; the raw ones ride along for ``--c``."""
         if self.weight_average is None:
             return super().save_checkpoint(filename)
+        # nnU-Net writes its checkpoint to a temporary file; the raw weights are added and the
+        # result renamed, so `filename` never holds a checkpoint without them
+        tmp = f"{filename}.tmp"
         with self._averaged_weights() as training_weights:
-            super().save_checkpoint(filename)
-        if self.local_rank == 0 and not self.disable_checkpointing:
-            checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+            super().save_checkpoint(tmp)
+        if os.path.isfile(tmp):  # rank 0 with checkpointing enabled
+            checkpoint = torch.load(tmp, map_location="cpu", weights_only=False)
             checkpoint[TRAINING_WEIGHTS_KEY] = training_weights
-            tmp = f"{filename}.tmp"
             torch.save(checkpoint, tmp)
             os.replace(tmp, filename)
 
@@ -318,10 +322,13 @@ class ISRGTrainer(nnUNetTrainer):
         if self.weight_average is not None:
             checkpoint = filename_or_checkpoint
             if isinstance(checkpoint, str):
-                checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+                checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
             self.weight_average.load_state_dict(self.model.state_dict())
-            if TRAINING_WEIGHTS_KEY in checkpoint:  # absent in checkpoints written without averaging
+            if TRAINING_WEIGHTS_KEY in checkpoint:
                 self.model.load_state_dict(checkpoint[TRAINING_WEIGHTS_KEY])
+            else:
+                self.print_to_log_file(f"checkpoint without {TRAINING_WEIGHTS_KEY!r} (written without a weight "
+                                       "average): training continues from its network_weights")
 
     def validation_step(self, batch: dict) -> dict:
         """Pseudo Dice after one random click inside the lesion (nnU-Net's green curve)."""
