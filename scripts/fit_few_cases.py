@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nnunet_isrg.clicks import first_click_deterministic  # noqa: E402
+from nnunet_isrg.evaluation.metrics import dice  # noqa: E402
 from nnunet_isrg.modeling.build import build_isrg_model  # noqa: E402
 from nnunet_isrg.training.losses import soft_dice_loss  # noqa: E402
 
@@ -48,7 +49,6 @@ def load_cases(raw: Path, plans: Path, n: int):
             torch.tensor(clicks, dtype=torch.float32)[:, None], [f.name for f in labels])
 
 
-
 def load_fold(raw: Path, preprocessed: Path, fold: int = 0):
     """Every case of the phantom, CT-normalised as :func:`load_cases`, and the indices of ``fold``'s
     training and validation cases in ``preprocessed/splits_final.json``."""
@@ -70,7 +70,8 @@ def first_click_predictions(model, images, masks, clicks):
         for x, y, p in zip(images, masks, clicks):
             out = model(x[None], p[None], torch.ones(1, 1, dtype=torch.long))
             pred = out["mask_logits"][0] > 0
-            yield pred, 2 * (pred & y).sum().item() / (pred.sum().item() + y.sum().item()), float(out["iou_pred"])
+            yield pred, dice(pred[0].numpy(), y[0].numpy()), float(out["iou_pred"])
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

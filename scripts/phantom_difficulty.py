@@ -37,16 +37,12 @@ sys.path.insert(0, str(REPO))
 
 from nnunet_isrg.attributes import ATTRIBUTES_FILENAME, write_json_atomic  # noqa: E402
 from nnunet_isrg.clicks import first_click_deterministic  # noqa: E402
+from nnunet_isrg.evaluation.metrics import dice  # noqa: E402
 from nnunet_isrg.utils.readme import replace_readme_section  # noqa: E402
 
 SECTION = "phantom-difficulty"
 LOW_PERCENTILES = (0, 2, 5, 10, 20)
 HIGH_PERCENTILES = (80, 90, 95, 98, 100)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / total) if total else 1.0
 
 
 def intensity_oracle_dice(hu: np.ndarray, lesion: np.ndarray, click_zyx: tuple[int, int, int]) -> float:
@@ -66,10 +62,11 @@ def score_case(raw: Path, case: str) -> dict:
     image = raw / "imagesTr" / f"{case}_0000.nii.gz"
     label = raw / "labelsTr" / f"{case}.nii.gz"
     hu = sitk.GetArrayFromImage(sitk.ReadImage(str(image)))
-    lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(label))) > 0
+    label_image = sitk.ReadImage(str(label))
+    lesion = sitk.GetArrayFromImage(label_image) > 0
     if not lesion.any():
         raise SystemExit(f"{label}: no lesion voxel; every phantom case has one lesion")
-    spacing_zyx = tuple(reversed(sitk.ReadImage(str(label)).GetSpacing()))
+    spacing_zyx = tuple(reversed(label_image.GetSpacing()))
     click = tuple(int(round(c)) for c in first_click_deterministic(lesion, spacing_zyx))
     extent = np.ptp(np.argwhere(lesion), axis=0) + 1
     return {"case": case, "voxels": int(lesion.sum()), "max_extent_voxels": int(extent.max()),

@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from fit_few_cases import first_click_predictions, load_fold  # noqa: E402
 from nnunet_isrg.clicks import sample_target_and_first_click  # noqa: E402
+from nnunet_isrg.evaluation.metrics import dice  # noqa: E402
 from nnunet_isrg.modeling.build import build_isrg_model  # noqa: E402
 from nnunet_isrg.training.losses import soft_dice_loss  # noqa: E402
 
@@ -61,7 +62,7 @@ def first_click_dice(model, images, masks, clicks, crop: int | None = None) -> l
                 masks, corners.tolist()):
             full = torch.zeros_like(y)
             full[:, z0:z0 + crop, y0:y0 + crop, x0:x0 + crop] = pred
-            scores.append(2 * (full & y).sum().item() / (full.sum().item() + y.sum().item()))
+            scores.append(dice(full[0].numpy(), y[0].numpy()))
     model.train()
     return scores
 

@@ -26,8 +26,7 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"weight average decay must be in (0, 1), got {decay!r}")
-        self.decay = float(decay)
-        self._averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
+        self._averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True)
 
     def update(self, model: nn.Module) -> None:
         self._averaged.update_parameters(model)
