@@ -12,6 +12,8 @@ against 16 for the demo's training. It ranks changes early in training; the demo
     python scripts/quick_fold_fit.py --ema 0.99          # score a moving average of the weights
     python scripts/quick_fold_fit.py --crop 32 --patch 4 # 32^3 crops at the click, 4-voxel patches
     python scripts/quick_fold_fit.py --train-score       # also the fitted (training) cases
+    python scripts/quick_fold_fit.py --architecture click-unet --crop 48   # a conv reference
+    python scripts/quick_fold_fit.py --extra-raw $nnUNet_raw/Dataset502_ISRGPhantomExtra  # more data
 """
 from __future__ import annotations
 
@@ -28,11 +30,38 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from fit_few_cases import first_click_predictions, load_fold  # noqa: E402
+from fit_few_cases import first_click_predictions, load_cases, load_fold  # noqa: E402
 from nnunet_isrg.clicks import sample_target_and_first_click  # noqa: E402
 from nnunet_isrg.evaluation.metrics import dice  # noqa: E402
 from nnunet_isrg.modeling.build import build_isrg_model  # noqa: E402
 from nnunet_isrg.training.losses import soft_dice_loss  # noqa: E402
+from nnunet_isrg.modeling.prompt_encoder import PromptEncoder3D  # noqa: E402
+
+
+class ClickUNet(torch.nn.Module):
+    """Reference model, not ISRG: nnU-Net's PlainConvUNet (instance norm, leaky ReLU, two convs per
+    stage) reading the image and Gaussian maps of the positive and negative clicks at full
+    resolution as input channels, as nnInteractive feeds its prompts. Same call as the ISRG model:
+    (image (B, 1, D, H, W), points (B, N, 3) voxel zyx, labels (B, N)) -> {"mask_logits", "iou_pred"}.
+    """
+
+    def __init__(self, crop_size: int, base_features: int = 8, stages: int = 4, click_sigma: float = 2.0) -> None:
+        super().__init__()
+        from dynamic_network_architectures.architectures.unet import PlainConvUNet
+        features = [base_features * 2 ** i for i in range(stages)]
+        self.unet = PlainConvUNet(3, stages, features, torch.nn.Conv3d, 3, [1] + [2] * (stages - 1), 2, 1, 2,
+                                  conv_bias=True, norm_op=torch.nn.InstanceNorm3d,
+                                  norm_op_kwargs={"eps": 1e-5, "affine": True},
+                                  nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True})
+        # the ISRG prompt encoder's click maps, on a mask grid (4x its token grid) as fine as the crop;
+        # its learned parts stay unused and frozen
+        self.clicks = PromptEncoder3D(8, (crop_size // 4,) * 3, (crop_size,) * 3, click_sigma=click_sigma)
+        self.clicks.requires_grad_(False)
+
+    def forward(self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor) -> dict:
+        maps = self.clicks.click_maps(points, labels, dtype=image.dtype)
+        logits = self.unet(torch.cat([image, maps], dim=1))
+        return {"mask_logits": logits, "iou_pred": logits.new_zeros(len(image), 1)}
 
 
 def crop_at(images: torch.Tensor, masks: torch.Tensor, centres: torch.Tensor, size: int):
@@ -81,8 +110,15 @@ def main() -> int:
                    help="train and predict on cubic crops of this size around the click (jittered in training)")
     p.add_argument("--patch", type=int, default=None, help="the encoder's patch size (default: the preset's)")
     p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--architecture", choices=("isrg", "click-unet"), default="isrg",
+                   help="click-unet: a reference that is not ISRG, nnU-Net's PlainConvUNet with the clicks as "
+                        "input channels (nnInteractive's way): is the ISRG network the limit, or the data?")
+    p.add_argument("--unet-features", type=int, default=8, help="click-unet: features of its first stage")
     p.add_argument("--ema", type=float, default=None,
                    help="score an exponential moving average of the weights with this decay (e.g. 0.99)")
+    p.add_argument("--extra-raw", type=Path, default=None,
+                   help="another phantom raw dataset (e.g. `isrg phantom --seed 1`) whose imagesTr/labelsTr cases "
+                        "are added to the training cases: does more data help?")
     p.add_argument("--train-score", action="store_true",
                    help="also score the training cases (deterministic click): underfitting or overfitting?")
     args = p.parse_args()
@@ -90,11 +126,23 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     images, masks, clicks, _, train, val = load_fold(args.raw, args.preprocessed)
+    scored_train = torch.tensor(train)
+    if args.extra_raw is not None:
+        n_extra = len(list((args.extra_raw / "labelsTr").glob("*.nii.gz")))
+        extra = load_cases(args.extra_raw, args.preprocessed / "nnUNetPlans.json", n_extra)
+        train = train + list(range(len(images), len(images) + n_extra))
+        images, masks, clicks = (torch.cat([a, b]) for a, b in zip((images, masks, clicks), extra[:3]))
+        print(f"{n_extra} extra training cases from {args.extra_raw}")
     train = torch.tensor(train)
     print(f"fold 0: {len(train)} training, {len(val)} validation cases")
 
-    overrides = {} if args.patch is None else {"patch_size": args.patch}
-    model = build_isrg_model("tiny", crop_size=args.crop, **overrides)
+    if args.architecture == "click-unet":
+        model = ClickUNet(args.crop or images.shape[-1], args.unet_features)
+    else:
+        overrides = {} if args.patch is None else {"patch_size": args.patch}
+        model = build_isrg_model("tiny", crop_size=args.crop, **overrides)
+    print(f"{args.architecture}: {sum(t.numel() for t in model.parameters() if t.requires_grad) / 1e6:.2f} M "
+          "trained parameters")
     opt = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=0.05, betas=(0.9, 0.98))
     generator = torch.Generator().manual_seed(0)
     scored = model if args.ema is None else torch.optim.swa_utils.AveragedModel(
@@ -123,7 +171,7 @@ def main() -> int:
             scores = first_click_dice(scored, images[val], masks[val], clicks[val], args.crop)
             fitted = ""
             if args.train_score:
-                fitted = f", training cases {np.mean(first_click_dice(scored, images[train], masks[train], clicks[train], args.crop)):.3f}"
+                fitted = f", training cases {np.mean(first_click_dice(scored, images[scored_train], masks[scored_train], clicks[scored_train], args.crop)):.3f}"
             print(f"iteration {it + 1}: validation Dice after one click {np.mean(scores):.3f} "
                   f"({' '.join(f'{s:.2f}' for s in scores)}){fitted}  {time.time() - t0:.0f} s", flush=True)
     return 0
