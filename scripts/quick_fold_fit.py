@@ -120,7 +120,8 @@ def main() -> int:
                    help="another phantom raw dataset (e.g. `isrg phantom --seed 1`) whose imagesTr/labelsTr cases "
                         "are added to the training cases: does more data help?")
     p.add_argument("--train-score", action="store_true",
-                   help="also score the training cases (deterministic click): underfitting or overfitting?")
+                   help="also score the fold's training cases (deterministic click; not the --extra-raw ones): "
+                        "underfitting or overfitting?")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -129,7 +130,12 @@ def main() -> int:
     scored_train = torch.tensor(train)
     if args.extra_raw is not None:
         n_extra = len(list((args.extra_raw / "labelsTr").glob("*.nii.gz")))
+        if not n_extra:
+            raise SystemExit(f"--extra-raw: {args.extra_raw / 'labelsTr'} holds no case (*.nii.gz)")
         extra = load_cases(args.extra_raw, args.preprocessed / "nnUNetPlans.json", n_extra)
+        if extra[0].shape[2:] != images.shape[2:]:
+            raise SystemExit(f"--extra-raw: {args.extra_raw} has volumes of {tuple(extra[0].shape[2:])} voxels, "
+                             f"{args.raw} of {tuple(images.shape[2:])}; generate it with the same --size")
         train = train + list(range(len(images), len(images) + n_extra))
         images, masks, clicks = (torch.cat([a, b]) for a, b in zip((images, masks, clicks), extra[:3]))
         print(f"{n_extra} extra training cases from {args.extra_raw}")
