@@ -14,6 +14,9 @@ against 16 for the demo's training. It ranks changes early in training; the demo
     python scripts/quick_fold_fit.py --train-score       # also the fitted (training) cases
     python scripts/quick_fold_fit.py --architecture click-unet --crop 48   # a conv reference
     python scripts/quick_fold_fit.py --extra-raw $nnUNet_raw/Dataset502_ISRGPhantomExtra  # more data
+
+It ends with the learning curve as the README's markdown table; ``--out results/quick_fit/NAME``
+also writes it to NAME.md and the per-case figures to NAME.json.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from fit_few_cases import first_click_predictions, load_cases, load_fold  # noqa: E402
+from nnunet_isrg.attributes import write_json_atomic  # noqa: E402
 from nnunet_isrg.clicks import sample_target_and_first_click  # noqa: E402
 from nnunet_isrg.evaluation.metrics import dice  # noqa: E402
 from nnunet_isrg.modeling.build import build_isrg_model  # noqa: E402
@@ -119,6 +123,8 @@ def main() -> int:
     p.add_argument("--extra-raw", type=Path, default=None,
                    help="another phantom raw dataset (e.g. `isrg phantom --seed 1`) whose imagesTr/labelsTr cases "
                         "are added to the training cases: does more data help?")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the learning curve to OUT.json and its table to OUT.md (e.g. results/quick_fit/NAME)")
     p.add_argument("--train-score", action="store_true",
                    help="also score the fold's training cases (deterministic click; not the --extra-raw ones): "
                         "underfitting or overfitting?")
@@ -154,6 +160,7 @@ def main() -> int:
     scored = model if args.ema is None else torch.optim.swa_utils.AveragedModel(
         model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema))
     t0 = time.time()
+    series: list[dict] = []
     for it in range(args.iterations):
         idx = train[torch.randint(len(train), (args.batch,), generator=generator)]
         x, y = images[idx], masks[idx]
@@ -175,12 +182,36 @@ def main() -> int:
             scored.update_parameters(model)
         if (it + 1) % args.every == 0:
             scores = first_click_dice(scored, images[val], masks[val], clicks[val], args.crop)
+            row = {"iterations": it + 1, "validation": float(np.mean(scores)), "validation_per_case": scores,
+                   "seconds": time.time() - t0}
             fitted = ""
             if args.train_score:
-                fitted = f", training cases {np.mean(first_click_dice(scored, images[scored_train], masks[scored_train], clicks[scored_train], args.crop)):.3f}"
-            print(f"iteration {it + 1}: validation Dice after one click {np.mean(scores):.3f} "
-                  f"({' '.join(f'{s:.2f}' for s in scores)}){fitted}  {time.time() - t0:.0f} s", flush=True)
+                row["training"] = float(np.mean(first_click_dice(scored, images[scored_train], masks[scored_train],
+                                                                 clicks[scored_train], args.crop)))
+                fitted = f", training cases {row['training']:.3f}"
+            series.append(row)
+            print(f"iteration {it + 1}: validation Dice after one click {row['validation']:.3f} "
+                  f"({' '.join(f'{s:.2f}' for s in scores)}){fitted}  {row['seconds']:.0f} s", flush=True)
+    table = learning_curve_table(series)
+    print(table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(args.out.with_suffix(".json"), {"command": " ".join(sys.argv), "series": series})
+        tmp = args.out.with_suffix(".md.tmp")
+        tmp.write_text(table + "\n")
+        tmp.replace(args.out.with_suffix(".md"))
+        print(f"wrote {args.out.with_suffix('.json')} and .md")
     return 0
+
+
+def learning_curve_table(series: list[dict]) -> str:
+    """Markdown table of the mean first-click Dice per scored iteration count (the README's form)."""
+    lines = ["| iterations | " + " | ".join(f"{r['iterations']:,}" for r in series) + " |",
+             "|---|" + "---|" * len(series)]
+    if series and "training" in series[0]:
+        lines.append("| training cases | " + " | ".join(f"{r['training']:.3f}" for r in series) + " |")
+    lines.append("| validation cases | " + " | ".join(f"{r['validation']:.3f}" for r in series) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
