@@ -21,6 +21,7 @@ also writes it to NAME.md and the per-case figures to NAME.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -38,8 +40,9 @@ from nnunet_isrg.attributes import write_json_atomic  # noqa: E402
 from nnunet_isrg.clicks import sample_target_and_first_click  # noqa: E402
 from nnunet_isrg.evaluation.metrics import dice  # noqa: E402
 from nnunet_isrg.modeling.build import build_isrg_model  # noqa: E402
+from nnunet_isrg.modeling.prompt_encoder import gaussian_click_maps  # noqa: E402
 from nnunet_isrg.training.losses import soft_dice_loss  # noqa: E402
-from nnunet_isrg.modeling.prompt_encoder import PromptEncoder3D  # noqa: E402
+from nnunet_isrg.training.weight_average import WeightAverage  # noqa: E402
 
 
 class ClickUNet(torch.nn.Module):
@@ -51,19 +54,16 @@ class ClickUNet(torch.nn.Module):
 
     def __init__(self, crop_size: int, base_features: int = 8, stages: int = 4, click_sigma: float = 2.0) -> None:
         super().__init__()
-        from dynamic_network_architectures.architectures.unet import PlainConvUNet
         features = [base_features * 2 ** i for i in range(stages)]
         self.unet = PlainConvUNet(3, stages, features, torch.nn.Conv3d, 3, [1] + [2] * (stages - 1), 2, 1, 2,
                                   conv_bias=True, norm_op=torch.nn.InstanceNorm3d,
                                   norm_op_kwargs={"eps": 1e-5, "affine": True},
                                   nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True})
-        # the ISRG prompt encoder's click maps, on a mask grid (4x its token grid) as fine as the crop;
-        # its learned parts stay unused and frozen
-        self.clicks = PromptEncoder3D(8, (crop_size // 4,) * 3, (crop_size,) * 3, click_sigma=click_sigma)
-        self.clicks.requires_grad_(False)
+        self.crop_size = (crop_size,) * 3
+        self.click_sigma = click_sigma
 
     def forward(self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor) -> dict:
-        maps = self.clicks.click_maps(points, labels, dtype=image.dtype)
+        maps = gaussian_click_maps(points, labels, self.crop_size, self.crop_size, self.click_sigma, image.dtype)
         logits = self.unet(torch.cat([image, maps], dim=1))
         return {"mask_logits": logits, "iou_pred": logits.new_zeros(len(image), 1)}
 
@@ -153,12 +153,10 @@ def main() -> int:
     else:
         overrides = {} if args.patch is None else {"patch_size": args.patch}
         model = build_isrg_model("tiny", crop_size=args.crop, **overrides)
-    print(f"{args.architecture}: {sum(t.numel() for t in model.parameters() if t.requires_grad) / 1e6:.2f} M "
-          "trained parameters")
+    print(f"{args.architecture}: {sum(t.numel() for t in model.parameters()) / 1e6:.2f} M parameters")
     opt = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=0.05, betas=(0.9, 0.98))
     generator = torch.Generator().manual_seed(0)
-    scored = model if args.ema is None else torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema))
+    average = None if args.ema is None else WeightAverage(model, args.ema)
     t0 = time.time()
     series: list[dict] = []
     for it in range(args.iterations):
@@ -178,18 +176,18 @@ def main() -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if scored is not model:
-            scored.update_parameters(model)
+        if average is not None:
+            average.update(model)
         if (it + 1) % args.every == 0:
-            scores = first_click_dice(scored, images[val], masks[val], clicks[val], args.crop)
-            row = {"iterations": it + 1, "validation": float(np.mean(scores)), "validation_per_case": scores,
-                   "seconds": time.time() - t0}
-            fitted = ""
-            if args.train_score:
-                row["training"] = float(np.mean(first_click_dice(scored, images[scored_train], masks[scored_train],
-                                                                 clicks[scored_train], args.crop)))
-                fitted = f", training cases {row['training']:.3f}"
+            with average.swapped_into(model) if average is not None else contextlib.nullcontext():
+                scores = first_click_dice(model, images[val], masks[val], clicks[val], args.crop)
+                row = {"iterations": it + 1, "validation": float(np.mean(scores)), "validation_per_case": scores,
+                       "seconds": time.time() - t0}
+                if args.train_score:
+                    row["training"] = float(np.mean(first_click_dice(
+                        model, images[scored_train], masks[scored_train], clicks[scored_train], args.crop)))
             series.append(row)
+            fitted = f", training cases {row['training']:.3f}" if args.train_score else ""
             print(f"iteration {it + 1}: validation Dice after one click {row['validation']:.3f} "
                   f"({' '.join(f'{s:.2f}' for s in scores)}){fitted}  {row['seconds']:.0f} s", flush=True)
     table = learning_curve_table(series)

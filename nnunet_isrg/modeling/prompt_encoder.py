@@ -101,20 +101,7 @@ class PromptEncoder3D(nn.Module):
 
     def click_maps(self, points: torch.Tensor, labels: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
         """points (B, N, 3) crop voxels (z, y, x), labels (B, N) -> (B, 2, 4d, 4h, 4w) positive/negative blobs."""
-        size = torch.as_tensor(self.crop_size, dtype=dtype, device=points.device)
-        low = torch.as_tensor(self.mask_input_size, dtype=dtype, device=points.device)
-        p = (points.to(dtype) + 0.5) * low / size - 0.5                       # in low-res voxels
-        axes = [torch.arange(n, device=points.device, dtype=dtype) for n in self.mask_input_size]
-        # separable Gaussian: exp(-(dz^2+dy^2+dx^2)/2s^2) = product of three 1D factors
-        f = [torch.exp(-((a[None, None] - p[..., i:i + 1]) ** 2) / (2 * self.click_sigma ** 2))
-             for i, a in enumerate(axes)]                                       # each (B, N, n_i)
-        blobs = f[0][..., :, None, None] * f[1][..., None, :, None] * f[2][..., None, None, :]
-        out = []
-        for value in (1, 0):
-            sel = (labels == value).to(dtype)[..., None, None, None]
-            out.append((blobs * sel).amax(dim=1) if labels.shape[1] else blobs.new_zeros(
-                (points.shape[0], *self.mask_input_size)))
-        return torch.stack(out, dim=1)
+        return gaussian_click_maps(points, labels, self.crop_size, self.mask_input_size, self.click_sigma, dtype)
 
     def dense_input(self, mask_prompt: torch.Tensor | None, batch_size: int, dtype=torch.float32, device=None,
                     click_maps: torch.Tensor | None = None) -> torch.Tensor:
@@ -129,3 +116,26 @@ class PromptEncoder3D(nn.Module):
         if click_maps is None:
             click_maps = torch.zeros(batch_size, 2, *self.mask_input_size, device=device, dtype=dtype)
         return torch.cat([mask, click_maps.to(dtype)], dim=1)
+
+
+def gaussian_click_maps(points: torch.Tensor, labels: torch.Tensor, crop_size: Sequence[int],
+                        map_size: Sequence[int], sigma: float, dtype=torch.float32) -> torch.Tensor:
+    """Positive and negative click maps: (B, 2, *map_size), a Gaussian blob (peak 1, ``sigma`` in map
+    voxels) at each click, the maximum over the clicks of each label; padding (label -1) adds none.
+
+    ``points`` (B, N, 3) are voxel coordinates (z, y, x) of a crop of ``crop_size``; the maps cover
+    the same crop on a grid of ``map_size`` (equal to ``crop_size`` for full resolution).
+    """
+    size = torch.as_tensor(tuple(crop_size), dtype=dtype, device=points.device)
+    low = torch.as_tensor(tuple(map_size), dtype=dtype, device=points.device)
+    p = (points.to(dtype) + 0.5) * low / size - 0.5                       # in map voxels
+    axes = [torch.arange(n, device=points.device, dtype=dtype) for n in map_size]
+    # separable Gaussian: exp(-(dz^2+dy^2+dx^2)/2s^2) = product of three 1D factors
+    f = [torch.exp(-((a[None, None] - p[..., i:i + 1]) ** 2) / (2 * sigma ** 2))
+         for i, a in enumerate(axes)]                                       # each (B, N, n_i)
+    blobs = f[0][..., :, None, None] * f[1][..., None, :, None] * f[2][..., None, None, :]
+    out = []
+    for value in (1, 0):
+        sel = (labels == value).to(dtype)[..., None, None, None]
+        out.append((blobs * sel).amax(dim=1) if labels.shape[1] else blobs.new_zeros((points.shape[0], *map_size)))
+    return torch.stack(out, dim=1)
