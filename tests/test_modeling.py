@@ -439,3 +439,37 @@ def test_untrained_model_predicts_a_blob_at_a_positive_click_and_a_hole_at_a_neg
     assert only_pos[16, 16, 16] > 0 and only_pos[16, 16, 19] > 0
     assert (only_pos[:4] < 0).all() and (only_pos[:, :, 28:] < 0).all()
     assert with_neg[16, 16, 22] < 0 < with_neg[16, 16, 16]
+
+
+# --- intensity windows ----------------------------------------------------------------------------
+
+def test_intensity_windows_stretch_a_small_contrast_at_their_level():
+    from nnunet_isrg.modeling.intensity_windows import IntensityWindows
+
+    windows = IntensityWindows(3, levels=(-1.0, 1.0), width=0.1)
+    x = torch.tensor([-1.0, 0.0, 0.1, 1.0]).view(1, 1, 4, 1, 1)
+    out = windows(x).detach()
+    assert out.shape == (1, 4, 4, 1, 1)
+    torch.testing.assert_close(out[:, 0], x[:, 0])  # the raw intensity is kept as channel 0
+    # the window at level 0 (channel 2) is 0 at its level and 2 * sigmoid((x - 0) / 0.1) - 1 elsewhere
+    expected = [2 / (1 + np.exp(-v / 0.1)) - 1 for v in (-1.0, 0.0, 0.1, 1.0)]
+    np.testing.assert_allclose(out[0, 2, :, 0, 0].numpy(), expected, atol=1e-6)
+    # a contrast of 0.1 (about 20 HU after CT normalisation) becomes 0.46 in that window, 4.6 times larger
+    assert float(out[0, 2, 2] - out[0, 2, 1]) == pytest.approx(0.462, abs=1e-3)
+    with pytest.raises(ValueError, match="n_windows"):
+        IntensityWindows(0)
+
+
+def test_intensity_windows_feed_every_reader_of_the_crop_and_rebuild_from_config():
+    model = small_model(32, intensity_windows=4)
+    chans = model.intensity_windows.out_chans
+    assert chans == 5 and small_model(32).intensity_windows is None
+    assert model.image_encoder.patch_embed[0].in_channels == chans
+    assert model.high_res_skip.net[0].in_channels == chans
+    pts, lab = clicks(1)
+    x = torch.randn(1, 1, 32, 32, 32)
+    out = model(x, pts, lab)
+    out["mask_logits"].sum().backward()
+    assert model.intensity_windows.level.grad.abs().sum() > 0  # the windows learn
+    again = build_isrg_model_from_config(model.config)
+    again.load_state_dict(model.state_dict())

@@ -27,6 +27,7 @@ from torch import nn
 from .attribute_head import AttributeHead
 from .feature_synergy import FeatureSynergy
 from .image_encoder import HighResolutionSkip, ImageEncoderViT3D, fold_to_grid, unfold_from_grid
+from .intensity_windows import IntensityWindows
 from .lesion_pooling import LesionPooling
 from .mask_head import IoUHead, MaskHead
 from .point_refinement import PointRefinement
@@ -55,8 +56,10 @@ class ISRGModel(nn.Module):
                  num_classes: Mapping[str, int], config: Mapping[str, Any] | None = None,
                  high_res_skip: HighResolutionSkip | None = None,
                  subvoxel_refiner: SubvoxelRefiner | None = None,
-                 lesion_pooling: LesionPooling | None = None) -> None:
+                 lesion_pooling: LesionPooling | None = None,
+                 intensity_windows: IntensityWindows | None = None) -> None:
         super().__init__()
+        self.intensity_windows = intensity_windows
         self.lesion_pooling = lesion_pooling
         self.image_encoder = image_encoder
         self.high_res_skip = high_res_skip
@@ -103,14 +106,15 @@ class ISRGModel(nn.Module):
         if image.dim() != 5 or image.shape[1] != 1 or tuple(image.shape[2:]) != self.crop_size:
             raise ValueError(f"image must have shape (B, 1, {', '.join(map(str, self.crop_size))}) "
                              f"(the model's crop size), got {tuple(image.shape)}")
-        parts = [self.image_encoder(image)]
-        skip = self.high_res_skip(image) if self.high_res_skip is not None else None
+        windowed = self.intensity_windows(image) if self.intensity_windows is not None else image
+        parts = [self.image_encoder(windowed)]
+        skip = self.high_res_skip(windowed) if self.high_res_skip is not None else None
         if skip is not None:
             parts.append(fold_to_grid(skip, 4))
         if self.lesion_pooling is not None:  # the crop's intensities at the logits' resolution
             parts.append(fold_to_grid(F.avg_pool3d(image, self._low_res_stride), 4))
         if self.subvoxel_refiner is not None:  # the image half of the sub-voxel refinement
-            parts.append(fold_to_grid(self.subvoxel_refiner.image_features(image, skip), 4))
+            parts.append(fold_to_grid(self.subvoxel_refiner.image_features(windowed, skip), 4))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     @property

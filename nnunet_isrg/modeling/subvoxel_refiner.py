@@ -28,15 +28,16 @@ from .image_encoder import fold_to_grid, unfold_from_grid
 class SubvoxelRefiner(nn.Module):
     """Args: stride (crop voxels per low-res voxel along each axis), feature_chans (skip feature
     channels at the low-res grid, 0 without the skip), prompt_chans (channels of the prompt maps),
-    hidden (width of the image features)."""
+    hidden (width of the image features), image_chans (channels of the crop it reads)."""
 
-    def __init__(self, stride: int, feature_chans: int, prompt_chans: int = 4, hidden: int = 8) -> None:
+    def __init__(self, stride: int, feature_chans: int, prompt_chans: int = 4, hidden: int = 8,
+                 image_chans: int = 1) -> None:
         super().__init__()
         self.stride = int(stride)
         self.out_chans = int(hidden)
         sub = self.stride ** 3
         self.image_net = nn.Sequential(
-            Conv3d(sub + feature_chans, hidden, kernel_size=1),
+            Conv3d(image_chans * sub + feature_chans, hidden, kernel_size=1),
             nn.GELU(),
             Conv3d(hidden, hidden, kernel_size=3, padding=1),
             nn.GELU(),
@@ -53,7 +54,7 @@ class SubvoxelRefiner(nn.Module):
         nn.init.zeros_(self.prompt_net[-1].bias)
 
     def image_features(self, image: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
-        """crop (B, 1, d*s, h*s, w*s), skip features (B, c, d, h, w) or None -> (B, hidden, d, h, w)."""
+        """crop (B, image_chans, d*s, h*s, w*s), skip features (B, c, d, h, w) or None -> (B, hidden, d, h, w)."""
         parts = [fold_to_grid(image, self.stride)]
         if features is not None:
             parts.append(features.to(image.dtype))
