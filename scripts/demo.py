@@ -39,6 +39,14 @@ def demo_markdown(out: dict) -> str:
         if acc is not None:
             lines.append(f"| {name} | {acc:.3f} | {out['attribute_majority_rate'][name]:.3f} |")
     lines.append(f"| **mean** | **{out['attribute_accuracy_mean']:.3f}** | |")
+    confusion = out.get("attribute_confusion") or {}
+    if confusion:
+        lines += ["", "Confusion per attribute at the last click (rows: truth, columns: prediction; cases):"]
+    for name, entry in confusion.items():
+        classes = entry["classes"]
+        lines += ["", f"| {name} | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+        lines += [f"| {truth} | " + " | ".join(str(n) for n in row) + " |"
+                  for truth, row in zip(classes, entry["matrix"])]
     return "\n".join(lines)
 
 
@@ -115,6 +123,8 @@ def main() -> int:
            "dice_per_click": dice, "attribute_accuracy": {k: v["accuracy"] for k, v in attributes.items()},
            "attribute_majority_rate": {k: v["majority_rate"] for k, v in attributes.items()},
            "attribute_accuracy_mean": summary["attributes"]["mean_accuracy"],
+           "attribute_confusion": {k: {"classes": v["classes"], "matrix": v["confusion_matrix"]}
+                                   for k, v in attributes.items() if v.get("confusion_matrix") is not None},
            "noc": summary["noc"], "timings_s": timings, "example_report": report,
            "validation_folder": str(fold_dir / "validation")}
     write_json_atomic(args.out, out)

@@ -12,3 +12,23 @@ def test_replace_only_between_markers(tmp_path, capsys):
     assert readme.read_text() == before
     assert "no section 'missing'" in capsys.readouterr().err
     assert not replace_readme_section("t", "x", tmp_path / "absent.md")
+
+
+def test_demo_section_shows_each_attribute_confusion_matrix_truth_in_rows():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("demo", Path(__file__).resolve().parents[1] / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    out = {"trainer": "T", "fold": "0", "dataset": "D", "n_cases": 3, "dice_per_click": [0.5, 0.75],
+           "timings_s": {"total_s": 60.0, "train_and_validate_s": 30.0},
+           "attribute_accuracy": {"surface": 2 / 3}, "attribute_majority_rate": {"surface": 2 / 3},
+           "attribute_accuracy_mean": 2 / 3,
+           "attribute_confusion": {"surface": {"classes": ["Well", "Ill"], "matrix": [[1, 1], [0, 1]]}}}
+    text = demo.demo_markdown(out)
+    assert "| mean Dice | 0.500 | 0.750 |" in text
+    assert "| surface | 0.667 | 0.667 |" in text
+    assert "| surface | Well | Ill |\n|---|---|---|\n| Well | 1 | 1 |\n| Ill | 0 | 1 |" in text
+    del out["attribute_confusion"]  # summaries written before the matrices were recorded
+    assert "Confusion" not in demo.demo_markdown(out)
