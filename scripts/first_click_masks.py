@@ -21,19 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from fit_few_cases import first_click_predictions, load_fold  # noqa: E402
+from fit_few_cases import add_demo_fold_arguments, first_click_predictions, load_fold  # noqa: E402
 from nnunet_isrg.inference.model_loading import load_trained_model  # noqa: E402
 from nnunet_isrg.training.isrg_trainer import TRAINING_WEIGHTS_KEY  # noqa: E402
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    work = REPO / "work"
-    p.add_argument("--model", type=Path,
-                   default=work / "nnUNet_results" / "Dataset500_ISRGPhantom" / "ISRGTrainer_Tiny__nnUNetPlans__3d_fullres")
-    p.add_argument("--raw", type=Path, default=work / "nnUNet_raw" / "Dataset500_ISRGPhantom")
-    p.add_argument("--preprocessed", type=Path, default=work / "nnUNet_preprocessed" / "Dataset500_ISRGPhantom")
-    p.add_argument("--fold", type=int, default=0)
+    add_demo_fold_arguments(p)
     p.add_argument("--training-weights", action="store_true",
                    help="score the raw training weights stored beside the averaged ones in the checkpoint")
     args = p.parse_args()

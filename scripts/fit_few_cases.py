@@ -64,6 +64,16 @@ def load_fold(raw: Path, preprocessed: Path, fold: int = 0):
     return images, masks, clicks, names, train, val
 
 
+def add_demo_fold_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --raw, --preprocessed and --fold, defaulting to the demo's trained model and phantom."""
+    work = REPO / "work"
+    parser.add_argument("--model", type=Path, default=work / "nnUNet_results" / "Dataset500_ISRGPhantom"
+                        / "ISRGTrainer_Tiny__nnUNetPlans__3d_fullres")
+    parser.add_argument("--raw", type=Path, default=work / "nnUNet_raw" / "Dataset500_ISRGPhantom")
+    parser.add_argument("--preprocessed", type=Path, default=work / "nnUNet_preprocessed" / "Dataset500_ISRGPhantom")
+    parser.add_argument("--fold", type=int, default=0)
+
+
 def first_click_predictions(model, images, masks, clicks):
     """One positive click per case (no gradient): yields (predicted mask, Dice, predicted IoU)."""
     with torch.no_grad():
