@@ -29,16 +29,16 @@ from nnunet_isrg.attributes import ATTRIBUTES_FILENAME, encode_case  # noqa: E40
 from nnunet_isrg.inference.model_loading import load_trained_model  # noqa: E402
 
 
-def attribute_logits(network, image, click, true_low_res=None) -> dict:
-    """{attribute: logits (1, C)} after one positive click at ``click`` (1, 1, 3) voxel zyx; with
-    ``true_low_res`` the lesion pooling reads that (1, 1, d, h, w) logit map instead of the model's
-    own low-res logits."""
+def attribute_logits(network, embedding, click, true_low_res=None) -> dict:
+    """{attribute: logits (1, C)} after one positive click at ``click`` (1, 1, 3) voxel zyx, decoded
+    from ``network.encode_image(crop)``; with ``true_low_res`` the lesion pooling reads that
+    (1, 1, d, h, w) logit map instead of the model's own low-res logits."""
     hook = None
     if true_low_res is not None:
         hook = network.lesion_pooling.register_forward_pre_hook(lambda module, args: (true_low_res, *args[1:]))
     try:
         with torch.no_grad():
-            out = network(image, click, torch.ones(1, 1, dtype=torch.long))
+            out = network.decode(embedding, click, torch.ones(1, 1, dtype=torch.long))
     finally:
         if hook is not None:
             hook.remove()
@@ -66,9 +66,10 @@ def main() -> int:
     for i in val:
         low_res = F.adaptive_avg_pool3d(masks[i:i + 1].float(), network.low_res_size)
         true_low_res = (low_res - 0.5) * 16  # +-8 logits, the partial voxels of the boundary in between
-        own.append(predicted_classes(attribute_logits(network, images[i:i + 1], clicks[i:i + 1, :1])))
-        true_mask.append(predicted_classes(attribute_logits(network, images[i:i + 1], clicks[i:i + 1, :1],
-                                                            true_low_res)))
+        with torch.no_grad():
+            embedding = network.encode_image(images[i:i + 1])  # once per case, decoded twice
+        own.append(predicted_classes(attribute_logits(network, embedding, clicks[i:i + 1, :1])))
+        true_mask.append(predicted_classes(attribute_logits(network, embedding, clicks[i:i + 1, :1], true_low_res)))
         truth.append(encode_case(table[names[i]], schema))
     own, true_mask, truth = np.array(own), np.array(true_mask), np.array(truth)
     print(f"{len(val)} validation cases of fold {args.fold}, attributes after the first click")

@@ -61,8 +61,8 @@ class ClickUNet(torch.nn.Module):
         features = [base_features * 2 ** i for i in range(stages)]
         self.windows = IntensityWindows(windows) if windows else None
         image_chans = self.windows.out_chans if self.windows is not None else 1
-        self.unet = PlainConvUNet(image_chans + 2, stages, features, torch.nn.Conv3d, 3, [1] + [2] * (stages - 1), 2, 1, 2,
-                                  conv_bias=True, norm_op=torch.nn.InstanceNorm3d,
+        self.unet = PlainConvUNet(image_chans + 2, stages, features, torch.nn.Conv3d, 3, [1] + [2] * (stages - 1),
+                                  2, 1, 2, conv_bias=True, norm_op=torch.nn.InstanceNorm3d,
                                   norm_op_kwargs={"eps": 1e-5, "affine": True},
                                   nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True})
         self.crop_size = (crop_size,) * 3

@@ -17,6 +17,16 @@ PHANTOM_ID = 990
 PHANTOM_NAME = f"Dataset{PHANTOM_ID}_TestPhantom"
 
 
+def load_script(name: str):
+    """The module of ``scripts/<name>.py`` (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def nnunet_cmd(name: str) -> str:
     return str(BIN / name)
 

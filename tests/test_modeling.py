@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import load_script
 from nnunet_isrg.attributes import DEFAULT_SCHEMA
 from nnunet_isrg.modeling.build import PRESETS, build_isrg_model, build_isrg_model_from_config
 from nnunet_isrg.modeling.point_refinement import PointRefinement, farthest_point_init, kmeans
@@ -478,22 +479,17 @@ def test_intensity_windows_feed_every_reader_of_the_crop_and_rebuild_from_config
 def test_true_mask_probe_replaces_only_what_the_lesion_pooling_reads():
     """scripts/attributes_with_true_mask.py: the model's own low-res logits given as the "true" map
     change nothing, another map changes the attributes, and the hook is gone afterwards."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "attributes_with_true_mask.py"
-    spec = importlib.util.spec_from_file_location("attributes_with_true_mask", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_script("attributes_with_true_mask")
     model = small_model(32).eval()
     x = torch.randn(1, 1, 32, 32, 32)
     click = torch.tensor([[[16.0, 16.0, 16.0]]])
     with torch.no_grad():
         own_low_res = model(x, click, torch.ones(1, 1, dtype=torch.long))["low_res_logits"]
-    own = probe.attribute_logits(model, x, click)
-    same = probe.attribute_logits(model, x, click, own_low_res)
-    other = probe.attribute_logits(model, x, click, torch.full_like(own_low_res, -8.0))
-    after = probe.attribute_logits(model, x, click)
+        embedding = model.encode_image(x)
+    own = probe.attribute_logits(model, embedding, click)
+    same = probe.attribute_logits(model, embedding, click, own_low_res)
+    other = probe.attribute_logits(model, embedding, click, torch.full_like(own_low_res, -8.0))
+    after = probe.attribute_logits(model, embedding, click)
     for name in own:
         torch.testing.assert_close(same[name], own[name])
         torch.testing.assert_close(after[name], own[name])

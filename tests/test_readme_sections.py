@@ -1,4 +1,5 @@
 """Generated README sections are replaced between their markers only, and a missing section changes nothing."""
+from conftest import load_script
 from nnunet_isrg.utils.readme import replace_readme_section
 
 
@@ -15,12 +16,7 @@ def test_replace_only_between_markers(tmp_path, capsys):
 
 
 def test_demo_section_shows_each_attribute_confusion_matrix_truth_in_rows():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("demo", Path(__file__).resolve().parents[1] / "scripts" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_script("demo")
     out = {"trainer": "T", "fold": "0", "dataset": "D", "n_cases": 3, "dice_per_click": [0.5, 0.75],
            "timings_s": {"total_s": 60.0, "train_and_validate_s": 30.0},
            "attribute_accuracy": {"surface": 2 / 3}, "attribute_majority_rate": {"surface": 2 / 3},

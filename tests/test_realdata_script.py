@@ -2,12 +2,12 @@
 summary and report on protocol results, and one real sarcoma through a trained (debug) model."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_script
 from nnunet_isrg.evaluation.metrics import dice
 from nnunet_isrg.evaluation.protocol import run_interactive_protocol
 
@@ -17,10 +17,7 @@ STS_002 = REPO.parent / "shared" / "realdata" / "ibsi-sts" / "STS_002"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_realdata", REPO / "scripts" / "benchmark_realdata.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_realdata")
 
 
 def _brute_force_best(gt: np.ndarray, crop) -> float:

@@ -48,7 +48,7 @@ PRESETS: "OrderedDict[str, dict[str, Any]]" = OrderedDict(
                window_size=4, global_every=4, prompt_embed_dim=256, decoder_depth=2, decoder_heads=8,
                decoder_mlp_dim=1024, mask_head_depth=1, mask_in_chans=16, iou_head_hidden=256, synergy_dim=128,
                refine_window=3, refine_k=3, refine_max_iter=20, conv_stem=True, high_res_skip=True, subvoxel_refiner_chans=8, lesion_pooling=True, click_sigma=1.5,
-              intensity_windows=0),
+               intensity_windows=0),
     base=dict(crop_size=(128, 128, 128), patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
               window_size=4, global_every=3, prompt_embed_dim=384, decoder_depth=2, decoder_heads=8,
               decoder_mlp_dim=2048, mask_head_depth=1, mask_in_chans=16, iou_head_hidden=256, synergy_dim=192,

@@ -4,8 +4,8 @@ nnU-Net's CT normalisation maps the foreground's whole HU range (here about -340
 few units, so a 35 HU lesion-to-organ contrast arrives as 0.2 units next to 2-3 unit edges of bone,
 fat and air. A window (a sigmoid of the intensity around a level, with a width) stretches one
 range and flattens the rest; a bank of them hands the first convolutions every soft-tissue contrast
-at full scale. Levels and widths are learned, initialised evenly over the normalised soft-tissue to
-bone range, so the module works on whatever normalisation the plans use.
+at full scale. Levels and widths are learned (initialised evenly over the normalised soft-tissue to
+bone range of nnU-Net's CT normalisation), so they can move to whatever range the data needs.
 """
 from __future__ import annotations
 
@@ -29,10 +29,9 @@ class IntensityWindows(nn.Module):
         super().__init__()
         if n_windows < 1:
             raise ValueError(f"n_windows must be at least 1, got {n_windows}")
-        self.n_windows = int(n_windows)
-        self.out_chans = 1 + self.n_windows
-        self.level = nn.Parameter(torch.linspace(float(levels[0]), float(levels[1]), self.n_windows))
-        self.log_width = nn.Parameter(torch.full((self.n_windows,), math.log(width)))
+        self.out_chans = 1 + int(n_windows)
+        self.level = nn.Parameter(torch.linspace(float(levels[0]), float(levels[1]), int(n_windows)))
+        self.log_width = nn.Parameter(torch.full((int(n_windows),), math.log(width)))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         level = self.level.view(1, -1, 1, 1, 1).to(image.dtype)
