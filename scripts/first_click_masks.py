@@ -7,6 +7,8 @@ It shows whether the model follows the lesion or draws a blob of typical size at
 
     python scripts/first_click_masks.py                      # the demo's ISRGTrainer_Tiny, fold 0
     python scripts/first_click_masks.py --training-weights   # its raw weights, not their average
+    python scripts/first_click_masks.py --cases training     # the fold's training cases instead
+    python scripts/first_click_masks.py --checkpoint checkpoint_latest.pth   # another checkpoint of the fold
 """
 from __future__ import annotations
 
@@ -31,22 +33,27 @@ def main() -> int:
     add_demo_fold_arguments(p)
     p.add_argument("--training-weights", action="store_true",
                    help="score the raw training weights stored beside the averaged ones in the checkpoint")
+    p.add_argument("--checkpoint", default="checkpoint_final.pth",
+                   help="checkpoint file inside fold_X (default checkpoint_final.pth)")
+    p.add_argument("--cases", choices=("validation", "training"), default="validation",
+                   help="the fold's validation cases (default) or its training cases")
     args = p.parse_args()
 
     torch.set_num_threads(1)
-    images, masks, clicks, names, _, val = load_fold(args.raw, args.preprocessed, args.fold)
-    network = load_trained_model(args.model, folds=(args.fold,)).network
+    images, masks, clicks, names, train, val = load_fold(args.raw, args.preprocessed, args.fold)
+    cases = val if args.cases == "validation" else train
+    network = load_trained_model(args.model, folds=(args.fold,), checkpoint=args.checkpoint).network
     if args.training_weights:
-        checkpoint = torch.load(args.model / f"fold_{args.fold}" / "checkpoint_final.pth", map_location="cpu",
+        checkpoint = torch.load(args.model / f"fold_{args.fold}" / args.checkpoint, map_location="cpu",
                                 weights_only=False)
         if TRAINING_WEIGHTS_KEY not in checkpoint:
-            raise SystemExit(f"{args.model}/fold_{args.fold}/checkpoint_final.pth has no {TRAINING_WEIGHTS_KEY!r}: "
+            raise SystemExit(f"{args.model}/fold_{args.fold}/{args.checkpoint} has no {TRAINING_WEIGHTS_KEY!r}: "
                              "it was trained without a weight average")
         network.load_state_dict(checkpoint[TRAINING_WEIGHTS_KEY])
     rows = []
     print(f"{'case':<10} {'true':>6} {'pred':>6} {'Dice':>5} {'IoU est.':>8}")
-    predictions = first_click_predictions(network, images[val], masks[val], clicks[val])
-    for i, (pred, dice, iou) in zip(val, predictions):
+    predictions = first_click_predictions(network, images[cases], masks[cases], clicks[cases])
+    for i, (pred, dice, iou) in zip(cases, predictions):
         rows.append((int(masks[i].sum()), int(pred.sum()), dice, iou))
         print(f"{names[i]:<10} {rows[-1][0]:>6} {rows[-1][1]:>6} {dice:>5.2f} {iou:>8.2f}")
     true, pred = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
