@@ -2,8 +2,10 @@
 
 For each validation case of a fold of the demo phantom, the whole 64^3 volume is the crop; the
 protocol's first click (the interior point farthest from the boundary) is given, and the script
-prints the predicted and true lesion volumes (voxels), the Dice and the model's own IoU estimate.
-It shows whether the model follows the lesion or draws a blob of typical size at the click.
+prints the predicted and true lesion volumes (voxels), the Dice and the model's own IoU estimate,
+with the lesion type and the number of training lesions of that type in the fold. It shows
+whether the model follows the lesion or draws a blob of typical size at the click, and whether
+the kinds of lesion it has seen least are the ones it misses.
 
     python scripts/first_click_masks.py                      # the demo's ISRGTrainer_Tiny, fold 0
     python scripts/first_click_masks.py --training-weights   # its raw weights, not their average
@@ -13,7 +15,9 @@ It shows whether the model follows the lesion or draws a blob of typical size at
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from fit_few_cases import add_demo_fold_arguments, first_click_predictions, load_fold  # noqa: E402
+from nnunet_isrg.attributes import ATTRIBUTES_FILENAME  # noqa: E402
 from nnunet_isrg.inference.model_loading import load_trained_model  # noqa: E402
 from nnunet_isrg.training.isrg_trainer import TRAINING_WEIGHTS_KEY  # noqa: E402
 
@@ -50,17 +55,29 @@ def main() -> int:
             raise SystemExit(f"{args.model}/fold_{args.fold}/{args.checkpoint} has no {TRAINING_WEIGHTS_KEY!r}: "
                              "it was trained without a weight average")
         network.load_state_dict(checkpoint[TRAINING_WEIGHTS_KEY])
+    # lesion types and how many training lesions of each type the fold has: is an unseen kind of
+    # lesion what the model misses?
+    lesion_type = {case: entry.get("lesion_type", "?")
+                   for case, entry in json.loads((args.raw / ATTRIBUTES_FILENAME).read_text()).items()}
+    n_training = Counter(lesion_type.get(names[i], "?") for i in train)
     rows = []
-    print(f"{'case':<10} {'true':>6} {'pred':>6} {'Dice':>5} {'IoU est.':>8}")
+    print(f"{'case':<10} {'lesion type':<20} {'n train':>7} {'true':>6} {'pred':>6} {'Dice':>5} {'IoU est.':>8}")
     predictions = first_click_predictions(network, images[cases], masks[cases], clicks[cases])
     for i, (pred, dice, iou) in zip(cases, predictions):
-        rows.append((int(masks[i].sum()), int(pred.sum()), dice, iou))
-        print(f"{names[i]:<10} {rows[-1][0]:>6} {rows[-1][1]:>6} {dice:>5.2f} {iou:>8.2f}")
+        kind = lesion_type.get(names[i], "?")
+        rows.append((int(masks[i].sum()), int(pred.sum()), dice, iou, n_training[kind]))
+        print(f"{names[i]:<10} {kind:<20} {n_training[kind]:>7} {rows[-1][0]:>6} {rows[-1][1]:>6} {dice:>5.2f} "
+              f"{iou:>8.2f}")
     true, pred = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
     print(f"mean Dice {np.mean([r[2] for r in rows]):.3f}; "
           f"true volumes {true.min()}-{true.max()}, predicted {pred.min()}-{pred.max()}; "
           f"Pearson r of log volumes {np.corrcoef(np.log(true), np.log(pred))[0, 1]:.2f}; "
           f"IoU estimates {min(r[3] for r in rows):.2f}-{max(r[3] for r in rows):.2f}")
+    by_count = defaultdict(list)
+    for r in rows:
+        by_count[r[4]].append(r[2])
+    print("mean Dice by training lesions of the same type: " + ", ".join(
+        f"{n}: {np.mean(d):.2f} ({len(d)} case{'s' if len(d) > 1 else ''})" for n, d in sorted(by_count.items())))
     return 0
 
 
