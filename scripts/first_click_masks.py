@@ -60,24 +60,22 @@ def main() -> int:
     lesion_type = {case: entry.get("lesion_type", "?")
                    for case, entry in json.loads((args.raw / ATTRIBUTES_FILENAME).read_text()).items()}
     n_training = Counter(lesion_type.get(names[i], "?") for i in train)
-    rows = []
     print(f"{'case':<10} {'lesion type':<20} {'n train':>7} {'true':>6} {'pred':>6} {'Dice':>5} {'IoU est.':>8}")
+    true, pred, dices, ious, dice_by_count = [], [], [], [], defaultdict(list)
     predictions = first_click_predictions(network, images[cases], masks[cases], clicks[cases])
-    for i, (pred, dice, iou) in zip(cases, predictions):
+    for i, (mask, dice, iou) in zip(cases, predictions):
         kind = lesion_type.get(names[i], "?")
-        rows.append((int(masks[i].sum()), int(pred.sum()), dice, iou, n_training[kind]))
-        print(f"{names[i]:<10} {kind:<20} {n_training[kind]:>7} {rows[-1][0]:>6} {rows[-1][1]:>6} {dice:>5.2f} "
-              f"{iou:>8.2f}")
-    true, pred = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
-    print(f"mean Dice {np.mean([r[2] for r in rows]):.3f}; "
-          f"true volumes {true.min()}-{true.max()}, predicted {pred.min()}-{pred.max()}; "
+        true.append(int(masks[i].sum()))
+        pred.append(int(mask.sum()))
+        dices.append(dice)
+        ious.append(iou)
+        dice_by_count[n_training[kind]].append(dice)
+        print(f"{names[i]:<10} {kind:<20} {n_training[kind]:>7} {true[-1]:>6} {pred[-1]:>6} {dice:>5.2f} {iou:>8.2f}")
+    print(f"mean Dice {np.mean(dices):.3f}; true volumes {min(true)}-{max(true)}, predicted {min(pred)}-{max(pred)}; "
           f"Pearson r of log volumes {np.corrcoef(np.log(true), np.log(pred))[0, 1]:.2f}; "
-          f"IoU estimates {min(r[3] for r in rows):.2f}-{max(r[3] for r in rows):.2f}")
-    by_count = defaultdict(list)
-    for r in rows:
-        by_count[r[4]].append(r[2])
+          f"IoU estimates {min(ious):.2f}-{max(ious):.2f}")
     print("mean Dice by training lesions of the same type: " + ", ".join(
-        f"{n}: {np.mean(d):.2f} ({len(d)} case{'s' if len(d) > 1 else ''})" for n, d in sorted(by_count.items())))
+        f"{n}: {np.mean(d):.2f} ({len(d)} case{'s' if len(d) > 1 else ''})" for n, d in sorted(dice_by_count.items())))
     return 0
 
 
