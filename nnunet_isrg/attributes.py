@@ -145,21 +145,6 @@ def read_attribute_table(path: str | os.PathLike, schema: Schema,
     return validate_table(table, schema, case_ids, source=str(path))
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Writes JSON through a temporary file in the same folder, then renames, so no reader sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def encode_case(entry: Mapping[str, str] | None, schema: Schema) -> np.ndarray:
     """Class indices of one case in schema order, ``IGNORE_INDEX`` where unknown. Shape (n_attributes,)."""
     out = np.full(len(schema), IGNORE_INDEX, dtype=np.int64)

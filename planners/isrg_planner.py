@@ -96,7 +96,7 @@ def run_plan_from_args(args: argparse.Namespace) -> int:
     from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id, maybe_convert_to_dataset_name
 
     from nnunet_isrg.data.verify import copy_attributes_to_preprocessed
-    from nnunet_isrg.training.network_config import preset_crop_size
+    from nnunet_isrg.modeling.from_plans import preset_crop_size
 
     dataset_id = int(args.dataset) if str(args.dataset).isdigit() else convert_dataset_name_to_id(args.dataset)
     extract_fingerprint_dataset(dataset_id, num_processes=args.npfp, check_dataset_integrity=args.verify)

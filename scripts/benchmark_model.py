@@ -175,7 +175,7 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from nnunet_isrg.attributes import write_json_atomic
+    from nnunet_isrg.files import write_json_atomic
     from nnunet_isrg.modeling.build import PRESETS
 
     unknown = [p for p in args.presets if p not in PRESETS]

@@ -54,7 +54,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nnunet_isrg.attributes import write_json_atomic  # noqa: E402
+from nnunet_isrg.files import write_json_atomic  # noqa: E402
 from nnunet_isrg.utils.nnunet_env import nnunet_env, run_command as run  # noqa: E402
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "realdata" / "ibsi-sts"
@@ -166,7 +166,7 @@ def evaluate_case(loaded, case, n_clicks: int, device: str = "cpu", lesion_label
     from nnunet_isrg.evaluation.protocol import run_interactive_protocol
     from nnunet_isrg.evaluation.metrics import dice
     from nnunet_isrg.inference.crop_predictor import CropPredictor, centred_bbox
-    from nnunet_isrg.training.interactive_validation import largest_lesion_component
+    from nnunet_isrg.lesions import largest_lesion_component
 
     out = {"case": case.case_id, **raw_lesion_stats(case.image_files[0], case.label_file)}
     t = time.time()

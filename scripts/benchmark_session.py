@@ -117,7 +117,7 @@ def real_case(case: str) -> tuple[Path, list[int]]:
 def write_model_folder(folder: Path, preset: str, target_spacing_zyx, intensity: dict, patch_size) -> None:
     """plans.json + dataset.json of a model as the trainer would save them (isrg block, 3d_fullres)."""
     from nnunet_isrg.attributes import DEFAULT_SCHEMA
-    from nnunet_isrg.training.network_config import make_isrg_block, preset_crop_size
+    from nnunet_isrg.modeling.from_plans import make_isrg_block, preset_crop_size
 
     crop = preset_crop_size(preset)
     stages = 5
@@ -166,7 +166,7 @@ def _loaded_model(folder: Path):
 
     from nnunet_isrg.attributes import validate_schema
     from nnunet_isrg.inference.model_loading import LoadedModel
-    from nnunet_isrg.training.network_config import build_isrg_network
+    from nnunet_isrg.modeling.from_plans import build_isrg_network
 
     plans = json.loads((folder / "plans.json").read_text())
     pm = PlansManager(plans)
@@ -358,7 +358,7 @@ def main(argv=None) -> None:
 
     from tqdm import tqdm
 
-    from nnunet_isrg.attributes import write_json_atomic
+    from nnunet_isrg.files import write_json_atomic
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nnunet_isrg.attributes import write_json_atomic  # noqa: E402
+from nnunet_isrg.files import write_json_atomic  # noqa: E402
 from nnunet_isrg.utils.nnunet_env import nnunet_env, run_command as run  # noqa: E402
 
 

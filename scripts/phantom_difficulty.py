@@ -35,7 +35,8 @@ from scipy import ndimage as ndi
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nnunet_isrg.attributes import ATTRIBUTES_FILENAME, write_json_atomic  # noqa: E402
+from nnunet_isrg.attributes import ATTRIBUTES_FILENAME  # noqa: E402
+from nnunet_isrg.files import write_json_atomic  # noqa: E402
 from nnunet_isrg.clicks import first_click_deterministic  # noqa: E402
 from nnunet_isrg.evaluation.metrics import dice  # noqa: E402
 from nnunet_isrg.utils.readme import replace_readme_section  # noqa: E402

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from fit_few_cases import first_click_predictions, load_cases, load_fold  # noqa: E402
-from nnunet_isrg.attributes import write_json_atomic  # noqa: E402
+from nnunet_isrg.files import write_json_atomic  # noqa: E402
 from nnunet_isrg.clicks import sample_target_and_first_click  # noqa: E402
 from nnunet_isrg.evaluation.metrics import dice  # noqa: E402
 from nnunet_isrg.modeling.build import build_isrg_model  # noqa: E402

@@ -55,8 +55,8 @@ from nnunet_isrg.attributes import (
     AttributeLabelError,
     normalise_class,
     validate_schema,
-    write_json_atomic,
 )
+from nnunet_isrg.files import write_json_atomic
 from nnunet_isrg.data.verify import (
     GEOMETRY_TOLERANCE,
     DatasetVerificationError,

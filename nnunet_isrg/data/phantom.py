@@ -55,7 +55,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from ..attributes import ATTRIBUTES_FILENAME, DEFAULT_SCHEMA, write_json_atomic
+from ..attributes import ATTRIBUTES_FILENAME, DEFAULT_SCHEMA
+from ..files import write_json_atomic
 
 PHANTOM_VERSION = 1
 

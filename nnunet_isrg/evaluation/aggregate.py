@@ -217,7 +217,7 @@ def score_no_click_prediction(pred_seg: np.ndarray, gt_seg: np.ndarray, lesion_l
     :func:`restrict_to_target`), same metrics. ``None`` when the case has no lesion (the click
     protocol skips such cases too).
     """
-    from nnunet_isrg.training.interactive_validation import largest_lesion_component
+    from nnunet_isrg.lesions import largest_lesion_component
 
     gt_seg = np.asarray(gt_seg)
     if np.asarray(pred_seg).shape != gt_seg.shape:

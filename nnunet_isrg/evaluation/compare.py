@@ -128,7 +128,7 @@ def zero_shot_trainer(ev: TrainerEvaluation, cases: Sequence[HeldOutCase], confi
 
     from nnunet_isrg.evaluation.protocol import run_interactive_protocol
     from nnunet_isrg.inference.crop_predictor import CropPredictor
-    from nnunet_isrg.training.interactive_validation import largest_lesion_component
+    from nnunet_isrg.lesions import largest_lesion_component
 
     folder = ev.folder
     dataset_json = json.loads((folder / "dataset.json").read_text())

@@ -28,7 +28,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from ..attributes import Schema, normalise_class, write_json_atomic
+from ..attributes import Schema, normalise_class
+from ..files import write_json_atomic
 from ..clicks import first_click_deterministic, next_click_deterministic
 from .metrics import auc_over_clicks, noc_at, segmentation_metrics, summarise_values
 

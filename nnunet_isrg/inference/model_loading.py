@@ -3,7 +3,7 @@
 The folder is nnU-Net's: ``plans.json`` (with the ``isrg`` block the trainer stores in the
 3d_fullres configuration), ``dataset.json`` and ``fold_X/checkpoint_final.pth`` holding
 ``network_weights``. The network is rebuilt from ``plans.json`` alone
-(:func:`nnunet_isrg.training.network_config.build_isrg_network`), exactly as the trainer built it.
+(:func:`nnunet_isrg.modeling.from_plans.build_isrg_network`), exactly as the trainer built it.
 
 Several folds are wrapped in :class:`ISRGEnsemble`, which has the single model's split API
 (``encode_image``/``decode``/``crop_size``) and averages the folds' mask logits and attribute
@@ -142,6 +142,10 @@ def _read_json(path: Path, what: str) -> dict:
         raise ModelFolderError(f"{path} is not readable JSON ({e}); it should be {what}") from None
 
 
+#: checkpoint entries of training-only submodules that the trainer attaches to the network
+TRAINING_ONLY_PREFIXES = ("loss_weighting.",)
+
+
 def _clean_state_dict(state: dict) -> dict:
     # DDP ('module.') and torch.compile ('_orig_mod.') prefixes, as nnU-Net strips them when loading.
     out = {}
@@ -149,7 +153,8 @@ def _clean_state_dict(state: dict) -> dict:
         for prefix in ("module.", "_orig_mod."):
             if k.startswith(prefix):
                 k = k[len(prefix):]
-        out[k] = v
+        if not k.startswith(TRAINING_ONLY_PREFIXES):
+            out[k] = v
     return out
 
 
@@ -167,7 +172,7 @@ def load_trained_model(model_folder: str | Path, folds: Folds = (0,), checkpoint
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_isrg.attributes import validate_schema
-    from nnunet_isrg.training.network_config import build_isrg_network, isrg_block_of
+    from nnunet_isrg.modeling.from_plans import build_isrg_network, isrg_block_of
 
     folder = Path(model_folder)
     if not folder.is_dir():

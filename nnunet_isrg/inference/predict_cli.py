@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import SimpleITK as sitk
 
-from nnunet_isrg.attributes import write_json_atomic
+from nnunet_isrg.files import write_json_atomic
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 

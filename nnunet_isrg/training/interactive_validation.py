@@ -17,25 +17,11 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
-from nnunet_isrg.attributes import write_json_atomic
+from nnunet_isrg.files import write_json_atomic
+from nnunet_isrg.lesions import largest_lesion_component
 
 if TYPE_CHECKING:
     from nnunet_isrg.training.isrg_trainer import ISRGTrainer
-
-
-def largest_lesion_component(seg: np.ndarray, lesion_labels) -> tuple[np.ndarray, int]:
-    """The largest connected lesion component of a label map (z,y,x) and its label value (0 if none)."""
-    import cc3d
-
-    lesion = np.isin(seg, lesion_labels)
-    if not lesion.any():
-        return lesion, 0
-    cc = cc3d.connected_components(lesion, connectivity=26)
-    sizes = np.bincount(cc.ravel())
-    sizes[0] = 0
-    component = cc == int(np.argmax(sizes))
-    label_value = int(np.bincount(seg[component].astype(np.int64)).argmax())
-    return component, label_value
 
 
 def mask_to_logits(mask: np.ndarray, label_value: int, num_heads: int) -> torch.Tensor:

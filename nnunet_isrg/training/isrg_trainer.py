@@ -23,9 +23,9 @@ from nnunet_isrg.attributes import (ATTRIBUTES_FILENAME, IGNORE_INDEX, lesion_la
                                     read_attribute_table, schema_from_dataset_json)
 from nnunet_isrg.clicks import sample_target_and_first_click, simulate_correction_click
 from nnunet_isrg.training.data_loader import AttributeLabels, LesionCentredDataLoader
-from nnunet_isrg.training.losses import ISRGLoss
-from nnunet_isrg.training.network_config import (PLANS_KEY, build_isrg_network, isrg_block_of, make_isrg_block,
-                                                 preset_crop_size)
+from nnunet_isrg.modeling.from_plans import (PLANS_KEY, build_isrg_network, isrg_block_of, make_isrg_block,
+                                             preset_crop_size)
+from nnunet_isrg.training.losses import ISRGLoss, UncertaintyWeighting
 from nnunet_isrg.training.schedule import WarmupPolyLRScheduler
 from nnunet_isrg.training.weight_average import WeightAverage
 
@@ -102,8 +102,11 @@ class ISRGTrainer(nnUNetTrainer):
     def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> torch.nn.Module:
-        return build_isrg_network(isrg_block_of(configuration_manager.configuration,
-                                                f"plans '{plans_manager.plans_name}'"), num_input_channels)
+        block = isrg_block_of(configuration_manager.configuration, f"plans '{plans_manager.plans_name}'")
+        network = build_isrg_network(block, num_input_channels)
+        # a submodule of the network, so that the checkpoint holds it and DDP synchronises it
+        network.loss_weighting = UncertaintyWeighting(block.get("initial_lambda", 1.0), block.get("learn_lambda", True))
+        return network
 
     def initialize(self):
         super().initialize()

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from torch import nn
-
-from nnunet_isrg.training.losses import UncertaintyWeighting
+from .build import PRESETS, build_isrg_model
+from .isrg_model import ISRGModel
 
 PLANS_KEY = "isrg"
 
@@ -31,8 +30,6 @@ def make_isrg_block(preset: str, crop_size, schema: Mapping, point_refinement: b
 
 
 def preset_crop_size(preset: str) -> tuple[int, int, int]:
-    from nnunet_isrg.modeling.build import PRESETS
-
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset '{preset}'; available: {list(PRESETS)}")
     return tuple(int(s) for s in PRESETS[preset]["crop_size"])
@@ -46,17 +43,14 @@ def isrg_block_of(configuration: Mapping, where: str = "plans") -> dict:
     return block
 
 
-def build_isrg_network(block: Mapping, num_input_channels: int = 1) -> nn.Module:
-    """The ISRG model of ``block`` with the adaptive loss weight attached as a submodule.
+def build_isrg_network(block: Mapping, num_input_channels: int = 1) -> ISRGModel:
+    """The ISRG model that ``block`` (a plans configuration's ``isrg`` record) describes, untrained.
 
-    The weight is part of ``network`` so that the checkpoint holds it and DDP synchronises it.
+    The trainer attaches its loss weighting to the result (training code, so that the checkpoint
+    holds it); inference loads the same weights without it.
     """
-    from nnunet_isrg.modeling.build import build_isrg_model
-
     if num_input_channels != 1:
         raise ValueError(f"ISRG models take one CT channel; this dataset has {num_input_channels} input channels")
-    model = build_isrg_model(block["preset"], crop_size=tuple(block["crop_size"]), schema=block["schema"],
-                             point_refinement=block["point_refinement"], feature_synergy=block["feature_synergy"],
-                             **block.get("overrides", {}))
-    model.loss_weighting = UncertaintyWeighting(block.get("initial_lambda", 1.0), block.get("learn_lambda", True))
-    return model
+    return build_isrg_model(block["preset"], crop_size=tuple(block["crop_size"]), schema=block["schema"],
+                            point_refinement=block["point_refinement"], feature_synergy=block["feature_synergy"],
+                            **block.get("overrides", {}))
