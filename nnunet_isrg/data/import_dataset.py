@@ -55,6 +55,7 @@ from nnunet_isrg.attributes import (
     AttributeLabelError,
     normalise_class,
     validate_schema,
+    validate_table,
 )
 from nnunet_isrg.files import write_json_atomic
 from nnunet_isrg.data.verify import (
@@ -65,7 +66,11 @@ from nnunet_isrg.data.verify import (
     read_raw_voxels,
 )
 
+from nnunet_isrg.data.lidc import lidc_import_options
+
 FILE_ENDING = ".nii.gz"
+#: nnU-Net's name for the cross-validation folds
+SPLITS_FILENAME = "splits_final.json"
 _KNOWN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".tif", ".tiff")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -237,8 +242,14 @@ def import_image_mask_pairs(source_dir: str | os.PathLike, out_root: str | os.Pa
                             attributes_csv: str | os.PathLike | None = None, case_prefix: str = "",
                             label_name: str = "lesion", cases: Sequence[str] | None = None,
                             schema: Mapping[str, list] | None = None, overwrite: bool = False,
-                            tolerance: float = GEOMETRY_TOLERANCE, progress: bool = True) -> Path:
+                            tolerance: float = GEOMETRY_TOLERANCE, progress: bool = True,
+                            attribute_table: Mapping[str, Mapping[str, str]] | None = None,
+                            splits: Sequence[Mapping[str, Sequence[str]]] | None = None) -> Path:
     """Writes ``out_root/Dataset{dataset_id:03d}_{name}`` (see the module docstring) and returns its path.
+
+    ``attribute_table`` (``{case_id: {attribute: class}}``) is an alternative to ``attributes_csv``;
+    ``splits`` (nnU-Net's ``[{"train": [...], "val": [...]}, ...]``) is written as
+    ``splits_final.json`` beside ``dataset.json``; ``isrg plan`` carries it to the preprocessed folder.
 
     Refuses (before writing anything) an existing dataset with the same id unless ``overwrite``, and
     pairs whose image and mask geometry differ by more than ``tolerance`` (relative for spacing, in
@@ -261,7 +272,13 @@ def import_image_mask_pairs(source_dir: str | os.PathLike, out_root: str | os.Pa
         raise DatasetImportError(f"{final}: already exists; pass overwrite=True (--overwrite) to replace it")
 
     pairs = find_pairs(source_dir, image_glob, mask_name, case_prefix, cases)
+    if attributes_csv is not None and attribute_table is not None:
+        raise DatasetImportError("give the attributes as a CSV or as a table, not both")
     table = read_attributes_csv(attributes_csv, pairs, schema) if attributes_csv is not None else None
+    if attribute_table is not None:
+        table = validate_table(attribute_table, schema, [p.case_id for p in pairs], source="attribute table")
+    if splits is not None:
+        _check_splits(splits, [p.case_id for p in pairs])
 
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dataset_name}.", suffix=".importing", dir=out_root))
@@ -304,6 +321,8 @@ def import_image_mask_pairs(source_dir: str | os.PathLike, out_root: str | os.Pa
         write_json_atomic(tmp / "import_provenance.json", {"cases": provenance, "notes": notes})
         if table is not None:
             write_json_atomic(tmp / ATTRIBUTES_FILENAME, table)
+        if splits is not None:
+            write_json_atomic(tmp / SPLITS_FILENAME, [{"train": list(s["train"]), "val": list(s["val"])} for s in splits])
         for note in notes:
             print(f"isrg import: note: {note}", file=sys.stderr)
 
@@ -318,6 +337,18 @@ def import_image_mask_pairs(source_dir: str | os.PathLike, out_root: str | os.Pa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _check_splits(splits: Sequence[Mapping[str, Sequence[str]]], case_ids: Sequence[str]) -> None:
+    """Every fold names only known cases, and its training and validation cases are apart."""
+    known = set(case_ids)
+    for i, fold in enumerate(splits):
+        train, val = set(fold.get("train", ())), set(fold.get("val", ()))
+        unknown = (train | val) - known
+        if unknown:
+            raise DatasetImportError(f"splits, fold {i}: unknown case(s) {sorted(unknown)[:5]}")
+        if train & val:
+            raise DatasetImportError(f"splits, fold {i}: case(s) {sorted(train & val)[:5]} in training and validation")
 
 
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
@@ -337,6 +368,10 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=GEOMETRY_TOLERANCE,
                         help="geometry tolerance: relative for spacing, in voxels for origin, absolute for direction")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    parser.add_argument("--lidc", action="store_true",
+                        help="SOURCE is the LIDC-IDRI nodule folder (<case>/image.nii.gz + mask.nii.gz, nodules.csv): "
+                             "the report schema is the radiologists' characteristics, attributesTr.json their binned "
+                             "ratings and splits_final.json groups the nodules by patient")
 
 
 def run_import_from_args(args: argparse.Namespace) -> int:
@@ -345,11 +380,14 @@ def run_import_from_args(args: argparse.Namespace) -> int:
         print("isrg import: error: give --out or set nnUNet_raw", file=sys.stderr)
         return 2
     try:
-        path = import_image_mask_pairs(args.source, out, args.dataset_id, args.name, image_glob=args.image_glob,
-                                       mask_name=args.mask_name, attributes_csv=args.attributes,
-                                       case_prefix=args.case_prefix, label_name=args.label_name, cases=args.cases,
-                                       overwrite=args.overwrite, tolerance=args.tolerance)
-    except (DatasetImportError, AttributeLabelError, DatasetVerificationError) as e:
+        if args.lidc:
+            options = lidc_import_options(args.source, args.cases)
+        else:
+            options = dict(image_glob=args.image_glob, mask_name=args.mask_name, attributes_csv=args.attributes,
+                           label_name=args.label_name, cases=args.cases)
+        path = import_image_mask_pairs(args.source, out, args.dataset_id, args.name, case_prefix=args.case_prefix,
+                                       overwrite=args.overwrite, tolerance=args.tolerance, **options)
+    except (DatasetImportError, AttributeLabelError, DatasetVerificationError, FileNotFoundError, ValueError) as e:
         print(f"isrg import: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {path}")

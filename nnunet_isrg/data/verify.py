@@ -43,8 +43,8 @@ from nnunet_isrg.attributes import (
     lesion_labels_from_dataset_json,
     schema_from_dataset_json,
     validate_table,
-    write_json_atomic,
 )
+from nnunet_isrg.files import write_json_atomic
 
 DATASET_JSON = "dataset.json"
 #: the schema as it was when the table was copied into the preprocessed folder
