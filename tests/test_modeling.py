@@ -1,6 +1,9 @@
 """Tests of the ISRG network (nnunet_isrg/modeling): shapes, gradients, K-means, refinement, split API."""
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
 from collections import OrderedDict
 
 import numpy as np
@@ -8,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import load_script
 from nnunet_isrg.attributes import DEFAULT_SCHEMA
 from nnunet_isrg.modeling.build import PRESETS, build_isrg_model, build_isrg_model_from_config
+from nnunet_isrg.modeling.image_embedding import ImageEmbedding
 from nnunet_isrg.modeling.point_refinement import PointRefinement, farthest_point_init, kmeans
 
 torch.set_num_threads(1)
@@ -154,7 +157,7 @@ def test_no_clicks_raises_and_points_to_isrg_predict():
     with pytest.raises(RuntimeError, match="isrg predict"):
         model(torch.randn(1, 1, 32, 32, 32))
     with pytest.raises(RuntimeError, match="isrg predict"):
-        model.decode(torch.randn(1, 32, 4, 4, 4), None, None)
+        model.decode(model.encode_image(torch.randn(1, 1, 32, 32, 32)), None, None)
 
 
 # --- gradients and ablation switches --------------------------------------------------------------
@@ -311,14 +314,15 @@ def test_decode_of_cached_embedding_equals_forward():
     pts, lab = clicks(2)
     with torch.no_grad():
         emb = model.encode_image(x)
-        emb_copy = emb.clone()
+        emb_copy = dataclasses.asdict(emb)  # deep copies of the maps
         first = model.decode(emb, pts, lab)
         assert_outputs_close(first, model(x, pts, lab), atol=1e-6)
         prev = first["low_res_logits"]
         pts2 = torch.cat([pts, torch.tensor([[[5.0, 6.0, 7.0]], [[25.0, 2.0, 9.0]]])], 1)
         lab2 = torch.cat([lab, torch.tensor([[0], [1]])], 1)
         assert_outputs_close(model.decode(emb, pts2, lab2, prev), model(x, pts2, lab2, prev), atol=1e-6)
-    assert torch.equal(emb, emb_copy)
+    for name, copy in emb_copy.items():  # decoding leaves the cached embedding as it was
+        assert torch.equal(getattr(emb, name), copy)
 
 
 def test_batch_items_are_independent():
@@ -374,6 +378,78 @@ def test_presets():
         build_isrg_model("tiny", depht=2)
 
 
+#: every preset's settings as they were before the presets shared their defaults
+RESOLVED_PRESETS = {
+    "tiny": dict(crop_size=(64, 64, 64), patch_size=8, embed_dim=192, depth=4, num_heads=6, mlp_ratio=4.0,
+                 window_size=4, global_every=2, prompt_embed_dim=128, decoder_depth=2, decoder_heads=4,
+                 decoder_mlp_dim=512, mask_head_depth=1, mask_in_chans=16, iou_head_hidden=128, synergy_dim=64,
+                 refine_window=3, refine_k=3, refine_max_iter=20, conv_stem=True, high_res_skip=True,
+                 subvoxel_refiner_chans=8, lesion_pooling=True, click_sigma=1.5),
+    "small": dict(crop_size=(96, 96, 96), patch_size=8, embed_dim=384, depth=8, num_heads=8, mlp_ratio=4.0,
+                  window_size=4, global_every=4, prompt_embed_dim=256, decoder_depth=2, decoder_heads=8,
+                  decoder_mlp_dim=1024, mask_head_depth=1, mask_in_chans=16, iou_head_hidden=256, synergy_dim=128,
+                  refine_window=3, refine_k=3, refine_max_iter=20, conv_stem=True, high_res_skip=True,
+                  subvoxel_refiner_chans=8, lesion_pooling=True, click_sigma=1.5),
+    "base": dict(crop_size=(128, 128, 128), patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+                 window_size=4, global_every=3, prompt_embed_dim=384, decoder_depth=2, decoder_heads=8,
+                 decoder_mlp_dim=2048, mask_head_depth=1, mask_in_chans=16, iou_head_hidden=256, synergy_dim=192,
+                 refine_window=3, refine_k=3, refine_max_iter=20, conv_stem=True, high_res_skip=True,
+                 subvoxel_refiner_chans=8, lesion_pooling=True, click_sigma=1.5),
+}
+
+
+def test_presets_resolve_to_their_settings():
+    assert list(PRESETS) == list(RESOLVED_PRESETS)
+    for name, settings in RESOLVED_PRESETS.items():
+        assert PRESETS[name] == settings, name
+        config = build_isrg_model(name, depth=1).config  # depth only to keep base cheap to build
+        assert {k: config[k] for k in settings} == {**settings, "crop_size": list(settings["crop_size"]), "depth": 1}
+
+
+@pytest.mark.parametrize("how", ["overrides", "config"])
+def test_the_removed_intensity_windows_setting_loads_only_when_off(how):
+    """Old configs and checkpoints recorded ``intensity_windows: 0`` (off): they still build, with the
+    same weights; a model that used the windows cannot be built and says why."""
+    def build(windows):
+        if how == "overrides":
+            return small_model(32, intensity_windows=windows)
+        return build_isrg_model_from_config({**small_model(32).config, "intensity_windows": windows})
+
+    old = build(0)
+    assert "intensity_windows" not in old.config
+    old.load_state_dict(small_model(32).state_dict())
+    with pytest.raises(ValueError, match="'intensity_windows' was removed"):
+        build(4)
+
+
+def test_image_embedding_detaches_and_moves_every_map():
+    model = small_model(32).train()
+    emb = model.encode_image(torch.randn(1, 1, 32, 32, 32))
+    fields = [f.name for f in dataclasses.fields(ImageEmbedding)]
+    assert all(getattr(emb, name).requires_grad for name in fields if name != "intensities")
+    detached = emb.detach()
+    assert not any(getattr(detached, name).requires_grad for name in fields)
+    assert all(torch.equal(getattr(detached, name), getattr(emb, name)) for name in fields)
+    assert detached.to(torch.float64).grid.dtype == torch.float64 and detached.batch_size == 1
+    partial = ImageEmbedding(grid=torch.zeros(2, 4, 1, 1, 1)).detach().to("cpu")
+    assert partial.skip_features is None and partial.batch_size == 2
+
+
+def test_package_root_exports_the_public_api_lazily():
+    import nnunet_isrg
+    from nnunet_isrg import ISRGSession, build_isrg_model as root_build, load_trained_model
+    from nnunet_isrg.inference.model_loading import load_trained_model as home_load
+    from nnunet_isrg.inference.session import ISRGSession as HomeSession
+
+    assert ISRGSession is HomeSession and root_build is build_isrg_model and load_trained_model is home_load
+    assert set(nnunet_isrg.__all__) >= {"ISRGSession", "build_isrg_model", "load_trained_model", "__version__"}
+    with pytest.raises(AttributeError):
+        nnunet_isrg.no_such_name  # noqa: B018
+    light = ("import sys, nnunet_isrg, nnunet_isrg.attributes; "
+             "assert 'torch' not in sys.modules, 'importing the package pulled in torch'")
+    subprocess.run([sys.executable, "-c", light], check=True)
+
+
 def test_rebuild_from_config_loads_weights():
     model = small_model(32, refine_k=2, schema=OrderedDict(a=["x", "y"], b=["1", "2", "3"]))
     again = build_isrg_model_from_config(model.config)
@@ -386,11 +462,12 @@ def test_rebuild_from_config_loads_weights():
 
 
 def test_voxel_level_terms_follow_the_clicks_and_survive_the_split_api():
-    """The click maps reach the mask at voxel level; packed skip features round-trip through encode/decode."""
-    from nnunet_isrg.modeling.image_encoder import fold_to_grid, unfold_from_grid
+    """The click maps reach the mask at voxel level; the embedding's voxel-level maps round-trip
+    through encode/decode, each at its own resolution and None when its module is off."""
+    from nnunet_isrg.modeling.subvoxel_refiner import depth_to_space, space_to_depth
 
     x = torch.randn(2, 3, 16, 24, 8)
-    assert torch.equal(unfold_from_grid(fold_to_grid(x, 4), 3, 4), x)
+    assert torch.equal(depth_to_space(space_to_depth(x, 4), 3, 4), x)
     for kw in ({}, {"subvoxel_refiner_chans": 0}, {"conv_stem": False}, {"high_res_skip": False},
                {"lesion_pooling": False},
                {"high_res_skip": False, "lesion_pooling": False}):
@@ -398,7 +475,17 @@ def test_voxel_level_terms_follow_the_clicks_and_survive_the_split_api():
         img = torch.randn(1, 1, 32, 32, 32)
         pts, lab = clicks(1)
         with torch.no_grad():
-            assert_outputs_close(model.decode(model.encode_image(img), pts, lab), model(img, pts, lab), atol=1e-6)
+            emb = model.encode_image(img)
+            assert_outputs_close(model.decode(emb, pts, lab), model(img, pts, lab), atol=1e-6)
+        low_res = model.low_res_size
+        assert emb.grid.shape == (1, 32, *model.grid_size)
+        expected = {"skip_features": (model.high_res_skip, (1, 4, *low_res)),
+                    "intensities": (model.lesion_pooling, (1, 1, *low_res)),
+                    "refiner_features": (model.subvoxel_refiner, (1, 8, *low_res))}
+        for name, (module, shape) in expected.items():
+            value = getattr(emb, name)
+            assert (value is None) == (module is None), (kw, name)
+            assert value is None or value.shape == shape, (kw, name)
     model = small_model(32).eval()
     maps = model.prompt_encoder.click_maps(torch.tensor([[[4.0, 20.0, 30.0], [16.0, 16.0, 16.0]]]),
                                            torch.tensor([[1, 0]]))
@@ -440,57 +527,3 @@ def test_untrained_model_predicts_a_blob_at_a_positive_click_and_a_hole_at_a_neg
     assert only_pos[16, 16, 16] > 0 and only_pos[16, 16, 19] > 0
     assert (only_pos[:4] < 0).all() and (only_pos[:, :, 28:] < 0).all()
     assert with_neg[16, 16, 22] < 0 < with_neg[16, 16, 16]
-
-
-# --- intensity windows ----------------------------------------------------------------------------
-
-def test_intensity_windows_stretch_a_small_contrast_at_their_level():
-    from nnunet_isrg.modeling.intensity_windows import IntensityWindows
-
-    windows = IntensityWindows(3, levels=(-1.0, 1.0), width=0.1)
-    x = torch.tensor([-1.0, 0.0, 0.1, 1.0]).view(1, 1, 4, 1, 1)
-    out = windows(x).detach()
-    assert out.shape == (1, 4, 4, 1, 1)
-    torch.testing.assert_close(out[:, 0], x[:, 0])  # the raw intensity is kept as channel 0
-    # the window at level 0 (channel 2) is 0 at its level and 2 * sigmoid((x - 0) / 0.1) - 1 elsewhere
-    expected = [2 / (1 + np.exp(-v / 0.1)) - 1 for v in (-1.0, 0.0, 0.1, 1.0)]
-    np.testing.assert_allclose(out[0, 2, :, 0, 0].numpy(), expected, atol=1e-6)
-    # a contrast of 0.1 (about 20 HU after CT normalisation) becomes 0.46 in that window, 4.6 times larger
-    assert float(out[0, 2, 2] - out[0, 2, 1]) == pytest.approx(0.462, abs=1e-3)
-    with pytest.raises(ValueError, match="n_windows"):
-        IntensityWindows(0)
-
-
-def test_intensity_windows_feed_every_reader_of_the_crop_and_rebuild_from_config():
-    model = small_model(32, intensity_windows=4)
-    chans = model.intensity_windows.out_chans
-    assert chans == 5 and small_model(32).intensity_windows is None
-    assert model.image_encoder.patch_embed[0].in_channels == chans
-    assert model.high_res_skip.net[0].in_channels == chans
-    pts, lab = clicks(1)
-    x = torch.randn(1, 1, 32, 32, 32)
-    out = model(x, pts, lab)
-    out["mask_logits"].sum().backward()
-    assert model.intensity_windows.level.grad.abs().sum() > 0  # the windows learn
-    again = build_isrg_model_from_config(model.config)
-    again.load_state_dict(model.state_dict())
-
-
-def test_true_mask_probe_replaces_only_what_the_lesion_pooling_reads():
-    """scripts/attributes_with_true_mask.py: the model's own low-res logits given as the "true" map
-    change nothing, another map changes the attributes, and the hook is gone afterwards."""
-    probe = load_script("attributes_with_true_mask")
-    model = small_model(32).eval()
-    x = torch.randn(1, 1, 32, 32, 32)
-    click = torch.tensor([[[16.0, 16.0, 16.0]]])
-    with torch.no_grad():
-        own_low_res = model(x, click, torch.ones(1, 1, dtype=torch.long))["low_res_logits"]
-        embedding = model.encode_image(x)
-    own = probe.attribute_logits(model, embedding, click)
-    same = probe.attribute_logits(model, embedding, click, own_low_res)
-    other = probe.attribute_logits(model, embedding, click, torch.full_like(own_low_res, -8.0))
-    after = probe.attribute_logits(model, embedding, click)
-    for name in own:
-        torch.testing.assert_close(same[name], own[name])
-        torch.testing.assert_close(after[name], own[name])
-    assert any(not torch.allclose(other[name], own[name]) for name in own)

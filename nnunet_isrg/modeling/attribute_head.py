@@ -9,6 +9,7 @@ per attribute (the paper's "sigmoid" multi-label wording describes the concatena
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Mapping
 
 import torch
@@ -31,6 +32,11 @@ class AttributeHead(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         # ModuleList, not ModuleDict: schema names are free text and must keep their order.
         self.classifiers = nn.ModuleList(nn.Linear(dim, int(c)) for c in num_classes.values())
+
+    @property
+    def num_classes(self) -> "OrderedDict[str, int]":
+        """{attribute name: number of classes} in schema order."""
+        return OrderedDict((name, head.out_features) for name, head in zip(self.names, self.classifiers))
 
     def encode(self, hybrid_tokens: torch.Tensor, token_valid: torch.Tensor, start: int) -> torch.Tensor:
         """Z (B, T, C), valid (B, T); attribute tokens at [start, start + n_attr) -> A (B, n_attr, C)."""

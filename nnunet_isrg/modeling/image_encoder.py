@@ -147,12 +147,12 @@ class HighResolutionSkip(nn.Module):
     crop gives the mask head local intensity edges directly (``out_chans`` = the hypernetwork width).
     """
 
-    def __init__(self, out_chans: int, stride: int, in_chans: int = 1) -> None:
+    def __init__(self, out_chans: int, stride: int) -> None:
         super().__init__()
         self.out_chans = out_chans
         self.net = nn.Sequential(
-            Conv3d(in_chans, out_chans, kernel_size=3 if stride == 1 else stride, stride=stride,
-                      padding=1 if stride == 1 else 0),
+            Conv3d(1, out_chans, kernel_size=3 if stride == 1 else stride, stride=stride,
+                   padding=1 if stride == 1 else 0),
             LayerNorm3d(out_chans),
             nn.GELU(),
             Conv3d(out_chans, out_chans, kernel_size=3, padding=1),
@@ -162,20 +162,5 @@ class HighResolutionSkip(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, D, H, W) -> (B, out_chans, D/stride, H/stride, W/stride)."""
+        """(B, 1, D, H, W) -> (B, out_chans, D/stride, H/stride, W/stride)."""
         return self.net(x)
-
-
-def fold_to_grid(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """(B, C, f*d, f*h, f*w) -> (B, C*f^3, d, h, w): space-to-depth, so a fine map travels with the grid."""
-    b, c, D, H, W = x.shape
-    d, h, w = D // factor, H // factor, W // factor
-    x = x.view(b, c, d, factor, h, factor, w, factor).permute(0, 1, 3, 5, 7, 2, 4, 6)
-    return x.reshape(b, c * factor ** 3, d, h, w)
-
-
-def unfold_from_grid(x: torch.Tensor, channels: int, factor: int) -> torch.Tensor:
-    """Inverse of :func:`fold_to_grid`."""
-    b, _, d, h, w = x.shape
-    x = x.reshape(b, channels, factor, factor, factor, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
-    return x.reshape(b, channels, d * factor, h * factor, w * factor)

@@ -22,22 +22,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import Conv3d
-from .image_encoder import fold_to_grid, unfold_from_grid
+
+
+def space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, C, f*d, f*h, f*w) -> (B, C*f^3, d, h, w): each f^3 block of a fine map becomes channels of one cell."""
+    b, c, D, H, W = x.shape
+    d, h, w = D // factor, H // factor, W // factor
+    x = x.view(b, c, d, factor, h, factor, w, factor).permute(0, 1, 3, 5, 7, 2, 4, 6)
+    return x.reshape(b, c * factor ** 3, d, h, w)
+
+
+def depth_to_space(x: torch.Tensor, channels: int, factor: int) -> torch.Tensor:
+    """(B, channels*f^3, d, h, w) -> (B, channels, f*d, f*h, f*w), the inverse of :func:`space_to_depth`."""
+    b, _, d, h, w = x.shape
+    x = x.reshape(b, channels, factor, factor, factor, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return x.reshape(b, channels, d * factor, h * factor, w * factor)
 
 
 class SubvoxelRefiner(nn.Module):
     """Args: stride (crop voxels per low-res voxel along each axis), feature_chans (skip feature
     channels at the low-res grid, 0 without the skip), prompt_chans (channels of the prompt maps),
-    hidden (width of the image features), image_chans (channels of the crop it reads)."""
+    hidden (width of the image features)."""
 
-    def __init__(self, stride: int, feature_chans: int, prompt_chans: int = 4, hidden: int = 8,
-                 image_chans: int = 1) -> None:
+    def __init__(self, stride: int, feature_chans: int, prompt_chans: int = 4, hidden: int = 8) -> None:
         super().__init__()
         self.stride = int(stride)
         self.out_chans = int(hidden)
         sub = self.stride ** 3
         self.image_net = nn.Sequential(
-            Conv3d(image_chans * sub + feature_chans, hidden, kernel_size=1),
+            Conv3d(sub + feature_chans, hidden, kernel_size=1),
             nn.GELU(),
             Conv3d(hidden, hidden, kernel_size=3, padding=1),
             nn.GELU(),
@@ -54,8 +67,8 @@ class SubvoxelRefiner(nn.Module):
         nn.init.zeros_(self.prompt_net[-1].bias)
 
     def image_features(self, image: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
-        """crop (B, image_chans, d*s, h*s, w*s), skip features (B, c, d, h, w) or None -> (B, hidden, d, h, w)."""
-        parts = [fold_to_grid(image, self.stride)]
+        """crop (B, 1, d*s, h*s, w*s), skip features (B, c, d, h, w) or None -> (B, hidden, d, h, w)."""
+        parts = [space_to_depth(image, self.stride)]
         if features is not None:
             parts.append(features.to(image.dtype))
         return self.image_net(torch.cat(parts, dim=1))
@@ -68,4 +81,4 @@ class SubvoxelRefiner(nn.Module):
         size = tuple(n * self.stride for n in low_res_logits.shape[2:])
         coarse = F.interpolate(low_res_logits, size=size, mode="trilinear", align_corners=False)
         x = torch.cat([image_features.to(dtype), low_res_logits, prompt_maps.to(dtype)], dim=1)
-        return coarse + unfold_from_grid(self.prompt_net(x), 1, self.stride)
+        return coarse + depth_to_space(self.prompt_net(x), 1, self.stride)
