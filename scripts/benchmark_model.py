@@ -206,7 +206,7 @@ def main(argv=None) -> dict:
     print(md)
     print(f"wrote {args.out} and {md_path}")
     if args.update_readme:
-        from nnunet_isrg.utils.readme import replace_readme_section
+        from script_support import replace_readme_section
 
         replace_readme_section("model-benchmark", md)
     return res

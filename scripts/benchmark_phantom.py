@@ -32,10 +32,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # the package, and script_support beside this file
 
 from nnunet_isrg.files import write_json_atomic  # noqa: E402
-from nnunet_isrg.utils.nnunet_env import nnunet_env, run_command as run  # noqa: E402
+from script_support import nnunet_env, run_command as run  # noqa: E402
 
 HOLDOUT = ["gallstone", "liver_cyst"]
 MODES = {
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     print(f"\nwrote {out_json} and {out_md} (run time {total / 60:.1f} min)")
 
     if args.update_readme:
-        from nnunet_isrg.utils.readme import replace_readme_section
+        from script_support import replace_readme_section
 
         FIGURES_DIR.mkdir(parents=True, exist_ok=True)
         for src in md_figs.values():

@@ -52,10 +52,10 @@ from typing import Sequence
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # the package, and script_support beside this file
 
 from nnunet_isrg.files import write_json_atomic  # noqa: E402
-from nnunet_isrg.utils.nnunet_env import nnunet_env, run_command as run  # noqa: E402
+from script_support import nnunet_env, run_command as run  # noqa: E402
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "realdata" / "ibsi-sts"
 DEFAULT_MODEL = (REPO / "work" / "nnUNet_results" / "Dataset500_ISRGPhantom"
@@ -242,7 +242,8 @@ def model_info(loaded, checkpoint: str) -> dict:
 
 def summarise(cases: list[dict], n_clicks: int) -> dict:
     """Protocol summary (summarise_cases) plus the mean crop coverage per click over the evaluated cases."""
-    from nnunet_isrg.evaluation.protocol import jsonable, summarise_cases
+    from nnunet_isrg.evaluation.protocol import summarise_cases
+    from nnunet_isrg.files import json_safe
 
     ok = [c for c in cases if "result" in c]
     if not ok:
@@ -256,7 +257,7 @@ def summarise(cases: list[dict], n_clicks: int) -> dict:
     s["mean_dice_bound_single_crop"] = float(np.mean([c["dice_bound_single_crop"] for c in ok]))
     s["n_lesions_larger_than_crop"] = int(sum(c["best_crop_fraction"] < 1.0 for c in ok))
     s["n_failed"] = len(cases) - len(ok)
-    return jsonable(s)
+    return json_safe(s)
 
 
 # ------------------------------------------------------------------------------------------ --gpu / --cross-validate
@@ -564,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return rc
 
     if args.update_readme:
-        from nnunet_isrg.utils.readme import replace_readme_section
+        from script_support import replace_readme_section
 
         if not replace_readme_section(README_SECTION, md):
             return 1

@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # the package, and script_support beside this file
 REALDATA = REPO.parent / "shared" / "realdata" / "ibsi-sts"
 
 TARGETS = {"further_click_median_ms": 150.0, "first_click_s": 2.0, "peak_rss_gib": 2.5, "speedup_vs_baseline": 20.0}
@@ -412,7 +412,7 @@ def main(argv=None) -> None:
     os.replace(tmp_md, out_dir / "benchmark_session.md")
     print(md)
     if args.update_readme:
-        from nnunet_isrg.utils.readme import replace_readme_section
+        from script_support import replace_readme_section
 
         replace_readme_section("session-benchmark", md)
 

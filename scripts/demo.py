@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # the package, and script_support beside this file
 
 from nnunet_isrg.files import write_json_atomic  # noqa: E402
-from nnunet_isrg.utils.nnunet_env import nnunet_env, run_command as run  # noqa: E402
+from script_support import nnunet_env, run_command as run  # noqa: E402
 
 
 def demo_markdown(out: dict) -> str:
@@ -130,7 +130,7 @@ def main() -> int:
     write_json_atomic(args.out, out)
     print(f"\nwrote {args.out}  (total {timings['total_s'] / 60:.1f} min)")
     if args.update_readme:
-        from nnunet_isrg.utils.readme import replace_readme_section
+        from script_support import replace_readme_section
 
         replace_readme_section("demo-results", demo_markdown(out))
     return 0

@@ -33,13 +33,13 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # the package, and script_support beside this file
 
 from nnunet_isrg.attributes import ATTRIBUTES_FILENAME  # noqa: E402
 from nnunet_isrg.files import write_json_atomic  # noqa: E402
 from nnunet_isrg.clicks import first_click_deterministic  # noqa: E402
 from nnunet_isrg.evaluation.metrics import dice  # noqa: E402
-from nnunet_isrg.utils.readme import replace_readme_section  # noqa: E402
+from script_support import replace_readme_section  # noqa: E402
 
 SECTION = "phantom-difficulty"
 LOW_PERCENTILES = (0, 2, 5, 10, 20)

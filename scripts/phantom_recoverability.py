@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # the package, and script_support beside this file
 
 from nnunet_isrg.files import write_json_atomic  # noqa: E402
 from nnunet_isrg.data.phantom import generate_phantom_dataset  # noqa: E402
 from nnunet_isrg.evaluation.attribute_baseline import cross_validated_accuracy, extract_features  # noqa: E402
-from nnunet_isrg.utils.readme import replace_readme_section  # noqa: E402
+from script_support import replace_readme_section  # noqa: E402
 
 SECTION = "phantom-recoverability"
 

@@ -18,10 +18,18 @@ PHANTOM_NAME = f"Dataset{PHANTOM_ID}_TestPhantom"
 
 
 def load_script(name: str):
-    """The module of ``scripts/<name>.py`` (the scripts are not a package)."""
+    """The module of ``scripts/<name>.py``, a product script (the scripts are not a package; their
+    shared helper ``scripts/script_support.py`` is imported from their folder). Only ``scripts/``
+    itself: the experiments in ``scripts/experiments/`` are not part of the product and no test
+    loads them."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    path = REPO / "scripts" / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such product script (tests load scripts/<name>.py only)")
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

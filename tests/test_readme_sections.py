@@ -1,9 +1,15 @@
-"""Generated README sections are replaced between their markers only, and a missing section changes nothing."""
-from conftest import load_script
-from nnunet_isrg.utils.readme import replace_readme_section
+"""Generated README sections are replaced between their markers only, and a missing section changes nothing.
+
+Writing the README is the scripts' job (``scripts/script_support.py``), not the installed package's."""
+import re
+
+from conftest import REPO, load_script
+
+PACKAGE = REPO / "nnunet_isrg"
 
 
 def test_replace_only_between_markers(tmp_path, capsys):
+    replace_readme_section = load_script("script_support").replace_readme_section
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- BEGIN t -->\nold table\n<!-- END t -->\noutro\n")
     assert replace_readme_section("t", "| a |\n|---|\n| 1 |\n", readme)
@@ -28,3 +34,24 @@ def test_demo_section_shows_each_attribute_confusion_matrix_truth_in_rows():
     assert "| surface | Well | Ill |\n|---|---|---|\n| Well | 1 | 1 |\n| Ill | 0 | 1 |" in text
     del out["attribute_confusion"]  # summaries written before the matrices were recorded
     assert "Confusion" not in demo.demo_markdown(out)
+
+
+def test_every_generated_section_a_script_writes_is_in_the_readme():
+    """Each name passed to ``replace_readme_section`` by a script has its two markers in the README."""
+    names = set()
+    for script in (REPO / "scripts").glob("*.py"):
+        text = script.read_text()
+        names |= set(re.findall(r'replace_readme_section\("([\w-]+)"', text))
+        names |= set(re.findall(r'^(?:README_)?SECTION = "([\w-]+)"', text, re.MULTILINE))
+    readme = (REPO / "README.md").read_text()
+    assert names >= {"demo-results", "model-benchmark", "session-benchmark", "phantom-results", "realdata-results",
+                     "phantom-recoverability", "phantom-difficulty"}
+    for name in names:
+        assert readme.count(f"<!-- BEGIN {name} -->") == 1 and readme.count(f"<!-- END {name} -->") == 1, name
+
+
+def test_the_package_neither_writes_the_readme_nor_sets_up_script_environments():
+    assert not (PACKAGE / "utils").exists()
+    for module in PACKAGE.rglob("*.py"):
+        text = module.read_text()
+        assert "replace_readme_section" not in text and "nnunet_env(" not in text, module

@@ -462,6 +462,29 @@ def _exit_distance(body: np.ndarray, grid: _Grid, c_mm, n) -> float:
     return last
 
 
+@dataclass
+class _Host:
+    """The tissue a lesion grows in: its mask, HU and depth (mm inside its boundary)."""
+    organ: str
+    entry: dict          # the organ's entry of the rendered anatomy
+    mask: np.ndarray
+    hu: float
+    hollow: bool         # the wall of a hollow organ (lumen beside it)
+    edt: np.ndarray      # depth inside the host, mm
+    capacity: float      # the host's deepest point, mm
+
+
+@dataclass
+class _Body:
+    """The lesion's voxels on the crop ``bb`` (grid ``sub``) around its centre ``c_mm``."""
+    c_mm: np.ndarray
+    bb: tuple[slice, slice, slice]
+    sub: _Grid
+    mask: np.ndarray
+    r_eff: float
+    vessel_n: np.ndarray | None  # outward normal where a vessel must touch the lesion (close relationship)
+
+
 def generate_case(rng_or_seed, lesion_type: str, size=64, spacing=1.5,
                   attributes: Mapping[str, str] | None = None) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """One phantom case.
@@ -488,131 +511,184 @@ def generate_case(rng_or_seed, lesion_type: str, size=64, spacing=1.5,
     if min(size_xyz) < 16:
         raise ValueError(f"size must be at least 16 voxels per side, got {size_xyz}")
     t = LESION_TYPES[lesion_type]
+    attrs = _case_attributes(rng, lesion_type, attributes)
+
+    grid = _Grid.make(size_xyz, spacing_xyz)
+    sp = grid.spacing_zyx
+    img, organ_map, info = _render_anatomy(grid, rng)
+    host = _choose_host(rng, t, info, lesion_type, size_xyz, sp)
+    close = attrs["invasion"] == INVASION[1]
+    ill = attrs["surface"] == SURFACE[1]
+    r_min = max(1.2 * max(sp[1:]), 0.75 * sp[0])  # smallest lesion radius that spans a few voxels
+
+    # the lesion body (boolean, on a crop around the lesion), placed by the invasion attribute
+    if attrs["shape"] == "Wall thickening":
+        body = _wall_thickening_body(grid, rng, host, organ_map, close, r_min)
+    else:
+        body = _mass_body(grid, rng, host, organ_map, attrs["shape"], close, ill, r_min)
+    if body.mask.sum() < 4:  # tiny field of view: fall back to a small ball at the chosen centre
+        body.mask = (body.sub.dist2(body.c_mm) <= r_min ** 2) & (organ_map[body.bb] != 0)
+        if body.mask.sum() < 4:
+            raise RuntimeError(f"degenerate {lesion_type} lesion ({int(body.mask.sum())} voxels) at size {size_xyz}")
+
+    vessel_contact, vessel_axis = _add_vessel(img, grid, rng, body, organ_map)
+    lesion, target, inside, depth = _lesion_intensity(rng, body.mask, sp, t, attrs, host.hu)
+    w = _blend_lesion(img, rng, body, lesion, inside, depth, ill, organ_map, host.hu)
+    label = np.zeros(grid.shape, bool)
+    label[body.bb] = body.mask
+    img, noise = _acquire(img, rng, grid.shape)
+
+    attrs = dict(attrs, lesion_type=lesion_type)
+    extras = {
+        "organ_map": organ_map, "host_organ": host.organ, "lesion_center_mm": [float(v) for v in body.c_mm],
+        "radius_mm": float(body.r_eff), "host_hu": float(host.hu), "lesion_hu": float(target),
+        "margin_width_mm": float(w), "noise_hu": float(noise), "vessel_contact": vessel_contact, "vessel_axis": vessel_axis,
+    }
+    return img, label.astype(np.uint8), attrs, extras
+
+
+def _case_attributes(rng, lesion_type: str, forced: Mapping[str, str] | None) -> dict[str, str]:
+    """The five attributes drawn from the type's prior, with the ``forced`` ones put in place."""
+    t = LESION_TYPES[lesion_type]
     attrs = sample_attributes(rng, lesion_type)
-    if attributes:
-        for k, v in attributes.items():
+    if forced:
+        for k, v in forced.items():
             if k not in DEFAULT_SCHEMA or v not in DEFAULT_SCHEMA[k]:
                 raise ValueError(f"forced attribute {k}={v!r} is not in the schema {dict(DEFAULT_SCHEMA)}")
             attrs[k] = v
     if attrs["shape"] == "Wall thickening" and not _is_hollow_host(t.host):
         raise ValueError(f"lesion type '{lesion_type}' (host {t.host}) cannot show 'Wall thickening'")
+    return attrs
 
-    grid = _Grid.make(size_xyz, spacing_xyz)
-    sp = grid.spacing_zyx
-    img, organ_map, info = _render_anatomy(grid, rng)
 
-    # --- host region -----------------------------------------------------------------------
+def _choose_host(rng, t: LesionType, info: dict, lesion_type: str, size_xyz, sp) -> _Host:
+    """One of the type's host organs in the rendered anatomy, and the tissue of it the lesion grows in."""
     candidates = [o for o in _HOST_ORGANS[t.host] if o in info]
     if not candidates:
         raise RuntimeError(f"host organ of '{lesion_type}' is outside the field of view {size_xyz}")
     organ = candidates[rng.integers(len(candidates))]
     entry = info[organ]
     if t.host == "gallbladder_lumen":
-        host, host_hu = entry["lumen"], entry["lumen_hu"]
+        mask, hu = entry["lumen"], entry["lumen_hu"]
     elif t.host == "vertebra":
-        host, host_hu = entry["trabecular"], HU["bone_trabecular"]
+        mask, hu = entry["trabecular"], HU["bone_trabecular"]
     else:
-        host, host_hu = entry["solid"], entry["hu"]
+        mask, hu = entry["solid"], entry["hu"]
     hollow = "lumen" in entry and t.host != "gallbladder_lumen"
-    edt_host = _edt_inside(host, sp)
-    capacity = float(edt_host.max())
-    close = attrs["invasion"] == INVASION[1]
-    ill = attrs["surface"] == SURFACE[1]
-    shape = attrs["shape"]
-    scale = grid.s
-    r_min = max(1.2 * max(sp[1:]), 0.75 * sp[0])  # smallest lesion radius that spans a few voxels
+    edt = _edt_inside(mask, sp)
+    return _Host(organ, entry, mask, hu, hollow, edt, float(edt.max()))
 
-    # --- lesion body (boolean, on a crop around the lesion), placed by the invasion attribute --
-    vessel_n = None
-    if shape == "Wall thickening":
-        wall_mm = entry["wall_mm"]
-        depth_ok = (edt_host > 0) & (edt_host <= wall_mm)
-        c_idx = _choose_center(rng, depth_ok & (edt_host >= 0.5 * wall_mm))
-        if c_idx is None:
-            c_idx = _choose_center(rng, depth_ok)
-        c_mm = grid.index_to_mm(c_idx)
-        thick = max(min(rng.uniform(0.1, 0.16) * scale, 0.7 * capacity), min(r_min, 0.9 * capacity))
-        patch_r = rng.uniform(0.22, 0.35) * scale
-        bb = grid.box(c_mm, patch_r + 14.0)
-        sub = grid.sub(bb)
-        patch = sub.dist2(c_mm) <= patch_r ** 2
-        body = patch & host[bb] & (edt_host[bb] <= thick)
-        if close:  # grows through the wall into the surrounding fat
-            out = _edt_inside(~host[bb], sp)
-            body |= patch & ~host[bb] & (out <= rng.uniform(2.5, 5.0)) & (organ_map[bb] != 0)
-        r_eff = thick
-        vessel_n = _outward_normal(edt_host, c_idx, sp)
+
+def _wall_thickening_body(grid: _Grid, rng, host: _Host, organ_map: np.ndarray, close: bool,
+                          r_min: float) -> _Body:
+    """A thickened patch of a hollow organ's wall; when close, it grows through the wall into the fat."""
+    sp = grid.spacing_zyx
+    edt_host, capacity = host.edt, host.capacity
+    wall_mm = host.entry["wall_mm"]
+    depth_ok = (edt_host > 0) & (edt_host <= wall_mm)
+    c_idx = _choose_center(rng, depth_ok & (edt_host >= 0.5 * wall_mm))
+    if c_idx is None:
+        c_idx = _choose_center(rng, depth_ok)
+    c_mm = grid.index_to_mm(c_idx)
+    thick = max(min(rng.uniform(0.1, 0.16) * grid.s, 0.7 * capacity), min(r_min, 0.9 * capacity))
+    patch_r = rng.uniform(0.22, 0.35) * grid.s
+    bb = grid.box(c_mm, patch_r + 14.0)
+    sub = grid.sub(bb)
+    patch = sub.dist2(c_mm) <= patch_r ** 2
+    body = patch & host.mask[bb] & (edt_host[bb] <= thick)
+    if close:  # grows through the wall into the surrounding fat
+        out = _edt_inside(~host.mask[bb], sp)
+        body |= patch & ~host.mask[bb] & (out <= rng.uniform(2.5, 5.0)) & (organ_map[bb] != 0)
+    return _Body(c_mm, bb, sub, body, thick, _outward_normal(edt_host, c_idx, sp))
+
+
+def _mass_body(grid: _Grid, rng, host: _Host, organ_map: np.ndarray, shape: str, close: bool, ill: bool,
+               r_min: float) -> _Body:
+    """A round-like, irregular or punctate mass: inside its host with a margin of host tissue all
+    round, or, when close, across the host boundary (a vessel will abut it along ``vessel_n``)."""
+    sp = grid.spacing_zyx
+    capacity = host.capacity
+    if shape == "Punctate, nodular":
+        r0 = max(rng.uniform(0.045, 0.075) * grid.s, r_min)
     else:
-        if shape == "Punctate, nodular":
-            r0 = max(rng.uniform(0.045, 0.075) * scale, r_min)
-        else:
-            r0 = max(rng.uniform(0.12, 0.28) * scale, 2 * r_min)
-        # margins scale with the field of view (3.5 mm at 64 x 1.5 mm) so small FOVs still fit
-        margin = min(_NO_CLOSE_MARGIN_MM, 0.073 * scale) * (1.4 if ill else 1.0)
-        if hollow:  # polypoid mass: never wider than the organ
-            r0 = max(min(r0, 0.8 * capacity), r_min)
-        elif not close:
-            if capacity - margin < r_min:
-                margin = max(capacity - r_min, 0.0)
-            r0 = max(min(r0, capacity - margin), r_min)
-        c_idx = None
-        # close lesions stay clear of the skin so the vessel they abut fits inside the body
-        deep = _edt_inside(organ_map >= ORGAN_LABELS["visceral_fat"], sp) if close else None
-        for _ in range(12):
-            if close:
-                lo, hi = (0.1 * r0, 0.4 * r0) if hollow else (0.15 * r0, 0.55 * r0)
-                cand = host & (edt_host >= lo) & (edt_host <= max(hi, lo + max(sp)))
-                if (cand & (deep >= r0 + 6.0)).any():
-                    cand &= deep >= r0 + 6.0
-            elif hollow:  # sessile mass on the wall, inside the organ outline
-                cand = host & (edt_host >= min(0.6 * r0 + entry["wall_mm"], 0.8 * capacity))
-            else:
-                cand = host & (edt_host >= min(r0 + margin, capacity) - 1e-3)
-            c_idx = _choose_center(rng, cand)
-            if c_idx is not None:
-                break
-            r0 = max(0.85 * r0, r_min)
-        if c_idx is None:  # tiny field of view: the deepest host voxel
-            c_idx = np.array(np.unravel_index(int(np.argmax(edt_host)), edt_host.shape))
-        c_mm = grid.index_to_mm(c_idx)
-        bb = grid.box(c_mm, 1.5 * r0 + 14.0)
-        sub = grid.sub(bb)
-        body = _blob(sub, rng, c_mm, r0, shape)
-        body &= organ_map[bb] != 0  # never into the air outside the body
-        if not close:
-            body &= edt_host[bb] >= (entry["wall_mm"] + 0.5 if hollow else min(margin, capacity - 1e-3))
-        else:
-            vessel_n = _outward_normal(edt_host, c_idx, sp)
-        r_eff = r0
-    if body.sum() < 4:  # tiny field of view: fall back to a small ball at the chosen centre
-        body = (sub.dist2(c_mm) <= r_min ** 2) & (organ_map[bb] != 0)
-        if body.sum() < 4:
-            raise RuntimeError(f"degenerate {lesion_type} lesion ({int(body.sum())} voxels) at size {size_xyz}")
+        r0 = max(rng.uniform(0.12, 0.28) * grid.s, 2 * r_min)
+    # margins scale with the field of view (3.5 mm at 64 x 1.5 mm) so small FOVs still fit
+    margin = min(_NO_CLOSE_MARGIN_MM, 0.073 * grid.s) * (1.4 if ill else 1.0)
+    if host.hollow:  # polypoid mass: never wider than the organ
+        r0 = max(min(r0, 0.8 * capacity), r_min)
+    elif not close:
+        if capacity - margin < r_min:
+            margin = max(capacity - r_min, 0.0)
+        r0 = max(min(r0, capacity - margin), r_min)
+    c_idx, r0 = _mass_centre(rng, host, organ_map, sp, r0, margin, close, r_min)
+    c_mm = grid.index_to_mm(c_idx)
+    bb = grid.box(c_mm, 1.5 * r0 + 14.0)
+    sub = grid.sub(bb)
+    body = _blob(sub, rng, c_mm, r0, shape)
+    body &= organ_map[bb] != 0  # never into the air outside the body
+    vessel_n = None
+    if not close:
+        body &= host.edt[bb] >= (host.entry["wall_mm"] + 0.5 if host.hollow else min(margin, capacity - 1e-3))
+    else:
+        vessel_n = _outward_normal(host.edt, c_idx, sp)
+    return _Body(c_mm, bb, sub, body, r0, vessel_n)
 
-    # --- adjacent vessel: touching when close, clearly apart otherwise -----------------------
-    rv = max(2.2, 1.2 * max(sp[1:]))
-    vessel_axis = None  # >= 3 voxels across, so it stays bright after partial volume
-    vessel_contact = False
-    if vessel_n is not None:
-        reach_n = _exit_distance(body, sub, c_mm, vessel_n)
-        q = c_mm + vessel_n * (reach_n + 0.2 * rv)  # slightly indents the lesion: a long contact
-        t_dir = _perpendicular(rng, vessel_n)
+
+def _mass_centre(rng, host: _Host, organ_map: np.ndarray, sp, r0: float, margin: float, close: bool,
+                 r_min: float) -> tuple[np.ndarray, float]:
+    """A centre voxel for a mass of radius ``r0`` (shrunk until one fits) and the radius used."""
+    edt_host = host.edt
+    c_idx = None
+    # close lesions stay clear of the skin so the vessel they abut fits inside the body
+    deep = _edt_inside(organ_map >= ORGAN_LABELS["visceral_fat"], sp) if close else None
+    for _ in range(12):
+        if close:
+            lo, hi = (0.1 * r0, 0.4 * r0) if host.hollow else (0.15 * r0, 0.55 * r0)
+            cand = host.mask & (edt_host >= lo) & (edt_host <= max(hi, lo + max(sp)))
+            if (cand & (deep >= r0 + 6.0)).any():
+                cand &= deep >= r0 + 6.0
+        elif host.hollow:  # sessile mass on the wall, inside the organ outline
+            cand = host.mask & (edt_host >= min(0.6 * r0 + host.entry["wall_mm"], 0.8 * host.capacity))
+        else:
+            cand = host.mask & (edt_host >= min(r0 + margin, host.capacity) - 1e-3)
+        c_idx = _choose_center(rng, cand)
+        if c_idx is not None:
+            break
+        r0 = max(0.85 * r0, r_min)
+    if c_idx is None:  # tiny field of view: the deepest host voxel
+        c_idx = np.array(np.unravel_index(int(np.argmax(edt_host)), edt_host.shape))
+    return c_idx, r0
+
+
+def _add_vessel(img: np.ndarray, grid: _Grid, rng, body: _Body, organ_map: np.ndarray) -> tuple[bool, tuple | None]:
+    """Draws an enhanced vessel into ``img``: touching the lesion when it has a close relationship,
+    else (half the time) one clearly apart. Returns (vessel_contact, vessel_axis)."""
+    sp = grid.spacing_zyx
+    rv = max(2.2, 1.2 * max(sp[1:]))  # >= 3 voxels across, so it stays bright after partial volume
+    c_mm = body.c_mm
+    if body.vessel_n is not None:
+        reach_n = _exit_distance(body.mask, body.sub, c_mm, body.vessel_n)
+        q = c_mm + body.vessel_n * (reach_n + 0.2 * rv)  # slightly indents the lesion: a long contact
+        t_dir = _perpendicular(rng, body.vessel_n)
         vessel = grid.line_dist(q, t_dir) <= rv
         vessel &= organ_map != 0
-        vessel_axis = (q, t_dir, reach_n)
-        vessel[bb] &= ~body
+        vessel[body.bb] &= ~body.mask
         img[vessel] = HU["vessel"]
-        vessel_contact = True
-    elif rng.random() < 0.5:
+        return True, (q, t_dir, reach_n)
+    if rng.random() < 0.5:
         nrand = _unit(rng.standard_normal(3))
-        extent = float(np.sqrt(sub.dist2(c_mm)[body].max()))
+        extent = float(np.sqrt(body.sub.dist2(c_mm)[body.mask].max()))
         q = c_mm + nrand * (extent + rv + rng.uniform(6.0, 10.0))
         vessel = (grid.line_dist(q, _perpendicular(rng, nrand)) <= rv) & (organ_map != 0)
         img[vessel] = HU["vessel"]
+    return False, None
 
-    # --- lesion intensity (on the crop) -------------------------------------------------------
+
+def _lesion_intensity(rng, body: np.ndarray, sp, t: LesionType, attrs: Mapping[str, str],
+                      host_hu: float) -> tuple[np.ndarray, float, np.ndarray, float]:
+    """The lesion's HU on the crop by density and heterogeneity (texture, necrotic core, an isodense
+    lesion's rim). Returns (HU map, target HU, depth inside the body in mm, the body's deepest point)."""
     inside = _edt_inside(body, sp)
-    outside = ndi.distance_transform_edt(~body, sampling=sp).astype(np.float32)
     depth = float(inside.max())
     target = _lesion_hu(rng, t, attrs["density"], host_hu)
     L = np.full(body.shape, target, np.float32)
@@ -629,37 +705,39 @@ def generate_case(rng_or_seed, lesion_type: str, size=64, spacing=1.5,
         L[rim] += rim_hu
         # split the rim's effect between core and mask mean: both stay within a few HU of the host
         L[body] -= 0.5 * rim_hu * float(rim[body].mean())
+    return L, target, inside, depth
 
-    # alpha: lesion fraction, 0.5 on the labelled boundary. Well-defined: a sharp step (then only
-    # the partial-volume blur). Ill-defined: a wide logistic ramp (10-90 % over ~4.4 w) with a
-    # patchy infiltrative tail outside. Inside the label the lesion mixes with host tissue (it
-    # infiltrates the host), so gas or fat next to a thin lesion does not leak into it.
+
+def _blend_lesion(img: np.ndarray, rng, body: _Body, lesion: np.ndarray, inside: np.ndarray, depth: float,
+                  ill: bool, organ_map: np.ndarray, host_hu: float) -> float:
+    """Mixes the lesion's HU into ``img`` on its crop by the surface attribute; returns the edge width w (mm).
+
+    alpha: lesion fraction, 0.5 on the labelled boundary. Well-defined: a sharp step (then only
+    the partial-volume blur). Ill-defined: a wide logistic ramp (10-90 % over ~4.4 w) with a
+    patchy infiltrative tail outside. Inside the label the lesion mixes with host tissue (it
+    infiltrates the host), so gas or fat next to a thin lesion does not leak into it.
+    """
+    sp = body.sub.spacing_zyx
+    outside = ndi.distance_transform_edt(~body.mask, sampling=sp).astype(np.float32)
     w = 0.15
     if ill:
         w = float(np.clip(rng.uniform(0.35, 0.5) * max(depth, 3.0), 1.5, 2.5))
-    alpha = 1.0 / (1.0 + np.exp(np.clip(np.where(body, -inside, outside) / w, -40, 40)))
+    alpha = 1.0 / (1.0 + np.exp(np.clip(np.where(body.mask, -inside, outside) / w, -40, 40)))
     if ill:
-        fringe = np.clip(1.0 + 0.6 * _smooth_noise(rng, body.shape, max(1.0 / min(sp), 0.7)), 0.2, 1.5)
-        alpha = np.where(body, alpha, np.minimum(alpha * fringe, 0.49))
-    alpha[organ_map[bb] == 0] = 0.0
-    background = np.where(body, np.float32(host_hu), img[bb])
-    img[bb] = background * (1 - alpha) + L * alpha
-    label = np.zeros(grid.shape, bool)
-    label[bb] = body
+        fringe = np.clip(1.0 + 0.6 * _smooth_noise(rng, body.mask.shape, max(1.0 / min(sp), 0.7)), 0.2, 1.5)
+        alpha = np.where(body.mask, alpha, np.minimum(alpha * fringe, 0.49))
+    alpha[organ_map[body.bb] == 0] = 0.0
+    background = np.where(body.mask, np.float32(host_hu), img[body.bb])
+    img[body.bb] = background * (1 - alpha) + lesion * alpha
+    return w
 
-    # --- acquisition: partial volume, noise, integer HU ---------------------------------------
+
+def _acquire(img: np.ndarray, rng, shape) -> tuple[np.ndarray, float]:
+    """Acquisition: partial-volume blur, white noise, integer HU. Returns (image, noise sigma in HU)."""
     img = ndi.gaussian_filter(img, _PV_SIGMA_VOX)
     noise = rng.uniform(10.0, 18.0)
-    img += noise * rng.standard_normal(grid.shape).astype(np.float32)
-    img = np.clip(np.round(img), -1024, 3071).astype(np.float32)
-
-    attrs = dict(attrs, lesion_type=lesion_type)
-    extras = {
-        "organ_map": organ_map, "host_organ": organ, "lesion_center_mm": [float(v) for v in c_mm],
-        "radius_mm": float(r_eff), "host_hu": float(host_hu), "lesion_hu": float(target),
-        "margin_width_mm": float(w), "noise_hu": float(noise), "vessel_contact": vessel_contact, "vessel_axis": vessel_axis,
-    }
-    return img, label.astype(np.uint8), attrs, extras
+    img += noise * rng.standard_normal(shape).astype(np.float32)
+    return np.clip(np.round(img), -1024, 3071).astype(np.float32), noise
 
 
 def _is_hollow_host(host: str) -> bool:

@@ -52,6 +52,7 @@ invasion                       ``shell_fraction_<class>`` for each tissue class,
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -193,6 +194,18 @@ def fit_edge(d_mm: np.ndarray, profile: np.ndarray,
     return best[1], best[2], float(np.sqrt(best[0] / d.size))
 
 
+@dataclass
+class _Regions:
+    """The regions of one lesion on its crop (see the module docstring)."""
+    sd: np.ndarray               # signed distance to the boundary, mm (negative inside)
+    depth: float                 # the deepest mask voxel, mm (max inscribed radius)
+    interior: np.ndarray
+    shell: np.ndarray
+    host: np.ndarray
+    fractions: dict[str, float]  # tissue classes of the shell
+    host_class: str
+
+
 def lesion_evidence(image_hu: np.ndarray, mask: np.ndarray, spacing_zyx: Sequence[float],
                     organ_labels: np.ndarray | None = None,
                     shell_mm: tuple[float, float] = DEFAULT_SHELL_MM) -> dict[str, float]:
@@ -211,29 +224,25 @@ def lesion_evidence(image_hu: np.ndarray, mask: np.ndarray, spacing_zyx: Sequenc
     bb = crop_to_lesion(m, sp, pad)
     image, m = image[bb], m[bb]
     organs = None if organ_labels is None else np.asarray(organ_labels)[bb]
-    voxel_mm3 = float(np.prod(sp))
+    den = _gaussian_mm(image, 1.0, sp)  # denoised
+    regions = _lesion_regions(m, sp, den, shell_mm)
+    out = _size_evidence(m, sp, regions.depth)
+    out.update(_density_evidence(image, den, m, sp, regions))
+    out.update(_margin_evidence(image, den, m, sp, regions, out["median_hu_inside"], out["median_hu_shell"]))
+    out.update(_shape_evidence(m, sp))
+    out.update(_invasion_evidence(m, organs, regions))
+    return out
 
+
+def _gaussian_mm(image: np.ndarray, sigma_mm: float, sp) -> np.ndarray:
+    return ndi.gaussian_filter(image, tuple(sigma_mm / d for d in sp))
+
+
+def _lesion_regions(m: np.ndarray, sp, den: np.ndarray, shell_mm: tuple[float, float]) -> _Regions:
+    """Interior, shell and host of the lesion ``m``, from the denoised image ``den``."""
     sd = signed_distance_mm(m, sp)
     inside_depth = -sd
     depth = float(inside_depth[m].max())
-    n_vox = int(m.sum())
-    volume = n_vox * voxel_mm3
-    eq_radius = (3 * volume / (4 * np.pi)) ** (1 / 3)
-    out: dict[str, float] = {
-        "volume_mm3": volume,
-        "equivalent_diameter_mm": 2 * eq_radius,
-        "max_inscribed_radius_mm": depth,
-        "thickness_ratio": depth / eq_radius,
-        "n_components": float(ndi.label(m)[1]),
-    }
-    idx = np.argwhere(m)
-    ext = (idx.max(0) - idx.min(0) + 1) * np.asarray(sp)
-    out.update(extent_z_mm=float(ext[0]), extent_y_mm=float(ext[1]), extent_x_mm=float(ext[2]))
-
-    # --- density / heterogeneity ------------------------------------------------------------
-    sig = lambda mm: tuple(mm / d for d in sp)  # noqa: E731  (mm -> voxels per axis)
-    den = ndi.gaussian_filter(image, sig(1.0))
-    coarse = ndi.gaussian_filter(image, sig(3.0))
     interior = m & (inside_depth > min(1.5, 0.5 * depth))
     if interior.sum() < 5:
         interior = m
@@ -247,47 +256,76 @@ def lesion_evidence(image_hu: np.ndarray, mask: np.ndarray, spacing_zyx: Sequenc
     host = shell & (den >= lo) & (den < hi)
     if not host.any():
         host = shell
-    inside_vals = den[interior]
-    host_vals = den[host]
+    return _Regions(sd, depth, interior, shell, host, fractions, host_class)
+
+
+def _size_evidence(m: np.ndarray, sp, depth: float) -> dict[str, float]:
+    volume = int(m.sum()) * float(np.prod(sp))
+    eq_radius = (3 * volume / (4 * np.pi)) ** (1 / 3)
+    out: dict[str, float] = {
+        "volume_mm3": volume,
+        "equivalent_diameter_mm": 2 * eq_radius,
+        "max_inscribed_radius_mm": depth,
+        "thickness_ratio": depth / eq_radius,
+        "n_components": float(ndi.label(m)[1]),
+    }
+    idx = np.argwhere(m)
+    ext = (idx.max(0) - idx.min(0) + 1) * np.asarray(sp)
+    out.update(extent_z_mm=float(ext[0]), extent_y_mm=float(ext[1]), extent_x_mm=float(ext[2]))
+    return out
+
+
+def _density_evidence(image: np.ndarray, den: np.ndarray, m: np.ndarray, sp, r: _Regions) -> dict[str, float]:
+    """Density and heterogeneity keys: HU inside against the host, spread, texture, noise."""
+    inside_vals = den[r.interior]
+    host_vals = den[r.host]
+    out: dict[str, float] = {}
     out["mean_hu_inside"] = float(image[m].mean())
     out["median_hu_inside"] = float(np.median(inside_vals))
     out["mean_hu_shell"] = float(host_vals.mean()) if host_vals.size else float("nan")
     out["median_hu_shell"] = float(np.median(host_vals)) if host_vals.size else float("nan")
     out["contrast_hu"] = out["median_hu_inside"] - out["median_hu_shell"]
-    out["contrast_hu_mean"] = float(image[interior].mean()) - float(image[host].mean()) if host.any() else float("nan")
+    out["contrast_hu_mean"] = (float(image[r.interior].mean()) - float(image[r.host].mean())
+                               if r.host.any() else float("nan"))
     out["std_hu_inside"] = float(inside_vals.std())
     # texture: what is left inside once the mean radial profile (edge ramp, partial volume, a
     # centred core) is removed, so small or high-contrast lesions do not read as heterogeneous
-    fine = np.arange(-depth - 1e-3, 1e-3 + 0.5 * min(sp), 0.5 * min(sp))
-    c_in, p_in = radial_profile(den, sd, fine, region=m)
+    fine = np.arange(-r.depth - 1e-3, 1e-3 + 0.5 * min(sp), 0.5 * min(sp))
+    c_in, p_in = radial_profile(den, r.sd, fine, region=m)
     if len(c_in) >= 2:
-        resid_in = den[m] - np.interp(sd[m], c_in, p_in)
+        resid_in = den[m] - np.interp(r.sd[m], c_in, p_in)
         out["texture_std_hu"] = float(resid_in.std())
     else:
         out["texture_std_hu"] = float(den[m].std())
-    out["bandpass_std_hu"] = float((den - coarse)[interior].std())
+    coarse = _gaussian_mm(image, 3.0, sp)
+    out["bandpass_std_hu"] = float((den - coarse)[r.interior].std())
     q75, q25 = np.percentile(inside_vals, [75, 25])
     out["iqr_hu_inside"] = float(q75 - q25)
     out["std_hu_shell"] = float(host_vals.std()) if host_vals.size > 1 else float("nan")
     out["heterogeneity_ratio"] = out["std_hu_inside"] / max(out["std_hu_shell"], 1.0)
     out["contrast_z"] = out["contrast_hu"] / max(out["std_hu_shell"], 1.0)
-    resid = (image - den)[host]
+    resid = (image - den)[r.host]
     out["noise_hu"] = float(1.4826 * np.median(np.abs(resid - np.median(resid)))) if resid.size else float("nan")
+    return out
 
-    # --- margin -----------------------------------------------------------------------------
-    grad = np.gradient(ndi.gaussian_filter(image, sig(0.7)), *sp)
+
+def _margin_evidence(image: np.ndarray, den: np.ndarray, m: np.ndarray, sp, r: _Regions,
+                     median_inside: float, median_shell: float) -> dict[str, float]:
+    """Margin keys: boundary gradient, the fitted edge's step and width, spill past the label, rim."""
+    out: dict[str, float] = {}
+    grad = np.gradient(_gaussian_mm(image, 0.7, sp), *sp)
     gmag = np.sqrt(sum(g * g for g in grad))
-    band = np.abs(sd) <= max(sp) + 1e-3
+    band = np.abs(r.sd) <= max(sp) + 1e-3
     out["margin_gradient_hu_per_mm"] = float(gmag[band].mean())
-    reach_in = min(4.0, depth)
+    reach_in = min(4.0, r.depth)
     step = max(0.5, 0.5 * min(sp))
     bins = np.arange(-reach_in - 1e-3, 6.0 + step, step)
     # the edge profile ignores outside voxels of a third tissue (e.g. a vessel or bone in the
     # shell): they are neither lesion nor host and would pass for a step
-    lesion_class = _class_of(float(np.median(inside_vals)))
-    profile_region = m | np.isin(_classes(den), [list(TISSUE_CLASSES).index(host_class),
+    lesion_class = _class_of(median_inside)
+    profile_region = m | np.isin(_classes(den), [list(TISSUE_CLASSES).index(r.host_class),
                                                  list(TISSUE_CLASSES).index(lesion_class)])
-    centre, prof = radial_profile(image, sd, bins, region=profile_region)
+    centre, prof = radial_profile(image, r.sd, bins, region=profile_region)
     sigma, amp, _ = fit_edge(centre, prof)
     out["edge_step_hu"] = abs(amp)
     out["edge_width_mm"] = 2.563 * sigma  # 10-90 % rise distance of a Gaussian-blurred step
@@ -295,33 +333,36 @@ def lesion_evidence(image_hu: np.ndarray, mask: np.ndarray, spacing_zyx: Sequenc
     # how far lesion-like HU spills outside the label (an infiltrative margin), as a fraction of
     # the contrast: near ring (first voxel layer outside) and inner shell layer, host-class voxels
     # excluded only by the denominator's sign, not by selection
-    ring = ~m & (sd <= max(sp) + 1e-3)
-    denom = out["median_hu_inside"] - out["median_hu_shell"]
+    ring = ~m & (r.sd <= max(sp) + 1e-3)
+    denom = median_inside - median_shell
     if abs(denom) >= 15 and ring.any():
-        out["outer_spill_fraction"] = float(np.clip((np.median(den[ring]) - out["median_hu_shell"]) / denom, -1, 2))
+        out["outer_spill_fraction"] = float(np.clip((np.median(den[ring]) - median_shell) / denom, -1, 2))
     else:
         out["outer_spill_fraction"] = float("nan")
     # a capsule-like rim (how an isodense lesion shows itself): outermost mask layer vs interior
-    layer = m & (inside_depth <= max(sp) + 1e-3)
-    out["rim_contrast_hu"] = float(image[layer].mean()) - out["median_hu_inside"] if layer.any() else 0.0
+    layer = m & (-r.sd <= max(sp) + 1e-3)
+    out["rim_contrast_hu"] = float(image[layer].mean()) - median_inside if layer.any() else 0.0
     out["margin_gradient_normalised_per_mm"] = out["margin_gradient_hu_per_mm"] / max(out["edge_step_hu"], 10.0)
+    return out
 
-    # --- shape ------------------------------------------------------------------------------
+
+def _shape_evidence(m: np.ndarray, sp) -> dict[str, float]:
     sph, area, mesh_vol, verts = mesh_sphericity(m, sp)
-    out["sphericity"] = sph
-    out["surface_area_mm2"] = area
-    out["solidity"] = _solidity(verts, mesh_vol) if len(verts) >= 4 else float("nan")
+    out = {"sphericity": sph, "surface_area_mm2": area,
+           "solidity": _solidity(verts, mesh_vol) if len(verts) >= 4 else float("nan")}
     out["elongation"], out["flatness"] = _pca_shape(m, sp)
+    return out
 
-    # --- invasion ---------------------------------------------------------------------------
-    for name, frac in fractions.items():
-        out[f"shell_fraction_{name}"] = frac
-    out["contact_fraction"] = 1.0 - fractions[host_class]
-    p = np.array([f for f in fractions.values() if f > 0])
+
+def _invasion_evidence(m: np.ndarray, organs: np.ndarray | None, r: _Regions) -> dict[str, float]:
+    """Invasion keys: the shell's tissue classes and, with an organ map, contact with other structures."""
+    out = {f"shell_fraction_{name}": frac for name, frac in r.fractions.items()}
+    out["contact_fraction"] = 1.0 - r.fractions[r.host_class]
+    p = np.array([f for f in r.fractions.values() if f > 0])
     out["shell_class_entropy"] = float(-(p * np.log2(p)).sum()) if p.size else 0.0
     if organs is not None:
         own = int(np.bincount(organs[m].astype(np.int64).ravel()).argmax())
-        shell_org = organs[shell].astype(np.int64)
+        shell_org = organs[r.shell].astype(np.int64)
         other = shell_org[shell_org != own]
         out["organ_contact_fraction"] = float(other.size / max(shell_org.size, 1))
         counts = np.bincount(other) if other.size else np.zeros(1, int)

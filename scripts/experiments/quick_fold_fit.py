@@ -7,17 +7,16 @@ boundary) every ``--every`` iterations. No nnU-Net augmentation, no correction r
 attributes: about 0.37 s per iteration on two cores, so 400 iterations take under 3 minutes,
 against 16 for the demo's training. It ranks changes early in training; the demo measures them.
 
-    python scripts/quick_fold_fit.py                     # 400 iterations, scores every 100
-    python scripts/quick_fold_fit.py --iterations 1800 --every 200
-    python scripts/quick_fold_fit.py --ema 0.99          # score a moving average of the weights
-    python scripts/quick_fold_fit.py --crop 32 --patch 4 # 32^3 crops at the click, 4-voxel patches
-    python scripts/quick_fold_fit.py --train-score       # also the fitted (training) cases
-    python scripts/quick_fold_fit.py --architecture click-unet --crop 48   # a conv reference
-    python scripts/quick_fold_fit.py --extra-raw $nnUNet_raw/Dataset502_ISRGPhantomExtra  # more data
-    python scripts/quick_fold_fit.py --windows 8         # the crop read through 8 intensity windows
+    python scripts/experiments/quick_fold_fit.py                     # 400 iterations, scores every 100
+    python scripts/experiments/quick_fold_fit.py --iterations 1800 --every 200
+    python scripts/experiments/quick_fold_fit.py --ema 0.99          # score a moving average of the weights
+    python scripts/experiments/quick_fold_fit.py --crop 32 --patch 4 # 32^3 crops at the click, 4-voxel patches
+    python scripts/experiments/quick_fold_fit.py --train-score       # also the fitted (training) cases
+    python scripts/experiments/quick_fold_fit.py --architecture click-unet --crop 48   # a conv reference
+    python scripts/experiments/quick_fold_fit.py --extra-raw $nnUNet_raw/Dataset502_ISRGPhantomExtra  # more data
 
-It ends with the learning curve as the README's markdown table; ``--out results/quick_fit/NAME``
-also writes it to NAME.md and the per-case figures to NAME.json.
+It ends with the learning curve as a markdown table (the form of docs/demo_quality.md's tables);
+``--out results/quick_fit/NAME`` also writes it to NAME.md and the per-case figures to NAME.json.
 """
 from __future__ import annotations
 
@@ -32,16 +31,14 @@ import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]  # the package, and fit_few_cases beside this file
 
 from fit_few_cases import first_click_predictions, load_cases, load_fold  # noqa: E402
 from nnunet_isrg.files import write_json_atomic  # noqa: E402
 from nnunet_isrg.clicks import sample_target_and_first_click  # noqa: E402
 from nnunet_isrg.evaluation.metrics import dice  # noqa: E402
 from nnunet_isrg.modeling.build import build_isrg_model  # noqa: E402
-from nnunet_isrg.modeling.intensity_windows import IntensityWindows  # noqa: E402
 from nnunet_isrg.modeling.prompt_encoder import gaussian_click_maps  # noqa: E402
 from nnunet_isrg.training.losses import soft_dice_loss  # noqa: E402
 from nnunet_isrg.training.weight_average import WeightAverage  # noqa: E402
@@ -49,19 +46,15 @@ from nnunet_isrg.training.weight_average import WeightAverage  # noqa: E402
 
 class ClickUNet(torch.nn.Module):
     """Reference model, not ISRG: nnU-Net's PlainConvUNet (instance norm, leaky ReLU, two convs per
-    stage) reading the image (through ISRG's intensity windows if ``windows``) and Gaussian maps of
-    the positive and negative clicks at full resolution as input channels, as nnInteractive feeds
-    its prompts. Same call as the ISRG model:
+    stage) reading the image and Gaussian maps of the positive and negative clicks at full
+    resolution as input channels, as nnInteractive feeds its prompts. Same call as the ISRG model:
     (image (B, 1, D, H, W), points (B, N, 3) voxel zyx, labels (B, N)) -> {"mask_logits", "iou_pred"}.
     """
 
-    def __init__(self, crop_size: int, base_features: int = 8, stages: int = 4, click_sigma: float = 2.0,
-                 windows: int = 0) -> None:
+    def __init__(self, crop_size: int, base_features: int = 8, stages: int = 4, click_sigma: float = 2.0) -> None:
         super().__init__()
         features = [base_features * 2 ** i for i in range(stages)]
-        self.windows = IntensityWindows(windows) if windows else None
-        image_chans = self.windows.out_chans if self.windows is not None else 1
-        self.unet = PlainConvUNet(image_chans + 2, stages, features, torch.nn.Conv3d, 3, [1] + [2] * (stages - 1),
+        self.unet = PlainConvUNet(1 + 2, stages, features, torch.nn.Conv3d, 3, [1] + [2] * (stages - 1),
                                   2, 1, 2, conv_bias=True, norm_op=torch.nn.InstanceNorm3d,
                                   norm_op_kwargs={"eps": 1e-5, "affine": True},
                                   nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True})
@@ -70,7 +63,6 @@ class ClickUNet(torch.nn.Module):
 
     def forward(self, image: torch.Tensor, points: torch.Tensor, labels: torch.Tensor) -> dict:
         maps = gaussian_click_maps(points, labels, self.crop_size, self.crop_size, self.click_sigma, image.dtype)
-        image = self.windows(image) if self.windows is not None else image
         logits = self.unet(torch.cat([image, maps], dim=1))
         return {"mask_logits": logits, "iou_pred": logits.new_zeros(len(image), 1)}
 
@@ -124,9 +116,6 @@ def main() -> int:
     p.add_argument("--architecture", choices=("isrg", "click-unet"), default="isrg",
                    help="click-unet: a reference that is not ISRG, nnU-Net's PlainConvUNet with the clicks as "
                         "input channels (nnInteractive's way): is the ISRG network the limit, or the data?")
-    p.add_argument("--windows", type=int, default=None,
-                   help="intensity windows the crop is read through (ISRG: default the preset's; click-unet: "
-                        "default 0)")
     p.add_argument("--unet-features", type=int, default=8, help="click-unet: features of its first stage")
     p.add_argument("--ema", type=float, default=None,
                    help="score an exponential moving average of the weights with this decay (e.g. 0.99)")
@@ -159,11 +148,9 @@ def main() -> int:
     print(f"fold 0: {len(train)} training, {len(val)} validation cases")
 
     if args.architecture == "click-unet":
-        model = ClickUNet(args.crop or images.shape[-1], args.unet_features, windows=args.windows or 0)
+        model = ClickUNet(args.crop or images.shape[-1], args.unet_features)
     else:
         overrides = {} if args.patch is None else {"patch_size": args.patch}
-        if args.windows is not None:
-            overrides["intensity_windows"] = args.windows
         model = build_isrg_model("tiny", crop_size=args.crop, **overrides)
     print(f"{args.architecture}: {sum(t.numel() for t in model.parameters()) / 1e6:.2f} M parameters")
     opt = torch.optim.AdamW(model.parameters(), args.lr, weight_decay=0.05, betas=(0.9, 0.98))
@@ -215,7 +202,7 @@ def main() -> int:
 
 
 def learning_curve_table(series: list[dict]) -> str:
-    """Markdown table of the mean first-click Dice per scored iteration count (the README's form)."""
+    """Markdown table of the mean first-click Dice per scored iteration count (docs/demo_quality.md's form)."""
     lines = ["| iterations | " + " | ".join(f"{r['iterations']:,}" for r in series) + " |",
              "|---|" + "---|" * len(series)]
     if series and "training" in series[0]:

@@ -1,11 +1,11 @@
 """Fits the tiny ISRG model to a few phantom cases, one click at each lesion's centre, no augmentation.
 
-A capacity and optimisation check behind the README's "what limits the tiny model": if the network
-cannot fit four cases, the trainer's budget is not the problem. Prints the Dice on the fitted cases
-every 25 iterations (about 100 s for 150 iterations on one CPU thread).
+A capacity and optimisation check behind "what limits the tiny model" (docs/demo_quality.md): if
+the network cannot fit four cases, the trainer's budget is not the problem. Prints the Dice on the
+fitted cases every 25 iterations (about 100 s for 150 iterations on one CPU thread).
 
-    python scripts/fit_few_cases.py                       # the demo's phantom, first 4 training cases
-    python scripts/fit_few_cases.py --no-click-prior      # the same without the mask head's click prior
+    python scripts/experiments/fit_few_cases.py                       # the demo's phantom, first 4 training cases
+    python scripts/experiments/fit_few_cases.py --no-click-prior      # the same without the mask head's click prior
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from nnunet_isrg.clicks import first_click_deterministic  # noqa: E402

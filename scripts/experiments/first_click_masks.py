@@ -7,10 +7,10 @@ with the lesion type and the number of training lesions of that type in the fold
 whether the model follows the lesion or draws a blob of typical size at the click, and whether
 the kinds of lesion it has seen least are the ones it misses.
 
-    python scripts/first_click_masks.py                      # the demo's ISRGTrainer_Tiny, fold 0
-    python scripts/first_click_masks.py --training-weights   # its raw weights, not their average
-    python scripts/first_click_masks.py --cases training     # the fold's training cases instead
-    python scripts/first_click_masks.py --checkpoint checkpoint_latest.pth   # another checkpoint of the fold
+    python scripts/experiments/first_click_masks.py                      # the demo's ISRGTrainer_Tiny, fold 0
+    python scripts/experiments/first_click_masks.py --training-weights   # its raw weights, not their average
+    python scripts/experiments/first_click_masks.py --cases training     # the fold's training cases instead
+    python scripts/experiments/first_click_masks.py --checkpoint checkpoint_latest.pth   # another checkpoint of the fold
 """
 from __future__ import annotations
 
@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]  # the package, and fit_few_cases beside this file
 
 from fit_few_cases import add_demo_fold_arguments, first_click_predictions, load_fold  # noqa: E402
 from nnunet_isrg.attributes import ATTRIBUTES_FILENAME  # noqa: E402

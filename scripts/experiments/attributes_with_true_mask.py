@@ -7,7 +7,7 @@ first click (whole 64^3 volume as the crop), this scores the attributes twice: a
 with the pooling handed the ground-truth lesion at the low-res logits' resolution (+-8 logits)
 instead of the model's own mask. Everything else (tokens, click, weights) is the same.
 
-    python scripts/attributes_with_true_mask.py            # the demo's ISRGTrainer_Tiny, fold 0
+    python scripts/experiments/attributes_with_true_mask.py            # the demo's ISRGTrainer_Tiny, fold 0
 """
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]  # the package, and fit_few_cases beside this file
 
 from fit_few_cases import add_demo_fold_arguments, load_fold  # noqa: E402
 from nnunet_isrg.attributes import ATTRIBUTES_FILENAME, encode_case  # noqa: E402

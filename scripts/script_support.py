@@ -1,0 +1,71 @@
+"""What the scripts share and the installed package does not need: the repository's folders, the
+nnU-Net environment a script runs its commands in, and the README sections that benchmark scripts
+write (generated tables live between two markers and are never edited by hand).
+
+The scripts are not a package: they import this module as ``script_support``, from their own
+folder (on ``sys.path`` when run as ``python scripts/NAME.py``; scripts that the tests load put it
+there themselves).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+FOLDER_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+def replace_readme_section(name: str, markdown: str, readme: str | os.PathLike | None = None) -> bool:
+    """Replaces the block between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` in the README.
+
+    Returns False (and changes nothing, saying why on stderr) when the README or the markers are
+    missing.
+    """
+    path = Path(readme) if readme else REPO_ROOT / "README.md"
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    text = path.read_text() if path.exists() else ""
+    if begin not in text or end not in text:
+        print(f"{path}: no section '{name}' ({begin} ... {end}); nothing replaced", file=sys.stderr)
+        return False
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{begin}\n{markdown.strip()}\n{end}{tail}"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
+    print(f"updated README section '{name}'")
+    return True
+
+
+def nnunet_env(work: str | os.PathLike | None = None) -> dict:
+    """Sets (and returns) nnU-Net's variables for scripts: folders under ``work`` (default the repo's
+    ``work/``) unless the user set them, 2 worker processes (nnU-Net's 8 overload a 2-core machine),
+    no torch.compile, and the ISRG trainers on ``nnUNet_extTrainer``."""
+    from nnunet_isrg.environment import trainers_path
+
+    work = Path(work) if work else REPO_ROOT / "work"
+    env = dict(os.environ)
+    for var in FOLDER_VARS:
+        env.setdefault(var, str(work / var))
+        Path(env[var]).mkdir(parents=True, exist_ok=True)
+    env.setdefault("nnUNet_def_n_proc", "2")
+    env.setdefault("nnUNet_n_proc_DA", "2")
+    env.setdefault("nnUNet_compile", "f")
+    paths = [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    if str(trainers_path()) not in paths:
+        paths.append(str(trainers_path()))
+    env["nnUNet_extTrainer"] = os.pathsep.join(paths)
+    os.environ.update(env)
+    return env
+
+
+def run_command(cmd: list[str], env: dict) -> float:
+    """Runs a command as a user would type it (echoed), raising on failure; returns its wall time in s."""
+    print("\n$ " + " ".join(cmd), flush=True)
+    t = time.time()
+    subprocess.run(cmd, env=env, check=True)
+    return time.time() - t
