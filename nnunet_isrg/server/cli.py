@@ -55,6 +55,7 @@ def run_serve_from_args(args: argparse.Namespace) -> int:
         if not os.path.isdir(d):
             print(f"isrg serve: --data {d}: no such folder", file=sys.stderr)
             return 2
+    # imported here: they load torch and the web stack, which the refusals above answer without
     import uvicorn
 
     from nnunet_isrg.inference.model_loading import ModelFolderError
