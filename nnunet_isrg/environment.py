@@ -13,6 +13,8 @@ import os
 import sysconfig
 from pathlib import Path
 
+from nnunet_isrg.files import atomic_path
+
 PTH_NAME = "nnunet_isrg_trainers.pth"
 EXT_TRAINER_VAR = "nnUNet_extTrainer"
 
@@ -34,9 +36,9 @@ def pth_line() -> str:
 
 def write_pth(site_packages: str | os.PathLike | None = None) -> Path:
     target = Path(site_packages or sysconfig.get_paths()["purelib"]) / PTH_NAME
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(pth_line())
-    os.replace(tmp, target)
+    # the temporary name must not end in .pth: site.py would run a half-written one at start-up
+    with atomic_path(target, suffix=".tmp") as tmp:
+        tmp.write_text(pth_line())
     return target
 
 

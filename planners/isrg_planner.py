@@ -23,14 +23,20 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset, preprocess_dataset
+from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id, maybe_convert_to_dataset_name
+from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+from nnunet_isrg.attributes import lesion_labels_from_dataset_json
+from nnunet_isrg.data.verify import copy_attributes_to_preprocessed
+from nnunet_isrg.modeling.from_plans import preset_crop_size
 
 ISRG_PLANS_NAME = "nnUNetISRGPlans"
 
 
 def lesion_extents_mm(raw_dataset_folder: str, dataset_json: dict, lesion_labels: Sequence[int]) -> np.ndarray:
     """Largest physical bounding-box extent (mm) of the lesion voxels of each training case."""
-    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
-
     extents = []
     for case in get_filenames_of_train_images_and_targets(raw_dataset_folder, dataset_json).values():
         img = sitk.ReadImage(case["label"])
@@ -60,8 +66,6 @@ class ISRGPlanner(ExperimentPlanner):
     def determine_fullres_target_spacing(self) -> np.ndarray:
         if self.overwrite_target_spacing is not None:
             return np.array(self.overwrite_target_spacing)
-        from nnunet_isrg.attributes import lesion_labels_from_dataset_json
-
         finest = float(np.min(np.median(np.vstack(self.dataset_fingerprint["spacings"]), 0)))
         extents = lesion_extents_mm(self.raw_dataset_folder, self.dataset_json,
                                     lesion_labels_from_dataset_json(self.dataset_json))
@@ -91,13 +95,6 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_plan_from_args(args: argparse.Namespace) -> int:
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset, preprocess_dataset
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id, maybe_convert_to_dataset_name
-
-    from nnunet_isrg.data.verify import copy_attributes_to_preprocessed
-    from nnunet_isrg.modeling.from_plans import preset_crop_size
-
     dataset_id = int(args.dataset) if str(args.dataset).isdigit() else convert_dataset_name_to_id(args.dataset)
     extract_fingerprint_dataset(dataset_id, num_processes=args.npfp, check_dataset_integrity=args.verify)
     name = maybe_convert_to_dataset_name(dataset_id)

@@ -27,12 +27,19 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
+from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw, nnUNet_results
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from scipy import ndimage
 
 from ..attributes import (ATTRIBUTES_FILENAME, read_attribute_table, lesion_labels_from_dataset_json,
-                          schema_from_dataset_json, write_json_atomic)
+                          schema_from_dataset_json)
+from ..files import json_safe, write_json_atomic, write_text_atomic
+from ..lesions import largest_lesion_component
 from .metrics import auc_over_clicks, noc_at, segmentation_metrics
-from .protocol import METRICS, NOC_THRESHOLDS, CaseResult, jsonable, summarise_cases
+from .protocol import METRICS, NOC_THRESHOLDS, CaseResult, summarise_cases
 
 KIND_INTERACTIVE = "interactive"
 KIND_BASELINE = "no-click baseline"
@@ -53,8 +60,6 @@ class MissingResultsError(FileNotFoundError):
 # ------------------------------------------------------------------------------------------ folders
 def dataset_name(dataset: str | int) -> str:
     """``DatasetNNN_Name`` for an id or a name (nnU-Net's own lookup in nnUNet_raw/preprocessed/results)."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
     try:
         return maybe_convert_to_dataset_name(dataset)
     except RuntimeError as e:
@@ -62,16 +67,12 @@ def dataset_name(dataset: str | int) -> str:
 
 
 def results_root() -> Path:
-    from nnunetv2.paths import nnUNet_results
-
     if not nnUNet_results.is_set():
         raise RuntimeError("nnUNet_results is not set; export it to the folder holding your nnU-Net results")
     return Path(nnUNet_results.get())
 
 
 def preprocessed_root() -> Path:
-    from nnunetv2.paths import nnUNet_preprocessed
-
     if not nnUNet_preprocessed.is_set():
         raise RuntimeError("nnUNet_preprocessed is not set; export it to the folder holding the preprocessed data")
     return Path(nnUNet_preprocessed.get())
@@ -155,8 +156,6 @@ def seg_to_preprocessed_space(seg_file: str | os.PathLike, properties: Mapping, 
     the configuration's segmentation resampling to ``target_shape`` (the preprocessed case's
     shape). Returns an integer array (z, y, x after nnU-Net's transpose).
     """
-    from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
-
     seg, _ = plans_manager.image_reader_writer_class().read_seg(str(seg_file))
     seg = seg.transpose([0, *[i + 1 for i in plans_manager.transpose_forward]])
     expected = tuple(properties["shape_before_cropping"])
@@ -217,8 +216,6 @@ def score_no_click_prediction(pred_seg: np.ndarray, gt_seg: np.ndarray, lesion_l
     :func:`restrict_to_target`), same metrics. ``None`` when the case has no lesion (the click
     protocol skips such cases too).
     """
-    from nnunet_isrg.lesions import largest_lesion_component
-
     gt_seg = np.asarray(gt_seg)
     if np.asarray(pred_seg).shape != gt_seg.shape:
         raise ValueError(f"{case_id}: prediction shape {np.asarray(pred_seg).shape} differs from the ground truth "
@@ -235,8 +232,6 @@ def attribute_table_for(dataset: str | int, schema) -> dict[str, dict[str, str]]
     """``attributesTr.json`` of a dataset (the preprocessed copy, else the raw one); {} when there is none."""
     name = dataset_name(dataset)
     candidates = [preprocessed_root() / name / ATTRIBUTES_FILENAME]
-    from nnunetv2.paths import nnUNet_raw
-
     if nnUNet_raw.is_set():
         candidates.append(Path(nnUNet_raw.get()) / name / ATTRIBUTES_FILENAME)
     for path in candidates:
@@ -247,9 +242,6 @@ def attribute_table_for(dataset: str | int, schema) -> dict[str, dict[str, str]]
 
 def load_baseline_fold(folder: Path, fold: int, val_cases: Sequence[str], configuration: str, n_clicks: int,
                        attribute_table: Mapping[str, Mapping[str, str]]) -> list[CaseResult]:
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     plans_manager = PlansManager(str(folder / "plans.json"))
     cm = plans_manager.get_configuration(configuration)
     dataset_json = json.loads((folder / "dataset.json").read_text())
@@ -320,7 +312,7 @@ def summarise_folds(cases: Mapping[int, Sequence[CaseResult]], schema) -> dict:
     """Per-fold and pooled ``summarise_cases`` plus the mean/std over folds of the per-fold means."""
     per_fold = {str(f): summarise_cases(rs, schema) for f, rs in cases.items()}
     pooled = summarise_cases([r for rs in cases.values() for r in rs], schema)
-    return jsonable({"per_fold": per_fold, "pooled": pooled, "across_folds": _fold_means(per_fold)})
+    return json_safe({"per_fold": per_fold, "pooled": pooled, "across_folds": _fold_means(per_fold)})
 
 
 def evaluate_trainer(dataset: str | int, trainer: str, plans: str = "nnUNetPlans", configuration: str = "3d_fullres",
@@ -364,14 +356,6 @@ def evaluate_trainer(dataset: str | int, trainer: str, plans: str = "nnUNetPlans
 
 
 # ------------------------------------------------------------------------------------------ output files
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -411,4 +395,4 @@ def write_trainer_evaluation(ev: TrainerEvaluation, folder: Path) -> list[Path]:
 __all__ = ["MissingResultsError", "TrainerEvaluation", "evaluate_trainer", "find_missing", "trainer_folder",
            "dataset_name", "load_splits", "is_interactive", "seg_to_preprocessed_space", "restrict_to_target",
            "score_no_click_prediction", "constant_case_result", "summarise_folds", "write_trainer_evaluation",
-           "attribute_table_for", "write_text_atomic", "csv_text", "KIND_INTERACTIVE", "KIND_BASELINE"]
+           "attribute_table_for", "csv_text", "KIND_INTERACTIVE", "KIND_BASELINE"]

@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from tqdm import tqdm
 
 from ..attributes import ATTRIBUTES_FILENAME, read_attribute_table, schema_from_dataset_json
 from ..report.evidence import lesion_evidence
@@ -60,8 +68,6 @@ def extract_features(dataset_dir: str | os.PathLike, split: str = "Tr", num_work
     and ``labels[attribute]`` lists each case's class string (``None`` when unknown), taken from
     ``attributesTr.json`` (split "Tr") or ``attributesTs.json`` (split "Ts").
     """
-    from tqdm import tqdm
-
     dataset_dir = Path(dataset_dir)
     with open(dataset_dir / "dataset.json") as f:
         dataset_json = json.load(f)
@@ -74,7 +80,6 @@ def extract_features(dataset_dir: str | os.PathLike, split: str = "Tr", num_work
     jobs = [(str(files[c][0]), str(files[c][1]), tuple(lesion_labels)) for c in case_ids]
     bar = dict(total=len(jobs), desc=f"evidence {split}", unit="case", disable=not progress)
     if num_workers > 1:
-        from multiprocessing import get_context
         with get_context("spawn").Pool(num_workers) as pool:
             rows = list(tqdm(pool.imap(_features_job, jobs), **bar))
     else:
@@ -92,10 +97,6 @@ def _features_job(job) -> dict[str, float]:
 
 def make_classifier(random_state: int = 0, n_estimators: int = 300):
     """Median imputation + random forest (robust with ~100 cases, no scaling needed)."""
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.impute import SimpleImputer
-    from sklearn.pipeline import make_pipeline
-
     return make_pipeline(SimpleImputer(strategy="median"),
                          RandomForestClassifier(n_estimators=n_estimators, min_samples_leaf=1, random_state=random_state,
                                                 n_jobs=1))
@@ -114,9 +115,6 @@ def cross_validated_accuracy(X: np.ndarray, labels: Mapping[str, Sequence], attr
     the largest class count when needed. Returns ``{attribute: {accuracy, majority_rate,
     majority_class, n, n_splits, class_counts, balanced_accuracy}}``.
     """
-    from sklearn.metrics import balanced_accuracy_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
     attributes = [a for a in (attributes or labels) if a != "lesion_type"]
     out: dict[str, dict] = {}
     for attr in attributes:
@@ -131,7 +129,6 @@ def cross_validated_accuracy(X: np.ndarray, labels: Mapping[str, Sequence], attr
             continue
         k = int(min(n_splits, max(counts.values()), y.size))
         cv = StratifiedKFold(n_splits=max(k, 2), shuffle=True, random_state=random_state)
-        import warnings
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The least populated class")
             pred = cross_val_predict(make_classifier(random_state, n_estimators), X[keep], y.astype(str), cv=cv)

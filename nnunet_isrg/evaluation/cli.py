@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from .aggregate import CROSSVAL_JSON, MissingResultsError
+from .aggregate import CROSSVAL_JSON, MissingResultsError, evaluate_trainer, find_missing
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +35,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 
 def run_evaluate_from_args(args: argparse.Namespace) -> int:
-    from .aggregate import evaluate_trainer, find_missing
-
     missing = find_missing(args.dataset, args.trainers, args.plans, args.configuration, args.folds)
     if missing:
         print(MissingResultsError(missing, "evaluation"), file=sys.stderr)
@@ -75,6 +73,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 
 def run_compare_from_args(args: argparse.Namespace) -> int:
+    # imported here: `isrg` loads this module for every subcommand, and the comparison brings nnU-Net's
+    # predictor, the ISRG network and scikit-learn's forests with it
     from .compare import ComparisonRequest, run_comparison
 
     req = ComparisonRequest(dataset=args.dataset, trainers=list(args.trainers), baselines=list(args.baselines or []),

@@ -31,13 +31,24 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.paths import nnUNet_raw
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from ..attributes import (lesion_labels_from_dataset_json, normalise_class, read_attribute_table,
-                          schema_from_dataset_json, write_json_atomic)
+                          schema_from_dataset_json)
+from ..files import write_json_atomic, write_text_atomic
+from ..inference.model_loading import load_trained_model
+from ..lesions import largest_lesion_component
 from .aggregate import (KIND_BASELINE, KIND_INTERACTIVE, MissingResultsError, TrainerEvaluation, csv_text,
                         dataset_name, evaluate_trainer, find_missing, is_interactive, load_splits, results_root,
-                        score_no_click_prediction, trainer_folder, write_text_atomic)
-from .protocol import METRICS, CaseResult, summarise_cases
+                        score_no_click_prediction, trainer_folder)
+from .attribute_baseline import case_features, extract_features, fit_attribute_baseline, predict
+from .fold_validation import protocol_with_network
+from .plots import curve_from_summary, plot_attribute_accuracy, plot_metric_vs_clicks
+from .protocol import METRICS, CaseResult, score_attribute_pairs, summarise_cases
 
 ATTRIBUTE_BASELINE = "attribute-baseline"
 METRIC_HEADINGS = {"dice": "DSC", "hd95": "HD95", "nsd": "NSD"}
@@ -73,8 +84,6 @@ def held_out_cases(dataset: str | int, folder: str | Path | None = None,
     ``folder`` defaults to the raw dataset (``nnUNet_raw/DatasetX``); ``dataset_json`` (file ending,
     channels, schema) defaults to that folder's ``dataset.json``, else the raw dataset's.
     """
-    from nnunetv2.paths import nnUNet_raw
-
     raw = Path(nnUNet_raw.get()) / dataset_name(dataset) if nnUNet_raw.is_set() else None
     folder = Path(folder) if folder else raw
     if folder is None:
@@ -111,9 +120,6 @@ def held_out_cases(dataset: str | int, folder: str | Path | None = None,
 
 def preprocess_held_out(cases: Sequence[HeldOutCase], folder: Path, configuration: str) -> dict[str, tuple]:
     """nnU-Net's DefaultPreprocessor on each held-out case (image and label), with this trainer's plans."""
-    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     pm = PlansManager(str(folder / "plans.json"))
     cm = pm.get_configuration(configuration)
     dataset_json = json.loads((folder / "dataset.json").read_text())
@@ -124,48 +130,28 @@ def preprocess_held_out(cases: Sequence[HeldOutCase], folder: Path, configuratio
 def zero_shot_trainer(ev: TrainerEvaluation, cases: Sequence[HeldOutCase], configuration: str,
                       n_clicks: int, device: str = "cpu") -> dict[int, list[CaseResult]]:
     """Each fold's model on every held-out case; interactive through the click protocol, UNet without clicks."""
-    import torch
-
-    from nnunet_isrg.evaluation.protocol import run_interactive_protocol
-    from nnunet_isrg.inference.crop_predictor import CropPredictor
-    from nnunet_isrg.lesions import largest_lesion_component
-
     folder = ev.folder
     dataset_json = json.loads((folder / "dataset.json").read_text())
     schema = schema_from_dataset_json(dataset_json)
     lesion_labels = lesion_labels_from_dataset_json(dataset_json)
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     spacing = [float(s) for s in PlansManager(str(folder / "plans.json")).get_configuration(configuration).spacing]
     pre = preprocess_held_out(cases, folder, configuration)
     out: dict[int, list[CaseResult]] = {}
     for f in ev.folds:
         results = []
         if ev.kind == KIND_INTERACTIVE:
-            from nnunet_isrg.inference.model_loading import load_trained_model
-
             model = load_trained_model(folder, folds=(f,), device=device).network
             for c in cases:
                 data, seg, _ = pre[c.case_id]
                 gt, label_value = largest_lesion_component(np.asarray(seg[0]), lesion_labels)
                 if label_value == 0:
                     continue
-                predictor = CropPredictor(model, schema, torch.from_numpy(np.asarray(data, dtype=np.float32)),
-                                          device=device)
-
-                def predict_fn(clicks, predictor=predictor):
-                    p = predictor.predict(clicks)
-                    return p.mask, p.attribute_probs
-
-                with torch.no_grad():
-                    r = run_interactive_protocol(predict_fn, gt, spacing, n_clicks=n_clicks,
-                                                 attribute_truth={a: v for a, v in c.truth.items() if a in schema}
-                                                 or None, case_id=c.case_id, lesion_type=c.truth.get("lesion_type"),
-                                                 keep_final_mask=False)
+                r, _ = protocol_with_network(model, schema, torch.from_numpy(np.asarray(data, dtype=np.float32)), gt,
+                                             spacing, n_clicks, {a: v for a, v in c.truth.items() if a in schema},
+                                             case_id=c.case_id, lesion_type=c.truth.get("lesion_type"),
+                                             device=device, keep_final_mask=False)
                 results.append(r)
         else:
-            from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
             predictor = nnUNetPredictor(device=torch.device(device), verbose=False, allow_tqdm=False)
             predictor.initialize_from_trained_model_folder(str(folder), use_folds=(f,),
                                                            checkpoint_name="checkpoint_final.pth")
@@ -184,33 +170,17 @@ def zero_shot_trainer(ev: TrainerEvaluation, cases: Sequence[HeldOutCase], confi
 
 # ------------------------------------------------------------------------------------------ attribute baseline
 def _attribute_scores(truth: Mapping[str, list], pred: Mapping[str, list], schema) -> dict:
-    """Accuracy, majority-class rate and confusion matrix per attribute, in the layout of summarise_cases."""
-    from sklearn.metrics import confusion_matrix
-
-    per = {}
-    for name, classes in schema.items():
-        pairs = [(t, p) for t, p in zip(truth.get(name, []), pred.get(name, [])) if t is not None and p is not None]
-        entry = {"classes": list(classes), "n": len(pairs), "accuracy": None, "majority_rate": None,
-                 "confusion_matrix": np.zeros((len(classes), len(classes)), int).tolist()}
-        if pairs:
-            t = [normalise_class(schema, name, a) for a, _ in pairs]
-            p = [normalise_class(schema, name, b) for _, b in pairs]
-            entry["accuracy"] = float(np.mean([a == b for a, b in zip(t, p)]))
-            entry["majority_rate"] = max(t.count(c) for c in classes) / len(t)
-            entry["confusion_matrix"] = confusion_matrix(t, p, labels=list(classes)).tolist()
-        per[name] = entry
-    accs = [e["accuracy"] for e in per.values() if e["accuracy"] is not None]
-    return {"per_attribute": per, "mean_accuracy": float(np.mean(accs)) if accs else None}
+    """Attribute scores (:func:`score_attribute_pairs`) of the cases where truth and prediction are known."""
+    pairs = {name: [(normalise_class(schema, name, t), normalise_class(schema, name, p))
+                    for t, p in zip(truth.get(name, []), pred.get(name, [])) if t is not None and p is not None]
+             for name in schema}
+    return score_attribute_pairs(pairs, schema)
 
 
 def attribute_baseline_scores(dataset: str | int, folds: Sequence[int], val_cases: Mapping[int, Sequence[str]],
                               held_out: Sequence[HeldOutCase] | None = None) -> dict:
     """The non-deep attribute baseline per fold: fit on the fold's training cases, predict its validation
     cases (and, when given, the held-out cases); scores pooled over folds."""
-    from nnunetv2.paths import nnUNet_raw
-
-    from .attribute_baseline import case_features, extract_features, fit_attribute_baseline, predict
-
     raw = Path(nnUNet_raw.get()) / dataset_name(dataset)
     dataset_json = json.loads((raw / "dataset.json").read_text())
     schema = schema_from_dataset_json(dataset_json)
@@ -292,8 +262,6 @@ def _check(req: ComparisonRequest) -> tuple[str, list[str]]:
                 if folder.is_dir() and (folder / f"fold_{f}").is_dir() and not ckpt.is_file():
                     missing.append(f"{tr} fold {f}: {ckpt} missing (the zero-shot block runs the trained model)")
     if req.attribute_baseline:
-        from nnunetv2.paths import nnUNet_raw
-
         if not nnUNet_raw.is_set() or not (Path(nnUNet_raw.get()) / name / "imagesTr").is_dir():
             missing.append(f"the attribute baseline needs the raw dataset (nnUNet_raw/{name}/imagesTr, labelsTr)")
     return name, missing
@@ -437,9 +405,8 @@ def _plot_names(rows: list[dict]) -> list[str]:
 
 
 def _curves(rows: list[dict], max_click: int) -> dict:
-    return {name: {"mean": r["summary"]["mean_per_click"]["dice"][:max_click],
-                   "std": [c["std"] for c in r["summary"]["per_click"]["dice"][:max_click]],
-                   "no_clicks": r["kind"] == KIND_BASELINE} for name, r in zip(_plot_names(rows), rows)}
+    return {name: curve_from_summary(r["summary"], "dice", max_click, no_clicks=r["kind"] == KIND_BASELINE)
+            for name, r in zip(_plot_names(rows), rows)}
 
 
 def _document(req, name, folds, clicks, val_cases, seg_rows, attr_rows, zs_seg_rows, zs_attr_rows, held_info,
@@ -510,8 +477,6 @@ def comparison_markdown(doc: Mapping, figures: Mapping[str, str] | None = None) 
 
 
 def _write_outputs(out_dir: Path, doc, seg_rows, attr_rows, zs_seg_rows, zs_attr_rows, clicks, schema) -> dict:
-    from .plots import plot_attribute_accuracy, plot_metric_vs_clicks
-
     files = {"markdown": out_dir / "comparison.md", "segmentation_csv": out_dir / "comparison_segmentation.csv",
              "attributes_csv": out_dir / "comparison_attributes.csv", "dice_plot": out_dir / "dice_vs_clicks.png",
              "attribute_plot": out_dir / "attribute_accuracy.png", "json": out_dir / "comparison.json"}

@@ -1,4 +1,4 @@
-"""Comparison figures: Dice (or NSD/HD95) against clicks per method, and per-attribute accuracy bars.
+"""Figures: Dice (or NSD/HD95) against clicks, per method or for one fold, and per-attribute accuracy bars.
 
 Matplotlib with the Agg backend (no display needed); every figure is written atomically.
 """
@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from ..files import atomic_path
 
 METRIC_LABELS = {"dice": "Dice", "nsd": "NSD @ 2 mm", "hd95": "HD95 (mm)"}
 
@@ -23,16 +25,22 @@ def _pyplot():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
+    return Path(path)
 
 
 def _nan(values: Sequence) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+
+
+def curve_from_summary(summary: Mapping, metric: str = "dice", max_click: int | None = None,
+                       no_clicks: bool = False) -> dict:
+    """One curve of :func:`plot_metric_vs_clicks` from a ``summarise_cases`` summary: the mean and std
+    of ``metric`` at clicks 1..``max_click`` (default every click)."""
+    per_click = summary["per_click"][metric][:max_click]
+    return {"mean": summary["mean_per_click"][metric][:max_click], "std": [c["std"] for c in per_click],
+            "no_clicks": no_clicks}
 
 
 def plot_metric_vs_clicks(panels: Mapping[str, Mapping[str, dict]], out_png: str | os.PathLike,
@@ -105,4 +113,4 @@ def plot_attribute_accuracy(accuracy: Mapping[str, Mapping[str, float | None]], 
     return path
 
 
-__all__ = ["plot_metric_vs_clicks", "plot_attribute_accuracy", "METRIC_LABELS"]
+__all__ = ["curve_from_summary", "plot_metric_vs_clicks", "plot_attribute_accuracy", "METRIC_LABELS"]

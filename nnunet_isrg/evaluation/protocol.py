@@ -18,7 +18,6 @@ JSON-serialisable (NaN written as null).
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -29,8 +28,8 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 from ..attributes import Schema, normalise_class
-from ..files import write_json_atomic
 from ..clicks import first_click_deterministic, next_click_deterministic
+from ..files import json_safe, write_json_atomic
 from .metrics import auc_over_clicks, noc_at, segmentation_metrics, summarise_values
 
 Click = tuple[tuple[int, int, int], bool]
@@ -43,23 +42,6 @@ NOC_THRESHOLDS = (0.85, 0.90)
 
 def _noc_key(threshold: float) -> str:
     return f"{round(threshold * 100):d}"
-
-
-def jsonable(obj: Any) -> Any:
-    """Recursively converts numpy scalars/arrays and tuples to JSON types; non-finite floats become None."""
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
 
 
 def _predicted_classes(probs: AttributeProbs | None) -> dict[str, str] | None:
@@ -104,7 +86,7 @@ class CaseResult:
         """JSON-serialisable dict (the final mask is left out; NaN becomes null)."""
         d = asdict(self)
         d.pop("final_mask")
-        return jsonable(d)
+        return json_safe(d)
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         """The case as a JSON string; also written atomically to ``path`` when given."""
@@ -196,11 +178,37 @@ def run_interactive_protocol(predict_fn: PredictFn, gt: np.ndarray, spacing_zyx:
     )
 
 
-def _attribute_summary(results: Sequence[CaseResult], schema: Schema) -> dict:
+def score_attribute_pairs(pairs: Mapping[str, Sequence[tuple[str, str]]], schema: Schema) -> dict:
+    """Accuracy, majority-class rate and confusion matrix per attribute of the schema.
+
+    ``pairs[attribute]``: the scored cases' ``(truth, prediction)`` classes, both in the schema's
+    spelling (:func:`~nnunet_isrg.attributes.normalise_class`); an attribute without pairs gets
+    ``n`` 0 and ``None`` scores. The mean accuracy averages the attributes that have pairs.
+    Returns ``{"per_attribute": {attribute: {classes, n, accuracy, majority_rate,
+    confusion_matrix}}, "mean_accuracy"}``, the matrix with truth rows and prediction columns in
+    schema class order.
+    """
     per_attribute: "OrderedDict[str, dict]" = OrderedDict()
-    n_clicks = max((len(r.attributes_pred_per_click) for r in results), default=0)
     for name, classes in schema.items():
-        truths, preds, n_no_pred = [], [], 0
+        truths = [t for t, _ in pairs.get(name, ())]
+        preds = [p for _, p in pairs.get(name, ())]
+        entry = {"classes": list(classes), "n": len(truths), "accuracy": None, "majority_rate": None,
+                 "confusion_matrix": np.zeros((len(classes), len(classes)), dtype=int).tolist()}
+        if truths:
+            entry["accuracy"] = float(np.mean([t == p for t, p in zip(truths, preds)]))
+            entry["majority_rate"] = max(truths.count(c) for c in classes) / len(truths)
+            entry["confusion_matrix"] = confusion_matrix(truths, preds, labels=list(classes)).tolist()
+        per_attribute[name] = entry
+    accs = [e["accuracy"] for e in per_attribute.values() if e["accuracy"] is not None]
+    return {"per_attribute": per_attribute, "mean_accuracy": float(np.mean(accs)) if accs else None}
+
+
+def _attribute_summary(results: Sequence[CaseResult], schema: Schema) -> dict:
+    n_clicks = max((len(r.attributes_pred_per_click) for r in results), default=0)
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    extra: dict[str, dict] = {}
+    for name in schema:
+        pairs[name], n_no_pred = [], 0
         per_click_hits = [[] for _ in range(n_clicks)]
         for r in results:
             truth = (r.attribute_truth or {}).get(name)
@@ -211,24 +219,17 @@ def _attribute_summary(results: Sequence[CaseResult], schema: Schema) -> dict:
             if pred is None:
                 n_no_pred += 1
                 continue
-            truths.append(truth)
-            preds.append(normalise_class(schema, name, pred, r.case_id or "?", "predicted attributes"))
+            pairs[name].append((truth, normalise_class(schema, name, pred, r.case_id or "?", "predicted attributes")))
             for k, pk in enumerate(r.attributes_pred_per_click):
                 if pk and pk.get(name) is not None:
                     per_click_hits[k].append(normalise_class(schema, name, pk[name], r.case_id or "?",
                                                              "predicted attributes") == truth)
-        entry = {"classes": list(classes), "n": len(truths), "n_without_prediction": n_no_pred,
-                 "accuracy": None, "majority_rate": None, "accuracy_per_click": None,
-                 "confusion_matrix": np.zeros((len(classes), len(classes)), dtype=int).tolist()}
-        if truths:
-            entry["accuracy"] = float(np.mean([t == p for t, p in zip(truths, preds)]))
-            entry["majority_rate"] = max(truths.count(c) for c in classes) / len(truths)
-            entry["accuracy_per_click"] = [float(np.mean(h)) if h else None for h in per_click_hits]
-            entry["confusion_matrix"] = confusion_matrix(truths, preds, labels=list(classes)).tolist()
-        per_attribute[name] = entry
-    accs = [e["accuracy"] for e in per_attribute.values() if e["accuracy"] is not None]
-    return {"per_attribute": per_attribute, "mean_accuracy": float(np.mean(accs)) if accs else None,
-            "confusion_matrix_axes": "rows: truth, columns: prediction, in schema class order"}
+        extra[name] = {"n_without_prediction": n_no_pred, "accuracy_per_click":
+                       [float(np.mean(h)) if h else None for h in per_click_hits] if pairs[name] else None}
+    scores = score_attribute_pairs(pairs, schema)
+    for name, entry in scores["per_attribute"].items():
+        entry.update(extra[name])
+    return {**scores, "confusion_matrix_axes": "rows: truth, columns: prediction, in schema class order"}
 
 
 def _summarise(results: Sequence[CaseResult], schema: Schema | None) -> dict:
@@ -282,7 +283,7 @@ def summarise_cases(results: Sequence[CaseResult], schema: Schema | None = None,
         for t, r in zip(types, results):
             groups.setdefault(t if t is not None else "unknown", []).append(r)
         out["by_lesion_type"] = {t: _summarise(rs, schema) for t, rs in sorted(groups.items())}
-    return jsonable(out)
+    return json_safe(out)
 
 
 def write_case_results(results: Sequence[CaseResult], folder: str | os.PathLike) -> list[Path]:
@@ -296,5 +297,5 @@ def write_case_results(results: Sequence[CaseResult], folder: str | os.PathLike)
     return paths
 
 
-__all__ = ["CaseResult", "run_interactive_protocol", "summarise_cases", "write_case_results", "jsonable",
+__all__ = ["CaseResult", "run_interactive_protocol", "summarise_cases", "score_attribute_pairs", "write_case_results",
            "METRICS", "NOC_THRESHOLDS"]

@@ -9,7 +9,7 @@ than one crop are not cut at the crop edge.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class CropPredictor:
         self.max_follow_steps = max_follow_steps
         self.encode_calls = 0
         self._cache_bbox: list[list[int]] | None = None
-        self._cache_embedding: torch.Tensor | None = None
+        self._cache_embedding: Any = None  # what model.encode_image returns (an ImageEmbedding for an ISRGModel)
         self._low_res: torch.Tensor | None = None       # previous round's low-res logits, for the same crop
 
     @property
@@ -86,7 +86,7 @@ class CropPredictor:
         """Forget the previous mask prompt (a new lesion); the embedding cache stays valid for its crop."""
         self._low_res = None
 
-    def _embedding(self, bbox: list[list[int]]) -> torch.Tensor:
+    def _embedding(self, bbox: list[list[int]]) -> Any:
         if self._cache_bbox != bbox:
             crop = crop_and_pad_nd(self.volume, bbox, 0)[None].to(self.device)
             with torch.no_grad():

@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 import torch
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
+
+from nnunet_isrg.attributes import validate_schema
+from nnunet_isrg.modeling.from_plans import build_isrg_network, isrg_block_of
 
 CONFIGURATION = "3d_fullres"
 Folds = Union[Sequence[Union[int, str]], str, int]
@@ -56,10 +60,10 @@ class ISRGEnsemble(nn.Module):
     def attribute_names(self) -> list[str]:
         return list(self.members[0].attribute_names)
 
-    def encode_image(self, image: torch.Tensor) -> list[torch.Tensor]:
+    def encode_image(self, image: torch.Tensor) -> list[Any]:
         return [m.encode_image(image) for m in self.members]
 
-    def decode(self, embedding: Sequence[torch.Tensor], points: torch.Tensor, labels: torch.Tensor,
+    def decode(self, embedding: Sequence[Any], points: torch.Tensor, labels: torch.Tensor,
                mask_prompt: torch.Tensor | None = None) -> dict[str, Any]:
         if len(embedding) != len(self.members):
             raise ValueError(f"expected {len(self.members)} embeddings (one per member), got {len(embedding)}")
@@ -169,11 +173,6 @@ def load_trained_model(model_folder: str | Path, folds: Folds = (0,), checkpoint
         checkpoint: file name inside each ``fold_X`` (``checkpoint_final.pth``, ``checkpoint_best.pth``).
         device: torch device for the network(s).
     """
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from nnunet_isrg.attributes import validate_schema
-    from nnunet_isrg.modeling.from_plans import build_isrg_network, isrg_block_of
-
     folder = Path(model_folder)
     if not folder.is_dir():
         raise ModelFolderError(f"model folder {folder} does not exist; expected nnUNet_results/DatasetXXX_Name/"

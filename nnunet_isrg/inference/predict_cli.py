@@ -23,14 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import SimpleITK as sitk
+from tqdm import tqdm
 
-from nnunet_isrg.files import write_json_atomic
+from nnunet_isrg.attributes import AttributeLabelError
+from nnunet_isrg.files import atomic_path, write_json_atomic, write_text_atomic
+from nnunet_isrg.report.dicom_export import export_dicom
+from nnunet_isrg.report.key_image import write_key_image
+from nnunet_isrg.report.render_text import render_markdown_document, render_text
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 
@@ -104,27 +108,12 @@ def load_clicks(path: str | os.PathLike, images: Sequence[str]) -> dict[str, dic
 
 
 def _write_nifti_atomic(image: sitk.Image, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".nii.gz", dir=path.parent, prefix=".tmp_")
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_text_atomic(text: str, path: Path) -> None:
-    tmp = path.with_name(f".tmp_{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), True)
 
 
 def predict_image(session, image: str, spec: Mapping, out_dir: Path, dicom: bool = False) -> dict:
     """Runs the clicks of ``spec`` on ``image`` in ``session`` and writes every output; returns the paths."""
-    from nnunet_isrg.report.key_image import write_key_image
-    from nnunet_isrg.report.render_text import render_markdown_document, render_text
-
     session.set_image(image)
     name = image_name(image)
     space = spec.get("space", "voxel")
@@ -157,12 +146,10 @@ def predict_image(session, image: str, spec: Mapping, out_dir: Path, dicom: bool
            "lesions": [rep.to_dict() for rep in reports]}
     write_json_atomic(out_dir / "report.json", doc)
     paths["report_json"] = str(out_dir / "report.json")
-    _write_text_atomic(render_markdown_document(reports, title=f"Structured lesion report: {name}",
-                                                key_images=key_images), out_dir / "report.md")
+    markdown = render_markdown_document(reports, title=f"Structured lesion report: {name}", key_images=key_images)
+    write_text_atomic(out_dir / "report.md", markdown)
     paths["report_md"] = str(out_dir / "report.md")
     if dicom and reports:
-        from nnunet_isrg.report.dicom_export import export_dicom
-
         paths["dicom"] = export_dicom(session.image, sitk.GetArrayViewFromImage(labels), reports, out_dir / "dicom",
                                       source_datasets=session.dicom_datasets)
     return paths
@@ -196,7 +183,7 @@ def _parse_folds(folds: Sequence[str]):
 def run_predict_from_args(args: argparse.Namespace) -> dict[str, dict]:
     """Entry point of ``isrg predict``; returns {image: output paths}. Bad input (clicks file, image,
     model folder, a click outside its image) ends it with ``SystemExit`` and the message, no traceback."""
-    from nnunet_isrg.attributes import AttributeLabelError
+    # the session and the model loading bring torch; `isrg` loads this module for every subcommand
     from nnunet_isrg.inference.model_loading import ModelFolderError
     from nnunet_isrg.inference.session import SessionError
 
@@ -207,9 +194,7 @@ def run_predict_from_args(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def _run_predict(args: argparse.Namespace) -> dict[str, dict]:
-    from tqdm import tqdm
-
-    from nnunet_isrg.inference.session import ISRGSession
+    from nnunet_isrg.inference.session import ISRGSession  # torch: see run_predict_from_args
 
     clicks = load_clicks(args.clicks, args.images)
     names = [image_name(i) for i in args.images]

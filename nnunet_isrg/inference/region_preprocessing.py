@@ -31,6 +31,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from nnunetv2.preprocessing.cropping.cropping import create_nonzero_mask
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.preprocessing.resampling.default_resampling import (compute_new_shape, determine_do_sep_z_and_axis,
+                                                                  resample_data_or_seg_to_shape)
+from scipy.ndimage import map_coordinates
 
 #: Logits outside the crop and the clamp of crop logits before resampling: saturated enough to
 #: threshold identically, small enough that interpolation between crop and fill stays well behaved.
@@ -87,8 +92,6 @@ class RegionGeometry:
 
 
 def _preprocessor(configuration_manager):
-    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-
     cls = getattr(configuration_manager, "preprocessor_class", DefaultPreprocessor)
     try:
         return cls(verbose=False)
@@ -102,8 +105,6 @@ def region_box(center_zyx: Sequence[float], min_shape: Sequence[int], image_shap
     """(start, size) in original voxels (transposed axes) of a region centred on ``center_zyx`` whose
     resampled shape is at least ``min_shape`` (+ ``border`` on each side where the axis is resampled),
     clipped to the image."""
-    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
-
     tf = list(plans_manager.transpose_forward)
     shape_t = np.asarray(image_shape_zyx)[tf]
     sp_t = np.asarray(spacing_zyx, float)[tf]
@@ -143,8 +144,6 @@ def preprocess_region(image_zyx: np.ndarray, spacing_zyx: Sequence[float], cente
     Returns:
         ``(data, geometry)``: ``data`` (1, *geometry.shape) float32 normalised at the target spacing.
     """
-    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
-
     image_shape = tuple(int(s) for s in image_zyx.shape)
     if len(image_shape) != 3:
         raise ValueError(f"image must be a 3D (Z, Y, X) array, got shape {image_shape}")
@@ -161,8 +160,6 @@ def preprocess_region(image_zyx: np.ndarray, spacing_zyx: Sequence[float], cente
     data = np.array(np.asarray(image_zyx[tuple(sl)]).transpose(tf), dtype=np.float32, order="C", copy=True)[None]
 
     if any(configuration_manager.use_mask_for_norm):
-        from nnunetv2.preprocessing.cropping.cropping import create_nonzero_mask
-
         seg = np.where(create_nonzero_mask(data)[None], 0, -1).astype(np.int8)
     else:
         seg = np.zeros((1, *data.shape[1:]), dtype=np.int8)
@@ -199,8 +196,6 @@ def _region_logits(geometry: RegionGeometry, crop_logits, crop_bbox, lo: Sequenc
 def _default_linear_resampling(configuration_manager) -> tuple[int, int, Any] | None:
     """(order, order_z, force_separate_z) if the plans resample probabilities with nnU-Net's default
     function at order <= 1 (the sub-box path is exact for those); None otherwise."""
-    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
-
     cfg = configuration_manager.configuration
     if configuration_manager.resampling_fn_probabilities.func is not resample_data_or_seg_to_shape:
         return None
@@ -239,8 +234,6 @@ def resample_region_logits(geometry: RegionGeometry, crop_logits, crop_bbox, con
     Only the part that can hold positive logits is returned (None if nothing is positive) unless
     ``force_full`` (then the whole region, through nnU-Net's own function).
     """
-    from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
-
     m = geometry.shape
     if positive_box is None:
         positive_box = bounding_box(_region_logits(geometry, crop_logits, crop_bbox, (0, 0, 0), m) > 0)
@@ -297,8 +290,6 @@ def resample_region_logits(geometry: RegionGeometry, crop_logits, crop_bbox, con
 def _interp_1d(a: np.ndarray, positions: np.ndarray, axis: int, order: int) -> np.ndarray:
     """``a`` sampled at ``positions`` along ``axis``, clamped at the ends (scipy's mode 'nearest'):
     linear for order 1, scipy's own nearest-neighbour rounding for order 0."""
-    from scipy.ndimage import map_coordinates
-
     n = a.shape[axis]
     if order == 0:
         idx = map_coordinates(np.arange(n, dtype=np.float64), [positions], order=0, mode="nearest").astype(np.intp)

@@ -42,10 +42,13 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from nnunet_isrg.attributes import AttributeLabelError, normalise_class
 from nnunet_isrg.inference.crop_predictor import CropPredictor, centred_bbox
 from nnunet_isrg.inference.model_loading import Folds, LoadedModel, load_trained_model
 from nnunet_isrg.inference.region_preprocessing import (RegionGeometry, bounding_box, paste_mask, preprocess_region,
                                                         region_box)
+from nnunet_isrg.report.dicom_export import read_dicom_series
+from nnunet_isrg.report.structured import build_lesion_report
 
 ImageInput = Union[str, os.PathLike, sitk.Image]
 SPACES = ("voxel", "world")
@@ -69,8 +72,6 @@ def read_image(source: ImageInput) -> tuple[sitk.Image, list | None, str]:
         path = Path(source)
         name = str(path)
         if path.is_dir():
-            from nnunet_isrg.report.dicom_export import read_dicom_series
-
             try:
                 image, datasets = read_dicom_series(path)
             except Exception as e:  # noqa: BLE001 (any reader failure is an unreadable series)
@@ -574,8 +575,6 @@ class ISRGSession:
     # ------------------------------------------------------------------ attributes and reports
     def set_attribute(self, lesion_id: int | None, name: str, value: str | None) -> None:
         """Reader override of one attribute (``value=None`` removes it); the model's prediction is kept."""
-        from nnunet_isrg.attributes import AttributeLabelError, normalise_class
-
         lesion = self._lesion(lesion_id)
         if name not in self.schema:
             raise SessionError(f"lesion {lesion.lesion_id}: unknown attribute '{name}'; allowed attributes: "
@@ -591,8 +590,6 @@ class ISRGSession:
 
     def report(self, lesion_id: int | None = None):
         """The structured report (:class:`nnunet_isrg.report.structured.LesionReport`) of a lesion."""
-        from nnunet_isrg.report.structured import build_lesion_report
-
         lesion = self._lesion(lesion_id)
         if lesion.mask is None:
             raise SessionError(f"lesion {lesion.lesion_id} has no mask yet (clicks: {len(lesion.clicks)}); "

@@ -20,13 +20,14 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+
+from nnunet_isrg.files import atomic_path
 
 CODING_SCHEME = "99ISRG"
 MANUFACTURER = "nnunet-isrg"
@@ -110,16 +111,8 @@ def _ds_number(v: float) -> str:
 
 
 def _atomic_save(ds, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, suffix=".tmp") as tmp:
+        ds.save_as(str(tmp), enforce_file_format=True)
 
 
 def write_ct_series_from_image(image: sitk.Image, out_dir: str | os.PathLike, patient_id: str = "ANONYMOUS",

@@ -9,13 +9,13 @@ physical height requires. The grey window is chosen for the tissue around the le
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_isrg.files import atomic_path
 from nnunet_isrg.report.measurements import BONE_HU, lesion_measurements
 
 #: name -> (width, level) in HU
@@ -138,15 +138,7 @@ def write_key_image(image: sitk.Image, mask, out_path: str | os.PathLike, measur
     ax.text(0.01, 0.99, label, transform=ax.transAxes, va="top", ha="left", fontsize=7, color="white")
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".png", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(out_path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
     return {"path": str(out_path), "window": name, "width_hu": ww, "level_hu": wl,
             "size_px": (width_px, height_px), "slice_index": z}

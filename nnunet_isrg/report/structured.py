@@ -39,10 +39,12 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterable, Mapping, Optional
 
+import jsonschema
 import numpy as np
 import SimpleITK as sitk
 
 from nnunet_isrg.attributes import DEFAULT_SCHEMA, AttributeLabelError, canonical_class, normalise_class, validate_schema
+from nnunet_isrg.files import json_safe
 from nnunet_isrg.report.measurements import Geometry, lesion_measurements
 
 SCHEMA_VERSION = "isrg-report/1.0"
@@ -145,7 +147,7 @@ class LesionReport:
     schema_version: str = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
-        return _jsonable({
+        return json_safe({
             "schema_version": self.schema_version,
             "lesion_id": self.lesion_id,
             "label": self.label,
@@ -182,22 +184,6 @@ class LesionReport:
         return OrderedDict((k, a.value) for k, a in self.attributes.items())
 
 
-def _jsonable(obj):
-    """Plain JSON types: numpy scalars/arrays to Python, NaN/inf to None (JSON has neither)."""
-    if isinstance(obj, Mapping):
-        return OrderedDict((str(k), _jsonable(v)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
-
-
 # ----------------------------------------------------------------------------------------------
 # JSON schema
 # ----------------------------------------------------------------------------------------------
@@ -211,8 +197,6 @@ def report_json_schema() -> dict:
 
 def validate_report(report: Mapping) -> None:
     """Raises :class:`ReportError` listing every schema violation as ``path: message``."""
-    import jsonschema
-
     validator = jsonschema.Draft202012Validator(report_json_schema())
     errors = sorted(validator.iter_errors(report), key=lambda e: list(e.absolute_path))
     if errors:

@@ -8,23 +8,33 @@ from __future__ import annotations
 
 import os
 from contextlib import ExitStack, nullcontext
+from os.path import join
 from typing import Mapping
 
+import cc3d
 import numpy as np
 import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from torch import autocast, distributed as dist
 from torch._dynamo import OptimizedModule
 
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_isrg.attributes import (ATTRIBUTES_FILENAME, IGNORE_INDEX, lesion_labels_from_dataset_json,
                                     read_attribute_table, schema_from_dataset_json)
 from nnunet_isrg.clicks import sample_target_and_first_click, simulate_correction_click
-from nnunet_isrg.training.data_loader import AttributeLabels, LesionCentredDataLoader
+from nnunet_isrg.data.verify import find_attribute_table
+from nnunet_isrg.evaluation.fold_validation import validate_fold
+from nnunet_isrg.evaluation.protocol import CaseResult
+from nnunet_isrg.files import atomic_path
 from nnunet_isrg.modeling.from_plans import (PLANS_KEY, build_isrg_network, isrg_block_of, make_isrg_block,
                                              preset_crop_size)
+from nnunet_isrg.training.data_loader import AttributeLabels, LesionCentredDataLoader
 from nnunet_isrg.training.losses import ISRGLoss, UncertaintyWeighting
 from nnunet_isrg.training.schedule import WarmupPolyLRScheduler
 from nnunet_isrg.training.weight_average import WeightAverage
@@ -82,8 +92,13 @@ class ISRGTrainer(nnUNetTrainer):
         self.weight_average: WeightAverage | None = None
         self._validation_weights = ExitStack()
         self._click_generator = torch.Generator().manual_seed(12345 + (fold if isinstance(fold, int) else 0))
-        # nnU-Net's local logger accepts only keys it knows and wants one value per epoch for each
-        self.logger.local_logger.my_fantastic_logging.update({k: [] for k in self.EXTRA_LOG_KEYS})
+        self._register_log_keys()
+
+    def _register_log_keys(self) -> None:
+        """Adds ``EXTRA_LOG_KEYS`` to nnU-Net's logger, which accepts only keys it knows (one value per
+        epoch each), through its public checkpoint API; a checkpoint written later holds them too."""
+        logged = self.logger.get_checkpoint()
+        self.logger.load_checkpoint({**logged, **{k: [] for k in self.EXTRA_LOG_KEYS if k not in logged}})
 
     # ------------------------------------------------------------------ plans and network
     def _store_isrg_block_in_plans(self, configuration: str) -> None:
@@ -135,16 +150,53 @@ class ISRGTrainer(nnUNetTrainer):
 
     # ------------------------------------------------------------------ data
     def get_dataloaders(self):
-        # nnU-Net builds its loaders here; swap in the lesion-centred one by class (and, on a small
-        # CPU, in-process augmentation), everything else unchanged
-        import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
-        original = trainer_module.nnUNetDataLoader, trainer_module.get_allowed_n_proc_DA
-        trainer_module.nnUNetDataLoader = LesionCentredDataLoader
-        trainer_module.get_allowed_n_proc_DA = self._augmentation_workers
-        try:
-            return super().get_dataloaders()
-        finally:
-            trainer_module.nnUNetDataLoader, trainer_module.get_allowed_n_proc_DA = original
+        """nnU-Net 2.8.1's ``nnUNetTrainer.get_dataloaders`` (its transforms, datasets and augmenters,
+        built through the trainer's own hooks) with two changes: the loaders are
+        :class:`LesionCentredDataLoader` s, and the worker count is :meth:`_augmentation_workers`.
+        nnU-Net names both inside that method, so it is written out here rather than extended."""
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        patch_size = self.configuration_manager.patch_size
+        deep_supervision_scales = self._get_deep_supervision_scales()
+        rotation_for_da, do_dummy_2d_data_aug, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        labels = self.label_manager
+        regions = labels.foreground_regions if labels.has_regions else None
+        tr_transforms = self.get_training_transforms(
+            patch_size, rotation_for_da, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+            foreground_labels=labels.foreground_labels, regions=regions, ignore_label=labels.ignore_label)
+        val_transforms = self.get_validation_transforms(
+            deep_supervision_scales, is_cascaded=self.is_cascaded, foreground_labels=labels.foreground_labels,
+            regions=regions, ignore_label=labels.ignore_label)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        dl_tr = self._lesion_centred_loader(dataset_tr, initial_patch_size, tr_transforms)
+        dl_val = self._lesion_centred_loader(dataset_val, patch_size, val_transforms)
+        return self._augmenters(dl_tr, dl_val, self._augmentation_workers())
+
+    def _lesion_centred_loader(self, dataset, initial_patch_size, transforms) -> LesionCentredDataLoader:
+        return LesionCentredDataLoader(dataset, self.batch_size, initial_patch_size,
+                                       self.configuration_manager.patch_size, self.label_manager,
+                                       oversample_foreground_percent=self.oversample_foreground_percent,
+                                       sampling_probabilities=None, pad_sides=None, transforms=transforms,
+                                       probabilistic_oversampling=self.probabilistic_oversampling)
+
+    def _augmenters(self, dl_tr, dl_val, workers: int):
+        """nnU-Net's augmenters around the two loaders (in-process for 0 workers), started as nnU-Net starts them."""
+        if workers == 0:
+            mt_gen_train, mt_gen_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
+        else:
+            pin_memory = self.device.type == "cuda"
+            mt_gen_train = NonDetMultiThreadedAugmenter(data_loader=dl_tr, transform=None, num_processes=workers,
+                                                        num_cached=max(6, workers // 2), seeds=None,
+                                                        pin_memory=pin_memory, wait_time=0.002)
+            mt_gen_val = NonDetMultiThreadedAugmenter(data_loader=dl_val, transform=None,
+                                                      num_processes=max(1, workers // 2),
+                                                      num_cached=max(3, workers // 4), seeds=None,
+                                                      pin_memory=pin_memory, wait_time=0.002)
+        _ = next(mt_gen_train)
+        _ = next(mt_gen_val)
+        return mt_gen_train, mt_gen_val
 
     #: CPUs with at most this many cores augment in the training process and give torch every core
     in_process_augmentation_max_cores: int = 4
@@ -156,8 +208,6 @@ class ISRGTrainer(nnUNetTrainer):
         would sit idle on cores that torch then cannot use: on 2 cores, 2 workers left torch one
         thread and an iteration took 0.8 s; in-process, 0.46 s.
         """
-        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-
         if self.device.type == "cpu" and _cpu_cores() <= self.in_process_augmentation_max_cores:
             return 0
         return get_allowed_n_proc_DA()
@@ -178,8 +228,6 @@ class ISRGTrainer(nnUNetTrainer):
                                f"on {cores} cores" + (" (augmentation in the training process)" if not workers else ""))
 
     def _load_attribute_labels(self) -> None:
-        from nnunet_isrg.data.verify import find_attribute_table
-
         # copies the raw dataset's table next to the preprocessed data when it is missing or older
         path = find_attribute_table(self.preprocessed_dataset_folder_base)
         if path is not None:
@@ -193,8 +241,6 @@ class ISRGTrainer(nnUNetTrainer):
 
     def _measure_lesion_components(self) -> None:
         """Size of each training case's second-largest lesion, to tell when a crop shows the labelled lesion."""
-        import cc3d
-
         tr_keys, _ = self.do_split()
         dataset = self.dataset_class(self.preprocessed_dataset_folder, tr_keys)
         for k in tr_keys:
@@ -305,18 +351,16 @@ class ISRGTrainer(nnUNetTrainer):
     def save_checkpoint(self, filename: str) -> None:
         """``network_weights`` are the averaged weights, the ones every reader of the checkpoint
         (``isrg predict``, the session, ``--val``) should use; the raw ones ride along for ``--c``."""
-        if self.weight_average is None:
-            return super().save_checkpoint(filename)
+        if self.weight_average is None or self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)  # writes nothing off rank 0 or with checkpointing disabled
         # nnU-Net writes its checkpoint to a temporary file; the raw weights are added and the
         # result renamed, so `filename` never holds a checkpoint without them
-        tmp = f"{filename}.tmp"
-        with self._averaged_weights() as training_weights:
-            super().save_checkpoint(tmp)
-        if os.path.isfile(tmp):  # rank 0 with checkpointing enabled
+        with atomic_path(filename) as tmp:
+            with self._averaged_weights() as training_weights:
+                super().save_checkpoint(str(tmp))
             checkpoint = torch.load(tmp, map_location="cpu", weights_only=False)
             checkpoint[TRAINING_WEIGHTS_KEY] = training_weights
             torch.save(checkpoint, tmp)
-            os.replace(tmp, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         # nnU-Net 2.8.1 reads only a file name here (a dict leaves its `checkpoint` unset), so the
@@ -353,13 +397,44 @@ class ISRGTrainer(nnUNetTrainer):
 
     # ------------------------------------------------------------------ final validation
     def perform_actual_validation(self, save_probabilities: bool = False):
-        from nnunet_isrg.training.interactive_validation import run_interactive_validation
-
+        """The click protocol on the fold's validation cases (:func:`validate_fold`), with the averaged
+        weights; under DDP each process takes its share of the cases and rank 0 writes the summary."""
         if self.attribute_labels is None:
             self._load_attribute_labels()
         self.network.eval()
+        _, val_keys = self.do_split()
+        if self.is_ddp:
+            val_keys = val_keys[self.local_rank::dist.get_world_size()]
+        name = self.__class__.__name__
         with self._averaged_weights():
-            run_interactive_validation(self, save_probabilities=save_probabilities)
+            outcome = validate_fold(
+                self.model, self.dataset_class(self.preprocessed_dataset_folder, val_keys),
+                join(self.output_folder, "validation"), self.plans_manager, self.configuration_manager,
+                self.dataset_json, self.schema, self.lesion_labels, self.validation_clicks,
+                gt_segmentations_folder=join(self.preprocessed_dataset_folder_base, "gt_segmentations"),
+                attribute_table=self.attribute_table, device=self.device, log=self.print_to_log_file,
+                save_probabilities=save_probabilities, gather=self._gather_validation_results,
+                run_info={"trainer": name, "fold": self.fold}, plot_title=f"{name} fold {self.fold}")
+        if outcome is None:
+            return
+        foreground_dice = outcome.metrics["foreground_mean"]["Dice"]
+        self.logger.log_summary("final_val/foreground_dice", foreground_dice)
+        dice = outcome.summary["mean_per_click"]["dice"]
+        attributes = outcome.summary.get("attributes", {})
+        self.print_to_log_file(f"Interactive validation ({len(outcome.results)} cases): mean Dice per click "
+                               f"{[round(d, 4) for d in dice]}; mean attribute accuracy "
+                               f"{attributes.get('mean_accuracy')}", also_print_to_console=True)
+        self.print_to_log_file("Mean Validation Dice (final masks, nnU-Net evaluation): ", foreground_dice,
+                               also_print_to_console=True)
+
+    def _gather_validation_results(self, results: dict[str, CaseResult]) -> dict[str, CaseResult] | None:
+        """All processes' case results on rank 0 (``None`` on the others); the results as they are without DDP."""
+        if self.is_ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, results)
+            results = {k: v for part in gathered for k, v in part.items()}
+            dist.barrier()
+        return results if self.local_rank == 0 else None
 
 
 def _cpu_cores() -> int:
