@@ -3,7 +3,7 @@
 A short CPU schedule leaves the raw weights noisy: between two checkpoints 200 iterations apart the
 first-click Dice of single validation cases swings by up to 0.6 while the predicted blob grows and
 shrinks. The average over the last ~1/(1 - decay) steps does not swing
-(``python scripts/quick_fold_fit.py --iterations 1000 --every 200 --ema 0.99``).
+(``python scripts/experiments/quick_fold_fit.py --iterations 1000 --every 200 --ema 0.99``).
 """
 from __future__ import annotations
 
