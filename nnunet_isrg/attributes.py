@@ -161,3 +161,25 @@ def decode_case(indices: Iterable[int], schema: Schema) -> dict[str, str]:
 
 def schema_num_classes(schema: Schema) -> "OrderedDict[str, int]":
     return OrderedDict((k, len(v)) for k, v in schema.items())
+
+
+#: fewer labelled training cases than this and an attribute's predictions carry a "low support" flag
+LOW_SUPPORT_CASES = 20
+#: checkpoint key (and, as ``attribute_support.json``, fold-folder sidecar) of {attribute: labelled
+#: training cases}; written by the trainer, read by the model loader
+ATTRIBUTE_SUPPORT_KEY = "isrg_attribute_support"
+ATTRIBUTE_SUPPORT_FILENAME = "attribute_support.json"
+
+
+def attribute_support(table: Mapping[str, Mapping[str, str]], schema: Schema,
+                      case_ids: Iterable[str]) -> "OrderedDict[str, int]":
+    """How many of ``case_ids`` carry a label for each attribute of ``schema`` in ``table``: what a
+    model trained on those cases learnt each attribute from (0 = never trained)."""
+    cases = list(case_ids)
+    return OrderedDict((name, sum(1 for c in cases if (table.get(c) or {}).get(name) is not None)) for name in schema)
+
+
+def untrained_attributes(support: Mapping[str, int] | None) -> list[str]:
+    """The attributes a model has no training label for; none when its support is not recorded
+    (a checkpoint written before the record existed is treated as trained)."""
+    return [name for name, n in (support or {}).items() if int(n) == 0]

@@ -64,7 +64,7 @@ def test_invalid_report_is_rejected_with_the_field_named():
     with pytest.raises(ReportError) as e:
         validate_report(d)
     msg = str(e.value)
-    assert "attributes/density/source" in msg and "'robot' is not one of ['model', 'reader']" in msg
+    assert "attributes/density/source" in msg and "'robot' is not one of ['model', 'reader', 'measurement', 'not assessed']" in msg
     assert "measurements" in msg and "'volume_ml' is a required property" in msg
     d = report().to_dict()
     d["schema_version"] = "isrg-report/0.9"

@@ -13,6 +13,7 @@ where the model works; the exported masks are resampled by nnU-Net to the origin
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from os.path import join
 from typing import Callable, Mapping, Sequence
@@ -23,7 +24,7 @@ from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from ..attributes import Schema
+from ..attributes import Schema, untrained_attributes
 from ..files import write_json_atomic
 from ..inference.crop_predictor import CropPredictor
 from ..lesions import largest_lesion_component
@@ -54,13 +55,16 @@ def mask_to_logits(mask: np.ndarray, label_value: int, num_heads: int) -> torch.
 def protocol_with_network(network: torch.nn.Module, schema: Schema, volume: torch.Tensor, gt: np.ndarray,
                           spacing_zyx: Sequence[float], n_clicks: int, attribute_truth: Mapping[str, str] | None = None,
                           case_id: str | None = None, lesion_type: str | None = None,
-                          device: torch.device | str = "cpu", keep_final_mask: bool = True) -> tuple[CaseResult, int]:
+                          device: torch.device | str = "cpu", keep_final_mask: bool = True,
+                          untrained_attributes: Sequence[str] = ()) -> tuple[CaseResult, int]:
     """The click protocol on one lesion with an ISRG network through :class:`CropPredictor`.
 
-    ``volume``: (C, z, y, x) preprocessed image; ``gt``: bool mask of the target lesion on that grid.
-    Returns the case result and the number of image encodings the predictor needed.
+    ``volume``: (C, z, y, x) preprocessed image; ``gt``: bool mask of the target lesion on that grid;
+    ``untrained_attributes``: attributes the network never had a label for, neither predicted nor
+    scored. Returns the case result and the number of image encodings the predictor needed.
     """
-    predictor = CropPredictor(network, schema, volume, device=device)
+    predictor = CropPredictor(network, schema, volume, device=device, untrained_attributes=untrained_attributes)
+    attribute_truth = {a: v for a, v in (attribute_truth or {}).items() if a not in set(untrained_attributes)}
 
     def predict_fn(clicks):
         p = predictor.predict(clicks)
@@ -78,7 +82,8 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
                    lesion_labels: Sequence[int], n_clicks: int,
                    attribute_table: Mapping[str, Mapping[str, str]] | None = None,
                    device: torch.device | str = "cpu", log: Callable[[str], None] = print,
-                   save_probabilities: bool = False) -> dict[str, CaseResult]:
+                   save_probabilities: bool = False,
+                   attribute_support: Mapping[str, int] | None = None) -> dict[str, CaseResult]:
     """The click protocol on every case of ``dataset``; writes each case's mask and report.
 
     Args:
@@ -94,6 +99,8 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
         attribute_table: case id -> attribute classes (and ``lesion_type``); missing = unknown.
         device: where the network runs; log: receives one line per case.
         save_probabilities: also export nnU-Net's probability files.
+        attribute_support: attribute -> labelled training cases of the network; attributes with
+            none are neither predicted nor scored (None: every attribute counts as trained).
 
     Returns case id -> result for the cases with a lesion (a case without one is exported empty).
     """
@@ -101,6 +108,7 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
     spacing = [float(s) for s in configuration_manager.spacing]
     num_heads = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     network.eval()
+    untrained = untrained_attributes(attribute_support)
     results = {}
     for k in dataset.identifiers:
         data, seg, _, properties = dataset.load_case(k)
@@ -113,10 +121,10 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
             volume = torch.from_numpy(np.asarray(data[:], dtype=np.float32))
             result, encode_calls = protocol_with_network(
                 network, schema, volume, gt, spacing, n_clicks, {a: v for a, v in entry.items() if a in schema},
-                case_id=k, lesion_type=entry.get("lesion_type"), device=device)
+                case_id=k, lesion_type=entry.get("lesion_type"), device=device, untrained_attributes=untrained)
             results[k], final = result, result.final_mask
             write_json_atomic(join(output_folder, REPORTS_FOLDER, f"{k}.json"),
-                              {**result.to_dict(), "encode_calls": encode_calls})
+                              {**result.to_dict(), "encode_calls": encode_calls, "attributes_not_assessed": untrained})
             log(f"{k}: Dice per click {[round(d, 3) for d in result.dice]}")
         export_prediction_from_logits(mask_to_logits(final, label_value, num_heads), properties, configuration_manager,
                                       plans_manager, dataset_json, join(output_folder, k), save_probabilities)
@@ -126,13 +134,18 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
 def summarise_fold(results: Mapping[str, CaseResult], output_folder: str, plans_manager: PlansManager,
                    configuration_manager: ConfigurationManager, dataset_json: Mapping, schema: Schema,
                    gt_segmentations_folder: str, run_info: Mapping | None = None,
-                   plot_title: str = "") -> tuple[dict, dict]:
+                   plot_title: str = "", attribute_support: Mapping[str, int] | None = None) -> tuple[dict, dict]:
     """``interactive_summary.json`` and the Dice plot of the case results, and ``summary.json`` from
     nnU-Net's evaluation of the exported masks against ``gt_segmentations_folder`` (nnU-Net's
     ``gt_segmentations`` of the preprocessed dataset). ``run_info`` (e.g. trainer and fold) heads the
-    interactive summary. Returns (interactive summary, nnU-Net's metrics)."""
-    summary = summarise_cases(list(results.values()), schema)
-    summary.update({**(run_info or {}), "n_cases": len(results),
+    interactive summary; attributes without training labels (``attribute_support``) are left out of
+    the accuracies and listed as ``attributes_not_assessed``. Returns (interactive summary, nnU-Net's
+    metrics)."""
+    untrained = untrained_attributes(attribute_support)
+    assessed = OrderedDict((a, c) for a, c in schema.items() if a not in untrained)
+    summary = summarise_cases(list(results.values()), assessed if assessed else None)
+    summary.update({**(run_info or {}), "n_cases": len(results), "attributes_not_assessed": untrained,
+                    "attribute_support": dict(attribute_support) if attribute_support is not None else None,
                     "spacing_zyx_mm": [float(s) for s in configuration_manager.spacing], "cases": sorted(results)})
     write_json_atomic(join(output_folder, INTERACTIVE_SUMMARY), summary)
     plot_metric_vs_clicks({plot_title: {"mean Dice": curve_from_summary(summary, "dice")}},
@@ -161,7 +174,7 @@ def validate_fold(network: torch.nn.Module, dataset, output_folder: str, plans_m
                   attribute_table: Mapping[str, Mapping[str, str]] | None = None,
                   device: torch.device | str = "cpu", log: Callable[[str], None] = print,
                   save_probabilities: bool = False, gather: Gather | None = None, run_info: Mapping | None = None,
-                  plot_title: str = "") -> FoldValidation | None:
+                  plot_title: str = "", attribute_support: Mapping[str, int] | None = None) -> FoldValidation | None:
     """A fold's validation folder: :func:`validate_cases` on ``dataset``, then :func:`summarise_fold`.
 
     The arguments are those of the two functions. ``gather`` merges the case results of the
@@ -169,13 +182,14 @@ def validate_fold(network: torch.nn.Module, dataset, output_folder: str, plans_m
     ``dataset``); where it returns ``None`` nothing more is written and ``None`` is returned.
     """
     results = validate_cases(network, dataset, output_folder, plans_manager, configuration_manager, dataset_json,
-                             schema, lesion_labels, n_clicks, attribute_table, device, log, save_probabilities)
+                             schema, lesion_labels, n_clicks, attribute_table, device, log, save_probabilities,
+                             attribute_support)
     if gather is not None:
         results = gather(results)
         if results is None:
             return None
     summary, metrics = summarise_fold(results, output_folder, plans_manager, configuration_manager, dataset_json,
-                                      schema, gt_segmentations_folder, run_info, plot_title)
+                                      schema, gt_segmentations_folder, run_info, plot_title, attribute_support)
     return FoldValidation(summary, metrics, results)
 
 

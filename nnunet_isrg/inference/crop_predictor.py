@@ -47,12 +47,16 @@ class CropPredictor:
         model: an ``ISRGModel`` (``encode_image``/``decode``) in eval mode.
         schema: attribute schema {name: [classes]} to name the attribute probabilities.
         volume: (C, Z, Y, X) normalised preprocessed image.
+        untrained_attributes: attributes the model has no training label for; their head's output
+            is an untrained guess and is left out of ``attribute_probs``.
     """
 
     def __init__(self, model: torch.nn.Module, schema, volume: torch.Tensor | np.ndarray,
-                 device: torch.device | str = "cpu", follow_lesion: bool = True, max_follow_steps: int = 2):
+                 device: torch.device | str = "cpu", follow_lesion: bool = True, max_follow_steps: int = 2,
+                 untrained_attributes: Sequence[str] = ()):
         self.model = model
         self.schema = schema
+        self.untrained_attributes = frozenset(untrained_attributes)
         self.device = torch.device(device)
         self.crop_size = tuple(int(s) for s in model.crop_size)
         volume = torch.as_tensor(np.asarray(volume) if not torch.is_tensor(volume) else volume, dtype=torch.float32)
@@ -134,7 +138,7 @@ class CropPredictor:
             src.append(slice(a - lo, b - lo))
         mask[tuple(dst)] = (logits[tuple(src)] > 0).numpy()
         probs = {name: dict(zip(self.schema[name], torch.softmax(l[0].float(), 0).cpu().tolist()))
-                 for name, l in out["attribute_logits"].items()}
+                 for name, l in out["attribute_logits"].items() if name not in self.untrained_attributes}
         return CropPrediction(mask=mask, logits=logits, bbox=[list(b) for b in bbox], attribute_probs=probs,
                               iou_pred=float(out["iou_pred"][0, 0]), n_encodes=self.encode_calls - encodes_before)
 

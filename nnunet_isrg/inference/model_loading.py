@@ -16,13 +16,13 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
-from nnunet_isrg.attributes import validate_schema
+from nnunet_isrg.attributes import ATTRIBUTE_SUPPORT_KEY, untrained_attributes, validate_schema
 from nnunet_isrg.modeling.from_plans import build_isrg_network, isrg_block_of
 
 CONFIGURATION = "3d_fullres"
@@ -93,6 +93,14 @@ class LoadedModel:
     folds: list[Union[int, str]]
     device: torch.device
     isrg_block: dict = field(default_factory=dict)
+    #: attribute -> labelled training cases (the fewest over the folds); None for a checkpoint
+    #: written before the trainer recorded it: every attribute then counts as trained
+    attribute_support: Optional[dict] = None
+
+    @property
+    def untrained_attributes(self) -> list[str]:
+        """Attributes the model never had a training label for: never reported as its findings."""
+        return untrained_attributes(self.attribute_support)
 
     @property
     def crop_size(self) -> tuple[int, int, int]:
@@ -190,7 +198,7 @@ def load_trained_model(model_folder: str | Path, folds: Folds = (0,), checkpoint
 
     device = torch.device(device)
     fold_list = _resolve_folds(folder, folds, checkpoint)
-    networks = []
+    networks, supports = [], []
     for f in fold_list:
         ckpt = folder / _fold_name(f) / checkpoint
         if not ckpt.is_file():
@@ -206,6 +214,7 @@ def load_trained_model(model_folder: str | Path, folds: Folds = (0,), checkpoint
             raise ModelFolderError(f"{ckpt} could not be read as a torch checkpoint ({type(e).__name__}: {e})") from None
         if not isinstance(saved, dict) or "network_weights" not in saved:
             raise ModelFolderError(f"{ckpt} has no 'network_weights'; it is not an nnU-Net checkpoint")
+        supports.append(saved.get(ATTRIBUTE_SUPPORT_KEY))
         net = build_isrg_network(block, n_channels)
         try:
             net.load_state_dict(_clean_state_dict(saved["network_weights"]))
@@ -218,4 +227,12 @@ def load_trained_model(model_folder: str | Path, folds: Folds = (0,), checkpoint
     network = networks[0] if len(networks) == 1 else ISRGEnsemble(networks).to(device).eval()
     return LoadedModel(folder=folder, plans_manager=plans_manager, configuration_manager=configuration_manager,
                        dataset_json=dataset_json, schema=schema, network=network, folds=fold_list, device=device,
-                       isrg_block=dict(block))
+                       isrg_block=dict(block), attribute_support=_fewest_labels(supports, schema))
+
+
+def _fewest_labels(supports: list, schema) -> Optional[dict]:
+    """Per attribute, the fewest labelled training cases over the folds; None when any fold's
+    checkpoint predates the record (then the ensemble counts as trained on every attribute)."""
+    if not supports or any(s is None for s in supports):
+        return None
+    return {name: min(int(s.get(name, 0)) for s in supports) for name in schema}

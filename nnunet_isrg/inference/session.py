@@ -42,7 +42,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from nnunet_isrg.attributes import AttributeLabelError, normalise_class
+from nnunet_isrg.attributes import AttributeLabelError, normalise_class, untrained_attributes
 from nnunet_isrg.inference.crop_predictor import CropPredictor, centred_bbox
 from nnunet_isrg.inference.model_loading import Folds, LoadedModel, load_trained_model
 from nnunet_isrg.inference.region_preprocessing import (RegionGeometry, bounding_box, paste_mask, preprocess_region,
@@ -241,6 +241,8 @@ class ISRGSession:
                  follow_steps: int = 3, region_margin: float = 0.0):
         self.model = model if isinstance(model, LoadedModel) else load_trained_model(model, folds, checkpoint, device)
         self.schema = self.model.schema
+        # labelled training cases per attribute; None (not recorded) counts every attribute as trained
+        self.attribute_support = getattr(self.model, "attribute_support", None)
         self.device = torch.device(self.model.device)
         self.follow_steps = int(follow_steps)
         self.region_margin = float(region_margin)
@@ -424,7 +426,8 @@ class ISRGSession:
             # CropPredictor's own shifting only has room with a region margin; without one the border
             # voxels are there for interpolation, and following is done here, crop by crop
             predictor = CropPredictor(self.model.network, self.schema, data, self.device,
-                                      follow_lesion=self.region_margin > 0)
+                                      follow_lesion=self.region_margin > 0,
+                                      untrained_attributes=untrained_attributes(self.attribute_support))
             lesion.regions[key] = (geom, predictor)
             while len(lesion.regions) > self.max_cached_regions:
                 lesion.regions.popitem(last=False)
@@ -602,7 +605,7 @@ class ISRGSession:
         rep = build_lesion_report(self.image, mask, lesion.attribute_probs, [c.to_dict() for c in lesion.clicks],
                                   lesion_id=f"lesion_{lesion.lesion_id}", overrides=lesion.overrides,
                                   organ_map=self.organ_map, organ_names=self.organ_names, schema=self.schema,
-                                  label=lesion.lesion_id)
+                                  label=lesion.lesion_id, attribute_support=self.attribute_support)
         lesion.report_cache = (key, rep)
         return rep
 

@@ -352,8 +352,10 @@ def write_dicom_sr(source_datasets: Sequence, seg_dataset, reports: Sequence, ou
 
     groups = []
     for report, number in zip(reports, segment_numbers):
+        # only the model's and the reader's findings: a measured descriptor or an attribute the model
+        # was not trained on is not a qualitative evaluation of this lesion
         qualitative = [hd.sr.QualitativeEvaluation(attribute_name_code(name), attribute_value_code(name, f.value))
-                       for name, f in report.attributes.items()]
+                       for name, f in report.findings().items()]
         organ = (report.location or {}).get("organ")
         sites = ([hd.sr.FindingSite(anatomic_location=hd.sr.CodedConcept(_local_code(organ), CODING_SCHEME, organ[:64]))]
                  if organ else None)
@@ -363,7 +365,7 @@ def write_dicom_sr(source_datasets: Sequence, seg_dataset, reports: Sequence, ou
             finding_type=codes.SCT.Lesion,
             finding_sites=sites,
             measurements=_measurements_for(report, hd, codes),
-            qualitative_evaluations=qualitative))
+            qualitative_evaluations=qualitative or None))
     observer = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

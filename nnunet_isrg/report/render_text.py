@@ -31,9 +31,22 @@ def attribute_phrase(name: str, value: str) -> str:
 
 
 def render_text(report: LesionReport) -> str:
-    """One sentence in the paper's template, e.g. "Round-like mass; ...; Well-defined margin."."""
-    phrases = [attribute_phrase(name, f.value) for name, f in report.attributes.items()]
+    """One sentence in the paper's template, e.g. "Round-like mass; ...; Well-defined margin.", of the
+    model's and the reader's findings only: measured descriptors and attributes the model was not
+    trained on are not findings."""
+    phrases = [attribute_phrase(name, f.value) for name, f in report.findings().items()]
     return "; ".join(phrases) + "." if phrases else ""
+
+
+def _source_cell(f) -> str:
+    """What the Source column says: who stated the class, and how well the model knows the attribute."""
+    if f.source == "reader" and f.model is not None:
+        return f"reader (model: {f.model.value}, p={f.model.probability:.2f})"
+    if f.source in ("measurement", "not assessed"):
+        return f.reason or f.source
+    if f.low_support:
+        return f"{f.source} (low support: {f.training_cases} labelled training cases)"
+    return f.source
 
 
 def _num(v, nd: int = 1, unit: str = "") -> str:
@@ -63,11 +76,11 @@ def render_markdown(report: LesionReport, key_image: str | None = None, heading_
 
     lines += ["| Attribute | Finding | Probability | Source |", "|---|---|---|---|"]
     for name, f in report.attributes.items():
-        src = f.source
-        if f.source == "reader" and f.model is not None:
-            src = f"reader (model: {f.model.value}, p={f.model.probability:.2f})"
         prob = f"{f.probability:.2f}" if f.probability is not None else "-"
-        lines.append(f"| {name} | {f.value} | {prob} | {src} |")
+        value = f.value if f.value is not None else "not assessed"
+        if f.source == "measurement":
+            value = f"{f.value} (measured)"
+        lines.append(f"| {name} | {value} | {prob} | {_source_cell(f)} |")
     lines.append("")
 
     ext = m["extents_mm"]

@@ -43,27 +43,24 @@ import jsonschema
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_isrg.attributes import DEFAULT_SCHEMA, AttributeLabelError, canonical_class, normalise_class, validate_schema
+from nnunet_isrg.attributes import (DEFAULT_SCHEMA, LOW_SUPPORT_CASES, AttributeLabelError, canonical_class,
+                                    normalise_class, untrained_attributes, validate_schema)
 from nnunet_isrg.files import json_safe
+from nnunet_isrg.report.measured_descriptors import (BLURRED_EDGE_WIDTH_MM, IRREGULAR_SPHERICITY, ISO_BAND_HU,
+                                                     MIN_EDGE_STEP_HU, ROUND_AXIS_RATIO, ROUND_SPHERICITY,
+                                                     SHARP_EDGE_WIDTH_MM, measured_descriptor)
 from nnunet_isrg.report.measurements import Geometry, lesion_measurements
 
 SCHEMA_VERSION = "isrg-report/1.0"
 SCHEMA_RESOURCE = "schema/report.schema.json"
 
-ISO_BAND_HU = 10.0
 HOMOGENEOUS_STD_HU = 20.0
 HETEROGENEOUS_STD_HU = 30.0
-ROUND_SPHERICITY = 0.80
-IRREGULAR_SPHERICITY = 0.70
-ROUND_AXIS_RATIO = 0.60
 ELONGATED_AXIS_RATIO = 0.40
 PUNCTATE_MAX_MM = 10.0
 INVASION_MIN_OVERLAP = 0.05
 SHARP_MARGIN_HU_PER_MM = 20.0
 BLURRED_MARGIN_HU_PER_MM = 8.0
-SHARP_EDGE_WIDTH_MM = 2.5
-BLURRED_EDGE_WIDTH_MM = 5.0
-MIN_EDGE_STEP_HU = 20.0
 WALL_THICKNESS_RATIO = 0.5
 SOLID_THICKNESS_RATIO = 0.8
 PROBABILITY_SUM_TOLERANCE = 1e-2
@@ -104,21 +101,40 @@ class ModelPrediction:
         return {"value": self.value, "probability": self.probability, "probabilities": dict(self.probabilities)}
 
 
+#: sources of a finding: the model's, a reader's, a measured descriptor, or nothing
+MODEL, READER, MEASUREMENT, NOT_ASSESSED = "model", "reader", "measurement", "not assessed"
+NOT_TRAINED_REASON = "not assessed by the model: it was trained without labels for this attribute"
+
+
 @dataclass
 class AttributeFinding:
-    """The reported class of one attribute. ``source="reader"`` keeps the model's prediction in ``model``."""
+    """The reported class of one attribute. ``source="reader"`` keeps the model's prediction in ``model``.
+
+    ``source="measurement"``: the class read from the lesion's measurements (the model was not
+    trained on this attribute); ``source="not assessed"``: no class (``value`` None). ``training_cases``
+    is the number of labelled training cases behind the model's prediction when the model recorded it.
+    """
 
     name: str
-    value: str
+    value: Optional[str]
     probability: Optional[float]
-    source: str = "model"
+    source: str = MODEL
     model: Optional[ModelPrediction] = None
     evidence: list = field(default_factory=list)
+    training_cases: Optional[int] = None
+    low_support: bool = False
+    reason: Optional[str] = None
+
+    @property
+    def is_finding(self) -> bool:
+        """A class stated by the model or a reader: what the report sentence and the SR carry."""
+        return self.source in (MODEL, READER) and self.value is not None
 
     def to_dict(self) -> dict:
         return {"value": self.value, "probability": self.probability, "source": self.source,
                 "model": self.model.to_dict() if self.model else None,
-                "evidence": [e.to_dict() for e in self.evidence]}
+                "evidence": [e.to_dict() for e in self.evidence], "training_cases": self.training_cases,
+                "low_support": bool(self.low_support), "reason": self.reason}
 
 
 @dataclass
@@ -172,7 +188,8 @@ class LesionReport:
             attrs[name] = AttributeFinding(
                 name=name, value=a["value"], probability=a["probability"], source=a["source"],
                 model=ModelPrediction(m["value"], m["probability"], dict(m.get("probabilities") or {})) if m else None,
-                evidence=[Evidence(**e) for e in a.get("evidence", [])])
+                evidence=[Evidence(**e) for e in a.get("evidence", [])], training_cases=a.get("training_cases"),
+                low_support=bool(a.get("low_support", False)), reason=a.get("reason"))
         return cls(lesion_id=d["lesion_id"], attributes=attrs, measurements=dict(d["measurements"]),
                    location=dict(d["location"]), clicks=[Click(**c) for c in d.get("clicks", [])],
                    label=d.get("label"), lesion_type=d.get("lesion_type"),
@@ -180,8 +197,13 @@ class LesionReport:
                    schema_version=d["schema_version"])
 
     def final_classes(self) -> "OrderedDict[str, str]":
-        """Attribute -> reported class (reader's where overridden)."""
-        return OrderedDict((k, a.value) for k, a in self.attributes.items())
+        """Attribute -> reported class (reader's where overridden) of the model's and the reader's
+        findings; measured descriptors and attributes not assessed are left out."""
+        return OrderedDict((k, a.value) for k, a in self.attributes.items() if a.is_finding)
+
+    def findings(self) -> "OrderedDict[str, AttributeFinding]":
+        """The attributes the model or a reader state a class for."""
+        return OrderedDict((k, a) for k, a in self.attributes.items() if a.is_finding)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -425,7 +447,8 @@ def build_lesion_report(image: sitk.Image, mask, attribute_probs: Mapping | None
                         lesion_id: str = "lesion_1", overrides: Mapping | None = None, organ_map=None,
                         organ_names=None, lesion_type: str | None = None, evidence: Mapping | None = None,
                         schema: Mapping | None = None, label: int | None = None,
-                        measurements: Mapping | None = None) -> LesionReport:
+                        measurements: Mapping | None = None,
+                        attribute_support: Mapping[str, int] | None = None) -> LesionReport:
     """The report of one lesion.
 
     ``image``: CT in HU; ``mask``: bool z,y,x array on the image grid; ``attribute_probs``: attribute
@@ -435,7 +458,11 @@ def build_lesion_report(image: sitk.Image, mask, attribute_probs: Mapping | None
     kept); ``organ_map``/``organ_names``: optional organ label map (z,y,x, same grid) and names;
     ``evidence``: measured quantities (as ``nnunet_isrg.report.evidence.lesion_evidence`` returns);
     when not given that function is used if it exists; ``schema``: attribute schema (default the
-    paper's); ``measurements``: precomputed :func:`lesion_measurements` output to reuse.
+    paper's); ``measurements``: precomputed :func:`lesion_measurements` output to reuse;
+    ``attribute_support``: attribute -> labelled training cases of the model (None: not recorded, every
+    attribute counts as trained). An attribute with none is never the model's finding: it becomes
+    a measured descriptor where the measurements decide it, else "not assessed"; one with fewer than
+    ``LOW_SUPPORT_CASES`` carries ``low_support``.
     """
     schema = validate_schema(schema) if schema is not None else OrderedDict((k, list(v)) for k, v in DEFAULT_SCHEMA.items())
     attribute_probs = dict(attribute_probs or {})
@@ -466,19 +493,28 @@ def build_lesion_report(image: sitk.Image, mask, attribute_probs: Mapping | None
     quantities = evidence_quantities(meas, location, evidence)
 
     attrs: "OrderedDict[str, AttributeFinding]" = OrderedDict()
+    untrained = set(untrained_attributes(attribute_support))
     for name in schema:
-        model = _model_prediction(name, attribute_probs[name], schema, lesion_id) if name in attribute_probs else None
+        trained = name not in untrained
+        model = (_model_prediction(name, attribute_probs[name], schema, lesion_id)
+                 if name in attribute_probs and trained else None)
         if name in overrides:
             try:
                 value = normalise_class(schema, name, overrides[name], case=lesion_id, source="overrides")
             except AttributeLabelError as e:
                 raise ReportError(str(e)) from None
-            finding = AttributeFinding(name, value, None, "reader", model)
+            finding = AttributeFinding(name, value, None, READER, model)
+        elif not trained:
+            attrs[name] = _untrained_finding(name, schema[name], quantities)
+            continue
         elif model is not None:
-            finding = AttributeFinding(name, model.value, model.probability, "model", model)
+            finding = AttributeFinding(name, model.value, model.probability, MODEL, model)
         else:
             continue  # unknown: neither predicted nor set
         finding.evidence = attribute_evidence(name, finding.value, quantities)
+        if attribute_support is not None and name in attribute_support:
+            finding.training_cases = int(attribute_support[name])
+            finding.low_support = trained and finding.training_cases < LOW_SUPPORT_CASES
         attrs[name] = finding
 
     geometry = Geometry.from_image(image)
@@ -486,6 +522,16 @@ def build_lesion_report(image: sitk.Image, mask, attribute_probs: Mapping | None
                           clicks=[_as_click(c, geometry, lesion_id) for c in clicks], label=label,
                           lesion_type=lesion_type, evidence_quantities=quantities)
     return report
+
+
+def _untrained_finding(name: str, classes: list, quantities: Mapping) -> AttributeFinding:
+    """An attribute the model has no training label for: a measured descriptor, or not assessed."""
+    measured = measured_descriptor(name, classes, quantities)
+    if measured is None:
+        return AttributeFinding(name, None, None, NOT_ASSESSED, training_cases=0, reason=NOT_TRAINED_REASON)
+    cls, quantity, value, unit, text = measured
+    return AttributeFinding(name, cls, None, MEASUREMENT, evidence=[Evidence(quantity, value, unit, text, SUPPORTS)],
+                            training_cases=0, reason=f"{NOT_TRAINED_REASON}; measured instead: {text}")
 
 
 def override_attribute(report: LesionReport, name: str, value: str, schema: Mapping | None = None) -> LesionReport:
@@ -498,8 +544,9 @@ def override_attribute(report: LesionReport, name: str, value: str, schema: Mapp
     except AttributeLabelError as e:
         raise ReportError(str(e)) from None
     old = report.attributes.get(name)
-    finding = AttributeFinding(name, v, None, "reader", old.model if old else None,
-                               attribute_evidence(name, v, report.evidence_quantities))
+    finding = AttributeFinding(name, v, None, READER, old.model if old else None,
+                               attribute_evidence(name, v, report.evidence_quantities),
+                               training_cases=old.training_cases if old else None)
     report.attributes[name] = finding
     report.attributes = OrderedDict((k, report.attributes[k]) for k in schema if k in report.attributes)
     return report

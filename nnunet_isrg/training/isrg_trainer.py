@@ -25,13 +25,14 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunet_isrg.attributes import (ATTRIBUTES_FILENAME, IGNORE_INDEX, lesion_labels_from_dataset_json,
+from nnunet_isrg.attributes import (ATTRIBUTE_SUPPORT_FILENAME, ATTRIBUTE_SUPPORT_KEY, ATTRIBUTES_FILENAME, IGNORE_INDEX,
+                                    attribute_support, lesion_labels_from_dataset_json,
                                     read_attribute_table, schema_from_dataset_json)
 from nnunet_isrg.clicks import sample_target_and_first_click, simulate_correction_click
 from nnunet_isrg.data.verify import find_attribute_table
 from nnunet_isrg.evaluation.fold_validation import validate_fold
 from nnunet_isrg.evaluation.protocol import CaseResult
-from nnunet_isrg.files import atomic_path
+from nnunet_isrg.files import atomic_path, write_json_atomic
 from nnunet_isrg.modeling.from_plans import (PLANS_KEY, build_isrg_network, isrg_block_of, make_isrg_block,
                                              preset_crop_size)
 from nnunet_isrg.training.data_loader import AttributeLabels, LesionCentredDataLoader
@@ -88,6 +89,7 @@ class ISRGTrainer(nnUNetTrainer):
         self._store_isrg_block_in_plans(configuration)
         self.attribute_table: dict[str, dict[str, str]] = {}
         self.attribute_labels: AttributeLabels | None = None
+        self.attribute_support: dict[str, int] | None = None
         self._second_largest_lesion: dict[str, int] = {}
         self.weight_average: WeightAverage | None = None
         self._validation_weights = ExitStack()
@@ -238,6 +240,11 @@ class ISRGTrainer(nnUNetTrainer):
             self.print_to_log_file(f"WARNING: no {ATTRIBUTES_FILENAME} in {self.preprocessed_dataset_folder_base} or "
                                    f"the raw dataset: every attribute is unknown and the attribute loss is masked")
         self.attribute_labels = AttributeLabels(self.attribute_table, self.schema)
+        tr_keys, _ = self.do_split()
+        self.attribute_support = dict(attribute_support(self.attribute_table, self.schema, tr_keys))
+        self.print_to_log_file(f"labelled training cases per attribute: {self.attribute_support}")
+        if self.local_rank == 0:
+            write_json_atomic(join(self.output_folder, ATTRIBUTE_SUPPORT_FILENAME), self.attribute_support)
 
     def _measure_lesion_components(self) -> None:
         """Size of each training case's second-largest lesion, to tell when a crop shows the labelled lesion."""
@@ -350,26 +357,31 @@ class ISRGTrainer(nnUNetTrainer):
 
     def save_checkpoint(self, filename: str) -> None:
         """``network_weights`` are the averaged weights, the ones every reader of the checkpoint
-        (``isrg predict``, the session, ``--val``) should use; the raw ones ride along for ``--c``."""
-        if self.weight_average is None or self.local_rank != 0 or self.disable_checkpointing:
+        (``isrg predict``, the session, ``--val``) should use; the raw ones ride along for ``--c``,
+        and so does each attribute's count of labelled training cases."""
+        if self.local_rank != 0 or self.disable_checkpointing:
             return super().save_checkpoint(filename)  # writes nothing off rank 0 or with checkpointing disabled
-        # nnU-Net writes its checkpoint to a temporary file; the raw weights are added and the
-        # result renamed, so `filename` never holds a checkpoint without them
+        # nnU-Net writes its checkpoint to a temporary file; our keys are added and the result
+        # renamed, so `filename` never holds a checkpoint without them
         with atomic_path(filename) as tmp:
             with self._averaged_weights() as training_weights:
                 super().save_checkpoint(str(tmp))
             checkpoint = torch.load(tmp, map_location="cpu", weights_only=False)
-            checkpoint[TRAINING_WEIGHTS_KEY] = training_weights
+            if training_weights is not None:
+                checkpoint[TRAINING_WEIGHTS_KEY] = training_weights
+            checkpoint[ATTRIBUTE_SUPPORT_KEY] = self.attribute_support
             torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         # nnU-Net 2.8.1 reads only a file name here (a dict leaves its `checkpoint` unset), so the
         # file is read twice: once by nnU-Net, once for the keys it does not know
         super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, str):
+            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if checkpoint.get(ATTRIBUTE_SUPPORT_KEY) is not None:
+            self.attribute_support = dict(checkpoint[ATTRIBUTE_SUPPORT_KEY])
         if self.weight_average is not None:
-            checkpoint = filename_or_checkpoint
-            if isinstance(checkpoint, str):
-                checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
             self.weight_average.load_state_dict(self.model.state_dict())
             if TRAINING_WEIGHTS_KEY in checkpoint:
                 self.model.load_state_dict(checkpoint[TRAINING_WEIGHTS_KEY])
@@ -414,7 +426,8 @@ class ISRGTrainer(nnUNetTrainer):
                 gt_segmentations_folder=join(self.preprocessed_dataset_folder_base, "gt_segmentations"),
                 attribute_table=self.attribute_table, device=self.device, log=self.print_to_log_file,
                 save_probabilities=save_probabilities, gather=self._gather_validation_results,
-                run_info={"trainer": name, "fold": self.fold}, plot_title=f"{name} fold {self.fold}")
+                run_info={"trainer": name, "fold": self.fold}, plot_title=f"{name} fold {self.fold}",
+                attribute_support=self.attribute_support)
         if outcome is None:
             return
         foreground_dice = outcome.metrics["foreground_mean"]["Dice"]
