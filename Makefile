@@ -14,7 +14,7 @@ export nnUNet_results ?= $(CURDIR)/work/nnUNet_results
 export nnUNet_def_n_proc ?= 2
 export nnUNet_n_proc_DA ?= 2
 
-.PHONY: install browser demo test clean-work
+.PHONY: install browser dicom-tools demo test clean-work
 
 install: $(STAMP)
 
@@ -34,7 +34,14 @@ browser:
 	  { echo "installing Debian's chromium for the browser test"; \
 	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) browser
+# The DICOM exports are checked with dciodvfy from Debian's dicom3tools (the test skips without it).
+dicom-tools:
+	@command -v dciodvfy >/dev/null 2>&1 || \
+	  { echo "installing Debian's dicom3tools for the DICOM validation test"; \
+	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dicom3tools >/dev/null || \
+	    echo "dicom3tools could not be installed: the dciodvfy test will be skipped"; }
+
+test: $(STAMP) browser dicom-tools
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 clean-work:

@@ -56,17 +56,57 @@ def sort_datasets_by_position(datasets: Sequence) -> list:
     return sorted(datasets, key=lambda d: float(np.dot(n, np.asarray(d.ImagePositionPatient, dtype=float))))
 
 
+#: slice positions may deviate from the series' median spacing by this fraction before the
+#: series counts as having a gap (a missing slice) or non-uniform spacing
+SLICE_SPACING_TOLERANCE = 0.05
+
+
+def check_slice_spacing(datasets: Sequence, folder: str | os.PathLike = "") -> float:
+    """The uniform distance (mm) between consecutive slices of ``datasets`` (sorted by position);
+    raises :class:`DicomExportError` naming the gap when one is missing or the spacing varies,
+    which a volume reader would silently stretch into a uniform grid."""
+    if len(datasets) < 2:
+        return float("nan")
+    n = _slice_normal(datasets[0])
+    positions = np.array([float(np.dot(n, np.asarray(d.ImagePositionPatient, dtype=float))) for d in datasets])
+    steps = np.diff(positions)
+    spacing = float(np.median(steps))
+    bad = np.nonzero(np.abs(steps - spacing) > SLICE_SPACING_TOLERANCE * max(spacing, 1e-6))[0]
+    if spacing <= 0 or bad.size:
+        i = int(bad[0]) if bad.size else 0
+        names = [getattr(d, "filename", None) or f"slice {k}" for k, d in ((i, datasets[i]), (i + 1, datasets[i + 1]))]
+        raise DicomExportError(
+            f"{folder}: the series' slices are not evenly spaced: {steps[i]:.3f} mm between positions "
+            f"{positions[i]:.3f} and {positions[i + 1]:.3f} mm ({Path(str(names[0])).name}, {Path(str(names[1])).name}) "
+            f"against {spacing:.3f} mm elsewhere (a missing slice?); {bad.size} such gap(s). Complete the series "
+            f"or resample it to a uniform grid before opening it")
+    return spacing
+
+
+def _files_inside(folder: Path, files: Sequence[str]) -> None:
+    """Refuses files of a series folder that resolve (through links) outside it: a folder the reader
+    may open must not lead to files it may not."""
+    root = folder.resolve()
+    outside = [f for f in files if not Path(f).resolve().is_relative_to(root)]
+    if outside:
+        raise DicomExportError(f"{folder}: {len(outside)} file(s) of the series resolve outside the folder, e.g. "
+                               f"{outside[0]} -> {Path(outside[0]).resolve()}; copy the files instead of linking them")
+
+
 def read_dicom_series(folder: str | os.PathLike, series_instance_uid: str | None = None):
     """Reads a CT series: ``(sitk.Image in HU, [pydicom.Dataset])``, datasets in the image's z order.
 
     When the folder holds several series, the CT one with most slices is taken (or
-    ``series_instance_uid``). Pixel data is not kept in the datasets (headers only).
+    ``series_instance_uid``). Pixel data is not kept in the datasets (headers only). Refused: a
+    series with a missing slice or uneven slice spacing (:func:`check_slice_spacing`), and files
+    that resolve outside ``folder``.
     """
     import pydicom
 
     folder = Path(folder)
     if not folder.is_dir():
         raise DicomExportError(f"{folder}: not a folder (expected a DICOM CT series folder)")
+    _files_inside(folder, [str(p) for p in folder.iterdir()])  # before GDCM opens any of them
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder)) or ()
     candidates = []
@@ -85,13 +125,14 @@ def read_dicom_series(folder: str | os.PathLike, series_instance_uid: str | None
         what = f"series {series_instance_uid}" if series_instance_uid else "CT series"
         raise DicomExportError(f"{folder}: no DICOM {what} found (series present: {list(series) or 'none'})")
     _, uid, files = max(candidates)
-    reader.SetFileNames(files)
-    image = reader.Execute()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # real data often has over-long SH values etc.
         datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     # GDCM's file order is its own; make the datasets follow the image's z order explicitly
     datasets = sort_datasets_by_position(datasets)
+    check_slice_spacing(datasets, folder)
+    reader.SetFileNames(files)
+    image = reader.Execute()
     first = np.asarray(datasets[0].ImagePositionPatient, dtype=float)
     if not np.allclose(first, image.GetOrigin(), atol=1e-3):
         datasets = datasets[::-1]
@@ -110,7 +151,15 @@ def _ds_number(v: float) -> str:
     return s
 
 
+#: the longest Study ID (VR SH) the standard allows
+MAX_STUDY_ID_LENGTH = 16
+
+
 def _atomic_save(ds, path: Path) -> None:
+    # highdicom copies the source's Study ID; a source that breaks the VR's length must not make
+    # our object invalid, so it is cut to the allowed 16 characters
+    if "StudyID" in ds and len(str(ds.StudyID)) > MAX_STUDY_ID_LENGTH:
+        ds.StudyID = str(ds.StudyID)[:MAX_STUDY_ID_LENGTH]
     with atomic_path(path, suffix=".tmp") as tmp:
         ds.save_as(str(tmp), enforce_file_format=True)
 
@@ -166,6 +215,7 @@ def write_ct_series_from_image(image: sitk.Image, out_dir: str | os.PathLike, pa
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, for_uid
         ds.StudyID = "1"
         ds.SeriesNumber = int(series_number)
+        ds.Laterality = ""  # Type 2C in the General Series module; a NIfTI says nothing about it
         ds.InstanceNumber = k + 1
         ds.PositionReferenceIndicator = ""
         ds.KVP = ""
@@ -321,9 +371,11 @@ def _referenced_segment(seg, number: int, hd):
             for src in der.get("SourceImageSequence", []):
                 sources[src.ReferencedSOPInstanceUID] = src.ReferencedSOPClassUID
     images = [hd.sr.SourceImageForSegmentation(cls, uid) for uid, cls in sources.items()]
+    # the segment is referenced by its number alone: the standard forbids ReferencedSegmentNumber
+    # beside ReferencedFrameNumber in the SR's image reference (dciodvfy reports it as an error)
     return hd.sr.ReferencedSegment(
         sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
-        frame_numbers=frames or None, source_images=images or None,
+        frame_numbers=None, source_images=images or None,
         source_series=None if images else hd.sr.SourceSeriesForSegmentation(
             seg.ReferencedSeriesSequence[0].SeriesInstanceUID))
 
