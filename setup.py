@@ -34,6 +34,6 @@ setup(
         "uvicorn",
         "python-multipart",
     ],
-    extras_require={"test": ["pytest", "httpx", "playwright"]},
+    extras_require={"test": ["pytest", "httpx", "playwright", "schemathesis", "hypothesis"]},
     entry_points={"console_scripts": ["isrg=nnunet_isrg.cli:main"]},
 )

@@ -208,3 +208,45 @@ def test_viewer_shows_server_errors(server, browser):
     msg = page.inner_text("#error-text")
     assert "'..'" in msg and "HTTP 403" in msg
     page.close()
+
+
+def test_viewer_with_a_token_keeps_it_out_of_urls_and_logs(viewer_data, browser, tmp_path):
+    """A server with a token, opened as /#token=T (the fragment never reaches the server): the page sends
+    the token in a header, downloads exports through fetch, and no access log line holds it."""
+    import logging
+
+    from nnunet_isrg.server.app import create_app, serve_in_background
+
+    token = "br0wser-t0ken-never-logged"
+    rel, mask, (z, y, x) = _lesion_case(viewer_data[1])
+    app = create_app(viewer_data[0], data_dirs=[viewer_data[1]], token=token)
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    with serve_in_background(app, log_level="info") as url:
+        logging.getLogger("uvicorn.access").addHandler(handler)
+        try:
+            page = browser.new_page(accept_downloads=True)
+            requested: list[str] = []
+            page.on("request", lambda req: requested.append(req.url))
+            page.goto(f"{url}/#token={token}")
+            page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+            assert token not in page.url  # taken out of the address bar
+            page.select_option("#file-select", value=json.dumps([0, rel], separators=(",", ":")))
+            page.click("#open-btn")
+            page.wait_for_function(f"document.body.dataset.image === {json.dumps(rel)}", timeout=60_000)
+            _wait_idle(page, "document.body.dataset.revision !== undefined")
+            sid = page.evaluate("state.sid")
+            page.evaluate(f"api('POST', 'sessions/{sid}/clicks', {{point: {[z, y, x]}, positive: true}})"
+                          f".then(() => refreshLesions())")
+            page.wait_for_function("!document.getElementById('exp-json').disabled", timeout=60_000)
+            with page.expect_download() as dl:
+                page.click("#exp-json")
+            doc = json.loads(Path(dl.value.path()).read_text())
+            assert len(doc["lesions"]) == 1 and dl.value.suggested_filename.endswith("_report.json")
+            page.close()
+        finally:
+            logging.getLogger("uvicorn.access").removeHandler(handler)
+    assert any("/export/report.json" in line for line in lines) and any("/clicks" in line for line in lines), lines
+    assert not [line for line in lines if token in line], lines
+    assert not [u for u in requested if token in u], requested

@@ -32,12 +32,26 @@ def _check_relative(rel: str) -> None:
     """Refuses what no data folder can hold: an empty, absolute or '..' path."""
     if not rel or not rel.strip():
         raise http_error(400, "empty path; give a path relative to a data folder (see GET /files)")
+    if "\x00" in rel:
+        raise http_error(400, "a null byte in the path is refused: no file name can contain one")
     if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or rel.startswith(("\\", "~")) \
             or PureWindowsPath(rel).drive:
         raise http_error(400, f"absolute path '{rel}' refused: give a path relative to one of the data folders "
                               f"(see GET /files)")
     if ".." in PurePosixPath(rel.replace("\\", "/")).parts:
         raise http_error(403, f"path '{rel}' refused: '..' (leaving the data folder) is not allowed")
+
+
+def _look_up(root: Path, rel: str) -> tuple[Path, bool]:
+    """``root / rel`` with its symbolic links followed (one leaving the folder is caught by the caller),
+    and whether it exists; 400 for a path the file system refuses to look up."""
+    try:
+        target = (root / rel).resolve()
+        return target, target.exists()
+    except (OSError, RuntimeError) as e:  # a name over the file system's length limit, a link loop
+        # the reason without the server's own path in it
+        why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise http_error(400, f"path '{rel}' cannot be looked up: {why}") from None
 
 
 def resolve_data_path(data_roots: Sequence[Path], rel: str, data_dir: int | None) -> tuple[Path, str]:
@@ -50,11 +64,11 @@ def resolve_data_path(data_roots: Sequence[Path], rel: str, data_dir: int | None
         raise http_error(404, f"no data folder {data_dir}; there are {len(data_roots)} (0..{len(data_roots) - 1})")
     roots = [data_roots[data_dir]] if data_dir is not None else data_roots
     for root in roots:
-        target = (root / rel).resolve()  # follows symbolic links: a link leaving the folder is caught below
+        target, exists = _look_up(root, rel)
         if not target.is_relative_to(root):
             raise http_error(403, f"path '{rel}' resolves outside the data folder '{root.name}' (a symbolic link "
                                   f"leaving it?); only files inside the --data folders can be opened")
-        if target.exists():
+        if exists:
             return target, rel
     raise http_error(404, f"'{rel}' not found in the data folder(s) {[r.name for r in roots]} (see GET /files)")
 

@@ -65,6 +65,13 @@ class SessionEntry:
         """Call after anything that changes the image or a lesion mask."""
         self.revision += 1
 
+    def replace_session(self, session: object) -> None:
+        """Puts a fresh session in place of the current one (call with the lock held): opening another
+        image drops the former one and everything derived from it before the new one is read, so a
+        session never holds two images."""
+        self.session, self._labels = session, None
+        self.changed()
+
     def label_map(self) -> np.ndarray:
         """The session's label map, cached until the next :meth:`changed` (call with the lock held)."""
         if self._labels is None or self._labels[0] != self.revision:
@@ -82,26 +89,36 @@ class SessionStore:
             then refuses with :class:`TooManySessionsError`.
         sweep_interval_s: how often a background thread looks for expired sessions (None: only on
             :meth:`create` and :meth:`sweep`).
+        on_drop: called with the id of every session that goes (deleted, expired, store closed), e.g.
+            to release its memory charge.
     """
 
     def __init__(self, factory: Callable[[], object], ttl_s: float = 3600.0, max_sessions: int = 64,
-                 sweep_interval_s: float | None = None):
+                 sweep_interval_s: float | None = None, on_drop: Callable[[str], None] | None = None):
         self._factory = factory
+        self._on_drop = on_drop
         self.ttl_s = float(ttl_s)
         self.max_sessions = int(max_sessions)
         self._entries: dict[str, SessionEntry] = {}
         self._lock = threading.Lock()
         self._root = Path(tempfile.mkdtemp(prefix="isrg-serve-"))
         self._stop = threading.Event()
-        self._sweeper = None
-        if sweep_interval_s is None:
-            sweep_interval_s = max(1.0, min(60.0, self.ttl_s / 4))
-        if sweep_interval_s > 0:
-            self._sweeper = threading.Thread(target=self._sweep_loop, args=(sweep_interval_s,), daemon=True,
-                                             name="isrg-session-sweeper")
-            self._sweeper.start()
+        self._sweeper: threading.Thread | None = None
+        self._sweep_interval_s = max(1.0, min(60.0, self.ttl_s / 4)) if sweep_interval_s is None else sweep_interval_s
+        self.open()
 
     # ------------------------------------------------------------------ lifecycle
+    def open(self) -> None:
+        """Starts the sweeper and makes the sessions' folder, again after :meth:`close` (an app served a
+        second time, e.g. by a second server in a notebook or a test, gets its store back)."""
+        self._root.mkdir(mode=0o700, exist_ok=True)
+        # a stopped sweeper may still be finishing: a new one with its own stop event takes over
+        if self._sweep_interval_s > 0 and (self._sweeper is None or self._stop.is_set()):
+            self._stop = threading.Event()
+            self._sweeper = threading.Thread(target=self._sweep_loop, args=(self._sweep_interval_s, self._stop),
+                                             daemon=True, name="isrg-session-sweeper")
+            self._sweeper.start()
+
     def create(self) -> SessionEntry:
         self.sweep()
         with self._lock:
@@ -116,6 +133,10 @@ class SessionStore:
         with self._lock:
             self._entries[sid] = entry
         return entry
+
+    def new_session(self) -> object:
+        """A fresh session from the store's factory (sharing the loaded model)."""
+        return self._factory()
 
     def get(self, sid: str) -> SessionEntry:
         with self._lock:
@@ -144,7 +165,7 @@ class SessionStore:
             entry = self._entries.pop(sid, None)
         if entry is None:
             raise UnknownSessionError(sid)
-        shutil.rmtree(entry.workdir, ignore_errors=True)
+        self._dropped(entry)
 
     def __len__(self) -> int:
         with self._lock:
@@ -171,19 +192,28 @@ class SessionStore:
                 finally:
                     entry.lock.release()
         for entry in dropped:
-            shutil.rmtree(entry.workdir, ignore_errors=True)
+            self._dropped(entry)
         return [e.sid for e in dropped]
 
-    def _sweep_loop(self, interval: float) -> None:
-        while not self._stop.wait(interval):
+    def _dropped(self, entry: SessionEntry) -> None:
+        """What goes with a session once it left the map: its files and, through ``on_drop``, its charge."""
+        shutil.rmtree(entry.workdir, ignore_errors=True)
+        if self._on_drop is not None:
+            self._on_drop(entry.sid)
+
+    def _sweep_loop(self, interval: float, stop: threading.Event) -> None:
+        while not stop.wait(interval):
             try:
                 self.sweep()
             except Exception:  # noqa: BLE001 (the sweeper must survive anything)
                 pass
 
     def close(self) -> None:
-        """Stops the sweeper and removes every session's folder."""
+        """Stops the sweeper and drops every session with its folder (:meth:`open` starts the store again)."""
         self._stop.set()
         with self._lock:
+            entries = list(self._entries.values())
             self._entries.clear()
+        for entry in entries:
+            self._dropped(entry)
         shutil.rmtree(self._root, ignore_errors=True)

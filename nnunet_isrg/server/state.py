@@ -6,13 +6,15 @@ its own.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from nnunet_isrg.inference.model_loading import LoadedModel
+from nnunet_isrg.server.memory import MemoryBudget
 from nnunet_isrg.server.sessions import SessionStore
 
 
@@ -28,6 +30,10 @@ class ServerState:
     max_upload: int
     #: the token every API request must carry; None: no token needed
     token: str | None
+    #: what the sessions' images may hold, per session and in all
+    budget: MemoryBudget
+    #: DICOM SEG + SR exports run one at a time: their transient peak is beyond the budget's estimate
+    dicom_export_slot: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def schema(self) -> dict[str, list[str]]:

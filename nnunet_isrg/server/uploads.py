@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from fastapi import HTTPException, Request
@@ -15,6 +16,8 @@ from nnunet_isrg.server.errors import http_error
 
 #: a zip may unpack to at most this many times the upload limit (zip bombs)
 ZIP_EXPANSION_LIMIT = 4
+#: what unpacking a damaged or unusual zip raises
+_UNPACK_ERRORS = (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, ValueError, EOFError, zlib.error)
 
 
 def checked_upload_suffix(filename: str) -> str:
@@ -58,23 +61,32 @@ def _extract_inside(zf: zipfile.ZipFile, name: str, dest: Path, max_bytes: int) 
     if total > max_bytes:
         raise SessionError(f"{name}: unpacks to {total / 2**20:.0f} MiB, more than the allowed "
                            f"{max_bytes / 2**20:.0f} MiB")
-    for m in members:
-        target = (dest / m.filename).resolve()
-        if PurePosixPath(m.filename).is_absolute() or not target.is_relative_to(dest):
-            raise SessionError(f"{name}: member '{m.filename}' would unpack outside its folder; refused")
-    zf.extractall(dest)
+    try:
+        for m in members:
+            target = (dest / m.filename).resolve()
+            if PurePosixPath(m.filename).is_absolute() or not target.is_relative_to(dest):
+                raise SessionError(f"{name}: member '{m.filename}' would unpack outside its folder; refused")
+        zf.extractall(dest)
+    except SessionError:
+        raise
+    except _UNPACK_ERRORS as e:  # a damaged, encrypted or oddly compressed zip, a name the disk refuses
+        # the reason without the server's own path in it
+        why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+        raise SessionError(f"{name}: cannot be unpacked ({why})") from None
 
 
-def unpack_zip(path: Path, dest: Path, max_bytes: int) -> Path:
+def unpack_zip(path: Path, dest: Path, max_bytes: int, name: str | None = None) -> Path:
     """Extracts an uploaded zip safely (no member outside ``dest``, at most ``max_bytes`` in all) and
-    returns the image inside: the only image file, else the folder with the most files (a DICOM series)."""
+    returns the image inside: the only image file, else the folder with the most files (a DICOM series).
+    Messages call the zip ``name`` (the client's file name; default: its own)."""
+    name = name or path.name
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise SessionError(f"{path.name}: not a readable zip file") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as e:
+        raise SessionError(f"{name}: not a readable zip file ({type(e).__name__})") from None
     dest = dest.resolve()
     with zf:
-        _extract_inside(zf, path.name, dest, max_bytes)
+        _extract_inside(zf, name, dest, max_bytes)
     images = [p for p in dest.rglob("*") if p.is_file() and is_image_file(p.name)]
     if len(images) == 1:
         return images[0]
@@ -83,5 +95,5 @@ def unpack_zip(path: Path, dest: Path, max_bytes: int) -> Path:
         if p.is_file():
             folders[p.parent] = folders.get(p.parent, 0) + 1
     if not folders:
-        raise SessionError(f"{path.name}: the zip holds no files")
+        raise SessionError(f"{name}: the zip holds no files")
     return max(folders, key=folders.get)

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from nnunet_isrg.server.access import ready_session
 from nnunet_isrg.server.data_files import UPLOAD_SUFFIXES, resolve_data_path
@@ -23,10 +23,13 @@ router = APIRouter()
 
 
 class OpenRequest(BaseModel):
-    path: str = Field(..., description="path relative to one of the server's --data folders "
+    # strict: a number is not a path and a string or a boolean is not a folder index
+    model_config = ConfigDict(strict=True)
+
+    path: StrictStr = Field(..., description="path relative to one of the server's --data folders "
                                        "(a NIfTI/MHA/NRRD file or a DICOM series folder)",
                       examples=["imagesTr/case_0000_0000.nii.gz"])
-    data_dir: Optional[int] = Field(None, description="index of the data folder (GET /files); "
+    data_dir: Optional[StrictInt] = Field(None, description="index of the data folder (GET /files); "
                                                       "default: the first folder that holds the path")
 
 
@@ -52,8 +55,9 @@ async def upload_image(sid: str, request: Request, state: ServerStateDep,
     suffix = checked_upload_suffix(filename)
     path = await receive_upload(request, entry.workdir, suffix, state.max_upload)
     zip_dest = Path(tempfile.mkdtemp(prefix="unzip-", dir=entry.workdir)) if suffix == ".zip" else None
-    # start_opening waits for the session's lock: not on the event loop
-    return await run_in_threadpool(start_opening, state, sid, path, Path(filename).name, wait, zip_dest)
+    # start_opening waits for the session's lock and unpacks zips: not on the event loop
+    return await run_in_threadpool(start_opening, state, sid, path, Path(filename).name, wait, zip_dest,
+                                   uploaded=True)
 
 
 @router.get("/sessions/{sid}/image", summary="Image info: shape (z, y, x), spacing, planes, window presets")

@@ -2,29 +2,42 @@
 report and the reader's attribute overrides."""
 from __future__ import annotations
 
+import logging
 from typing import Literal, Optional
 
-from fastapi import APIRouter
-from pydantic import BaseModel, Field
+import anyio.from_thread
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr
 
 from nnunet_isrg.inference.session import ISRGSession
 from nnunet_isrg.server.access import known_lesion, ready_session
+from nnunet_isrg.server.errors import http_error
 from nnunet_isrg.server.sessions import SessionEntry
-from nnunet_isrg.server.state import ServerStateDep
+from nnunet_isrg.server.state import ServerState, ServerStateDep
 from nnunet_isrg.server.views import lesion_json, lesions_json, report_json
 
 router = APIRouter()
+log = logging.getLogger("nnunet_isrg.server")
+
+#: answer to a request whose client left before it was applied (nobody reads it; nginx's code for this)
+CLIENT_GONE = 499
 
 
 class ClickRequest(BaseModel):
-    point: list[float] = Field(..., min_length=3, max_length=3,
-                               description="voxel: (z, y, x) index of the image; world: (x, y, z) mm, LPS")
-    positive: bool = Field(True, description="true = this is lesion, false = this is not")
+    # strict: "yes" is not a boolean, and a boolean or a string is not a coordinate (JSON integers are numbers)
+    model_config = ConfigDict(strict=True)
+
+    point: list[StrictFloat] = Field(..., min_length=3, max_length=3,
+                                     description="voxel: (z, y, x) index of the image; world: (x, y, z) mm, LPS")
+    positive: StrictBool = Field(True, description="true = this is lesion, false = this is not")
     space: Literal["voxel", "world"] = "voxel"
 
 
 class AttributeOverride(BaseModel):
-    value: Optional[str] = Field(..., description="a class of the attribute (GET /info: schema), or null to "
+    model_config = ConfigDict(strict=True)
+
+    value: Optional[StrictStr] = Field(..., description="a class of the attribute (GET /info: schema), or null to "
                                                   "remove the reader's override and report the model's class")
 
 
@@ -34,11 +47,23 @@ def _changed(entry: SessionEntry, session: ISRGSession, lid: int) -> dict:
     return {"revision": entry.revision, "lesion": lesion_json(session, lid)}
 
 
-@router.post("/sessions/{sid}/clicks", summary="Add a positive or negative click to the current lesion")
-def add_click(sid: str, req: ClickRequest, state: ServerStateDep):
+def _apply_click(state: ServerState, sid: str, req: ClickRequest, request: Request) -> dict:
+    """Runs in a worker thread: waits for the session, then applies the click unless its client left
+    meanwhile (a reader who clicked, then closed the tab, must not find a lesion changed by it)."""
     with ready_session(state.store, sid) as (entry, session):
+        if anyio.from_thread.run(request.is_disconnected):
+            log.info("session %s: a click whose client disconnected before it was applied was dropped", sid[:8])
+            raise http_error(CLIENT_GONE, "the client disconnected before the click was applied; it was dropped")
         st = session.add_click(req.point, positive=req.positive, space=req.space)
         return _changed(entry, session, st.lesion_id)
+
+
+@router.post("/sessions/{sid}/clicks", summary="Add a positive or negative click to the current lesion")
+async def add_click(sid: str, req: ClickRequest, request: Request, state: ServerStateDep):
+    # asking once now makes the server watch the connection while the click waits for the session's lock
+    # (it stops reading a connection whose request is complete), so a client that leaves is noticed
+    await request.is_disconnected()
+    return await run_in_threadpool(_apply_click, state, sid, req, request)
 
 
 @router.post("/sessions/{sid}/undo", summary="Take back the current lesion's last click (or reset)")

@@ -5,8 +5,19 @@ const PLANES = ["axial", "coronal", "sagittal"];
 const AXIS = { z: 0, y: 1, x: 2 };
 const VIEW_BOX = 360;  // px: the longer physical side of each view
 
+// The token (servers started with --token) comes in the page address's fragment, /#token=T, which the
+// browser never sends to a server; it is kept for this tab only and taken out of the address bar.
+function takeToken() {
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromHash) {
+    sessionStorage.setItem("isrg-token", fromHash);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("isrg-token");
+}
+
 const state = {
-  token: new URLSearchParams(location.search).get("token"),
+  token: takeToken(),
   info: null,            // GET /info
   sid: null,
   image: null,           // GET /sessions/{sid}/image
@@ -19,13 +30,11 @@ const state = {
 };
 
 // ------------------------------------------------------------------ API
-function withToken(url) {
-  if (!state.token) return url;
-  return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(state.token);
-}
-
+// Every request carries X-ISRG-Client: the server refuses a state-changing request without it (or a
+// token), which is what a form or a simple request from another site would be. The token goes in a
+// header, never in a URL (URLs end up in logs and histories).
 function headers(extra) {
-  const h = Object.assign({}, extra || {});
+  const h = Object.assign({ "X-ISRG-Client": "viewer" }, extra || {});
   if (state.token) h["Authorization"] = "Bearer " + state.token;
   return h;
 }
@@ -419,9 +428,9 @@ function updateExports() {
   const cur = state.lesions.find(l => l.lesion_id === state.current);
   const curMask = cur && cur.n_voxels > 0;
   const set = (id, path, enabled) => {
-    const a = $(id);
-    if (enabled && base) { a.href = withToken(base + path); a.classList.remove("disabled"); }
-    else { a.removeAttribute("href"); a.classList.add("disabled"); }
+    const b = $(id);
+    b.disabled = !(enabled && base);
+    b.dataset.path = b.disabled ? "" : base + path;
   };
   set("exp-labels", "labels.nii.gz", anyMask);
   set("exp-json", "report.json", anyMask);
@@ -429,6 +438,32 @@ function updateExports() {
   set("exp-dicom", "dicom.zip", anyMask);
   set("exp-mask", `lesions/${state.current}/mask.nii.gz`, curMask);
   set("exp-key", `lesions/${state.current}/key_image.png`, curMask);
+}
+
+function attachmentName(resp, fallback) {
+  const m = /filename="([^"]+)"/.exec(resp.headers.get("Content-Disposition") || "");
+  return m ? m[1] : fallback;
+}
+
+// Downloads go through fetch (headers: the token) and a blob, not through a link, so that the token is
+// in no URL.
+async function downloadExport(button) {
+  const path = button.dataset.path;
+  if (!path) return;
+  clearError();
+  await busy(`Exporting ${button.textContent}…`, async () => {
+    const resp = await fetch(path, { headers: headers() });
+    if (!resp.ok) throw new Error(await errorMessage(resp));
+    const url = URL.createObjectURL(await resp.blob());
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = attachmentName(resp, path.split("/").pop());
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    setStatus(`Exported ${a.download}.`);
+  });
 }
 
 // ------------------------------------------------------------------ start
@@ -470,6 +505,9 @@ async function start() {
     if (f) uploadFile(f).catch(() => {});
     ev.target.value = "";
   });
+  for (const b of document.querySelectorAll("#export-panel .exports button")) {
+    b.addEventListener("click", () => downloadExport(b).catch(() => {}));
+  }
   $("undo-btn").addEventListener("click", () => lesionAction("Undoing the last click…", "undo").catch(() => {}));
   $("reset-btn").addEventListener("click", () => lesionAction("Resetting the lesion…", "reset").catch(() => {}));
   $("new-btn").addEventListener("click", () => lesionAction("Starting a new lesion…", "lesions").catch(() => {}));
@@ -496,7 +534,7 @@ async function start() {
     setStatus("Choose an image and press Open, or upload one.");
     document.body.dataset.ready = "1";
   } catch (e) {
-    showError(`Cannot reach the server API: ${e.message}` + (e.message.includes("401") ? " — open the page as /?token=YOUR_TOKEN" : ""));
+    showError(`Cannot reach the server API: ${e.message}` + (e.message.includes("401") ? " — open the page as /#token=YOUR_TOKEN" : ""));
   }
 }
 
