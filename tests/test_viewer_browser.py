@@ -250,3 +250,52 @@ def test_viewer_with_a_token_keeps_it_out_of_urls_and_logs(viewer_data, browser,
     assert any("/export/report.json" in line for line in lines) and any("/clicks" in line for line in lines), lines
     assert not [line for line in lines if token in line], lines
     assert not [u for u in requested if token in u], requested
+
+
+def test_viewer_greys_out_attributes_the_model_did_not_learn(viewer_data, browser):
+    """A model whose record says it never had labels for two attributes, and few for a third: the
+    report panel greys those two out with the reason, offers no model class for them, marks the low
+    support, and still lets the reader set one."""
+    import dataclasses
+
+    from nnunet_isrg.attributes import LOW_SUPPORT_CASES
+    from nnunet_isrg.inference.model_loading import LoadedModel
+    from nnunet_isrg.server.app import create_app, serve_in_background
+
+    if not isinstance(viewer_data[0], LoadedModel):
+        pytest.skip("needs the stand-in model (ISRG_VIEWER_MODEL points at a trained folder)")
+    support = {"shape": 40, "invasion": 0, "density": 40, "heterogeneity": 0, "surface": LOW_SUPPORT_CASES - 15}
+    model = dataclasses.replace(viewer_data[0], attribute_support=support)
+    rel, mask, (z, y, x) = _lesion_case(viewer_data[1])
+    with serve_in_background(create_app(model, data_dirs=[viewer_data[1]])) as url:
+        page = browser.new_page(viewport={"width": 1600, "height": 960})
+        page.goto(url + "/")
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        page.select_option("#file-select", value=json.dumps([0, rel], separators=(",", ":")))
+        page.click("#open-btn")
+        page.wait_for_function(f"document.body.dataset.image === {json.dumps(rel)}", timeout=60_000)
+        _wait_idle(page, "document.body.dataset.revision !== undefined")
+        sid = page.evaluate("state.sid")
+        page.evaluate(f"api('POST', 'sessions/{sid}/clicks', {{point: {[z, y, x]}, positive: true}})"
+                      f".then(() => refreshLesions()).then(() => loadReport())")
+        page.wait_for_selector("#report-panel[data-lesion='1']", timeout=60_000)
+        _wait_idle(page)
+        rows = {name: page.locator(f"#attr-table tr[data-attribute='{name}']") for name in support}
+        for name in ("invasion", "heterogeneity"):
+            assert "not-assessed" in rows[name].get_attribute("class")
+            assert rows[name].get_attribute("title").startswith("not assessed by the model")
+            first_option = rows[name].locator("select option").first.inner_text()
+            assert first_option == "not assessed by the model"
+            opacity = rows[name].locator("td").first.evaluate("td => getComputedStyle(td).opacity")
+            assert float(opacity) < 1
+        for name in ("shape", "density"):
+            assert "not-assessed" not in (rows[name].get_attribute("class") or "")
+            assert rows[name].locator("select option").first.inner_text().endswith("(model)")
+        assert "low support (5 cases)" in rows["surface"].locator("td").nth(3).inner_text()
+        assert "Heterogeneous" not in page.inner_text("#report-text")  # an untrained class is no finding
+        # the reader may still set it
+        rows["heterogeneity"].locator("select").select_option("Homogeneous")
+        page.wait_for_function("document.querySelector(\"#attr-table tr[data-attribute='heterogeneity'] td:nth-child(4)\")"
+                               ".textContent === 'reader'", timeout=30_000)
+        assert "Homogeneous" in page.inner_text("#report-text")
+        page.close()

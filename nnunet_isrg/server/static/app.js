@@ -372,9 +372,13 @@ function renderReport(payload) {
     tr.dataset.attribute = name;
     const sel = document.createElement("select");
     sel.dataset.attribute = name;
-    const model = a.model || { value: a.value, probability: a.probability };
-    const auto = new Option(`${model.value} (model)`, "");
-    sel.add(auto);
+    // an attribute the model never had a training label for: no model class to offer, greyed out
+    const untrained = a.training_cases === 0;
+    const model = a.model || { value: untrained ? null : a.value, probability: untrained ? null : a.probability };
+    const automatic = untrained
+      ? (a.source === "measurement" ? `${a.value} (measured)` : "not assessed by the model")
+      : `${model.value} (model)`;
+    sel.add(new Option(automatic, ""));
     for (const cls of schema[name] || []) {
       const p = a.model && a.model.probabilities ? a.model.probabilities[cls] : null;
       sel.add(new Option(`${cls}${p == null ? "" : " · " + fmt(p, 2)}`, cls));
@@ -382,8 +386,15 @@ function renderReport(payload) {
     sel.value = a.source === "reader" ? a.value : "";
     sel.addEventListener("change", () => overrideAttribute(payload.lesion_id, name, sel.value || null));
     const evidence = (a.evidence || []).map(e => `${e.verdict === "contradicts" ? "✗" : "✓"} ${e.text}`).join("; ");
-    tr.innerHTML = `<td>${name}</td><td></td><td>${fmt(model.probability, 2)}</td>
-      <td class="src-${a.source}">${a.source}</td>`;
+    const source = a.low_support ? `${a.source} · low support (${a.training_cases} cases)` : a.source;
+    tr.innerHTML = `<td>${name}</td><td></td><td>${model.probability == null ? "–" : fmt(model.probability, 2)}</td>
+      <td class="src-${a.source.replace(" ", "-")}"></td>`;
+    tr.children[3].textContent = source;
+    if (untrained) {
+      tr.classList.add("not-assessed");
+      tr.title = a.reason || "not assessed by the model";
+    }
+    if (a.low_support) tr.classList.add("low-support");
     tr.children[1].appendChild(sel);
     body.appendChild(tr);
     if (evidence) {
