@@ -10,7 +10,9 @@ around a lesion through a ViT with isotropic patches, so this planner (a subclas
 - ``patch_size`` = the crop of the chosen model preset (cubic, a multiple of the ViT patch).
 
 Preprocessing stays nnU-Net's ``DefaultPreprocessor`` so ``nnUNetv2_predict`` and the trainers work
-unchanged. nnU-Net finds planners only inside its own package, so this one runs through nnU-Net's
+unchanged. The raw dataset's ``attributesTr.json`` and ``splits_final.json`` (e.g. the LIDC import's
+patient-grouped folds), when present, are copied into the preprocessed folder, where the trainers
+read them. nnU-Net finds planners only inside its own package, so this one runs through nnU-Net's
 Python API from ``isrg plan``.
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_t
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
 from nnunet_isrg.attributes import lesion_labels_from_dataset_json
-from nnunet_isrg.data.verify import copy_attributes_to_preprocessed
+from nnunet_isrg.data.verify import copy_attributes_to_preprocessed, copy_splits_to_preprocessed
 from nnunet_isrg.modeling.from_plans import preset_crop_size
 
 ISRG_PLANS_NAME = "nnUNetISRGPlans"
@@ -108,6 +110,9 @@ def run_plan_from_args(args: argparse.Namespace) -> int:
     raw = join(str(nnUNet_raw), name)
     if isfile(join(raw, "attributesTr.json")):
         copy_attributes_to_preprocessed(raw, join(str(nnUNet_preprocessed), name))
+    splits = copy_splits_to_preprocessed(raw, join(str(nnUNet_preprocessed), name))  # e.g. patient-grouped folds
+    if splits is not None:
+        print(f"{name}: the raw dataset's cross-validation folds copied to {splits}")
     with open(join(str(nnUNet_preprocessed), name, planner.plans_identifier + ".json")) as f:
         cfg = json.load(f)["configurations"]["3d_fullres"]
     print(f"{name}: plans '{planner.plans_identifier}', 3d_fullres spacing {cfg['spacing']} mm, "

@@ -1,40 +1,57 @@
-"""Interactive segmentation of real soft-tissue sarcomas (IBSI STS, 24 CT cases): ``python scripts/benchmark_realdata.py``.
+"""Real CT lesions: cross-validation of ISRG against the UNet and the classical baseline, and the
+phantom model's zero-shot on the sarcomas: ``python scripts/benchmark_realdata.py``.
 
-1. ``isrg import`` (:func:`nnunet_isrg.data.import_dataset.import_image_mask_pairs`) of
-   ``../shared/realdata/ibsi-sts`` into ``$nnUNet_raw/Dataset600_IBSISTS`` (default nnU-Net folders:
-   the repository's ``work/``, as ``scripts/demo.py``), then
-   ``nnUNetv2_plan_and_preprocess -d 600 -c 3d_fullres -npfp 2 -np 2 --verify_dataset_integrity``
-   (``--no-preprocess`` skips it; the zero-shot step below does not need it). Each step is skipped
-   when its output exists.
-2. Zero-shot on real CT: a model trained on the phantom only (``--model``, default the demo's
-   ``ISRGTrainer_Tiny`` fold 0) runs the deterministic click protocol
-   (:func:`nnunet_isrg.evaluation.protocol.run_interactive_protocol`, 5 clicks) on every case. Each
-   case is preprocessed with the *model's* plans (its 1.5 mm spacing and its CT normalisation, i.e.
-   the phantom's intensity statistics) by nnU-Net's ``DefaultPreprocessor``, exactly as the zero-shot
-   block of ``isrg compare`` does, and predicted by
-   :class:`nnunet_isrg.inference.crop_predictor.CropPredictor` (one network crop per prediction,
-   shifted towards the lesion when the mask is cut by the crop border). Metrics (Dice, NSD @ 2 mm,
-   HD95) are computed in that preprocessed space on the largest connected lesion component.
+One command runs, for each dataset of ``--datasets`` (``sts``: the 24 IBSI soft-tissue sarcomas,
+``../shared/realdata/ibsi-sts`` -> ``Dataset600_IBSISTS``; ``nodules``: the 799 LIDC-IDRI lung nodules
+of 436 patients, ``../shared/realdata/lidc-nodules`` -> ``Dataset601_LIDCNodules``, with the
+radiologists' binned ratings as attributes and patient-grouped folds), each step echoed, timed and
+skipped when its output exists:
 
-   These sarcomas (17-820 mL) are mostly larger than one crop (64^3 voxels at 1.5 mm = 96 mm), and
-   a prediction never leaves its crop, so the script also reports per case the fraction of the
-   lesion inside the crop of each prediction and the best fraction any single crop placement can
-   hold, with the Dice that this caps a single-crop prediction at (``2 f / (1 + f)``), and a
-   model-free reference: the Dice of taking the whole first crop as the mask.
-3. Writes ``results/benchmark_realdata.json`` and ``.md``; ``--update-readme`` replaces the README
-   section ``realdata-results``.
+1. ``isrg import SOURCE -d ID -n NAME [--lidc]``;
+2. ``isrg plan -d ID --preset tiny`` (plans ``nnUNetISRGPlans``: isotropic spacing, 64^3 crop;
+   carries the raw ``splits_final.json`` and ``attributesTr.json`` to the preprocessed folder);
+3. ``nnUNetv2_train ID 3d_fullres F -tr TRAINER -p nnUNetISRGPlans -device cpu`` for every fold of
+   ``--folds`` (default 0-4; ``--trainer``, default ``ISRGTrainer_Tiny_20epochs``, 20 x 50
+   iterations, about 9 min per fold on 2 cores: 5 folds of ``ISRGTrainer_Tiny``'s 36 epochs on
+   both datasets would take about 3 h of training alone);
+4. the same with the UNet baseline (``--baseline-trainer``, default ``nnUNetTrainer_CPUBudget``,
+   400 iterations at half width, about an hour per fold on 2 cores) on ``--baseline-folds``
+   (default 0);
+5. ``isrg compare -d ID -p nnUNetISRGPlans --trainers TRAINER ... --classical-baseline``
+   (``--attribute-baseline`` for the nodules): Table 2 (Dice, HD95, NSD at ``--clicks``), Table 3
+   (accuracy and balanced accuracy per attribute with the majority-class rates), the Dice-per-click
+   and accuracy plots and ``comparison.json``. All folds without the UNet when it was trained on
+   fewer folds, and the UNet's folds with it.
 
-``--gpu``: additionally trains ``nnUNetTrainer`` (no clicks) and ``ISRGTrainer`` (base preset) on
-the 24 real cases with nnU-Net's 5-fold cross-validation (``nnUNetv2_train 600 3d_fullres F -tr T
--device cuda``, nnU-Net's full schedules) and compares them with
-``isrg compare -d 600 --baseline nnUNetTrainer --trainers ISRGTrainer -f 0 1 2 3 4 -device cuda``
-(tables in ``results/benchmark_realdata_cv/``). The cases carry no attribute labels, so only the
-segmentation table is meaningful there. The commands are written into the JSON in every mode.
-``--cross-validate`` runs the same with ``--cv-trainers`` (no-click baseline first), ``--cv-folds``,
-``--cv-clicks`` and ``--cv-device``, e.g. a CPU smoke test of that path with the debug trainers:
-``--cross-validate --cv-trainers nnUNetTrainer_ISRGDebug ISRGTrainer_Debug --cv-folds 0 --cv-clicks 1 3``.
+Before that, for the sarcomas, the zero-shot block (kept from the first version of this script,
+``--no-zero-shot`` leaves it out): a model trained on the phantom only (``--model``, default the
+demo's ``ISRGTrainer_Tiny`` fold 0; skipped when it does not exist) runs the deterministic click
+protocol (:func:`nnunet_isrg.evaluation.protocol.run_interactive_protocol`) on every case,
+preprocessed with the *model's* plans (its 1.5 mm spacing and its CT normalisation, i.e. the
+phantom's intensity statistics) by nnU-Net's ``DefaultPreprocessor`` and predicted by
+:class:`nnunet_isrg.inference.lesion_predictor.LesionPredictor` (the crop at the clicks, zoomed
+out while the lesion leaves it); metrics (Dice, NSD @ 2 mm, HD95) in that preprocessed space on
+the largest connected lesion component. These sarcomas (17-820 mL) are mostly larger than one crop
+(64^3 voxels at 1.5 mm = 96 mm), so the block also reports per case the fraction of the lesion
+inside the region each prediction covered and its zoom, the best fraction any single crop
+placement can hold with the Dice that this caps a single-crop prediction at (``2 f / (1 + f)``),
+and a model-free reference: the Dice of taking the whole first crop as the mask.
 
-``--cases 3`` (or ``--case-ids STS_001 ...``): a smoke run on a few cases.
+Outputs: ``results/benchmark_realdata.json`` and ``.md`` (zero-shot), and in
+``results/benchmark_realdata_cv/``: ``summary.json`` / ``summary.md`` (every dataset's tables, the
+steps with their commands and wall times), ``DATASET/all_folds/`` and ``DATASET/baseline_folds/``
+(``isrg compare``'s tables, CSV, plots, JSON) and ``steps_ledger.json`` (the wall time of each
+step when it ran, so a rerun that skips it still reports it). ``--update-readme`` replaces the
+README sections ``realdata-results`` (zero-shot) and ``realdata-cv`` and copies the plots to
+``docs/figures/benchmark_realdata/``.
+
+``--cases N [M]``: a smoke run on the first N cases of each dataset (or N sarcomas and M nodules;
+the nodules are spread over at least 5 patients, at most N // 5 per patient, so that 5
+patient-grouped folds exist). It builds its own small datasets under ids 960 and 961
+(``Dataset960_IBSISTSSmoke``, ``Dataset961_LIDCNodulesSmoke``, rebuilt when the cases change) and
+never touches the full Dataset600/601; its outputs go to ``results/benchmark_realdata_smoke*``.
+A test runs it with the debug trainers:
+``--cases 6 10 --trainer ISRGTrainer_Debug --baseline-trainer nnUNetTrainer_ISRGDebug --folds 0 --clicks 1 2 3``.
 """
 from __future__ import annotations
 
@@ -43,11 +60,11 @@ import datetime as _dt
 import json
 import os
 import platform
-import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -55,54 +72,128 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # the package, and script_support beside this file
 
 from nnunet_isrg.files import write_json_atomic  # noqa: E402
-from script_support import nnunet_env, run_command as run  # noqa: E402
+from script_support import StepLog, nnunet_env  # noqa: E402
 
-DEFAULT_SOURCE = REPO.parent / "shared" / "realdata" / "ibsi-sts"
+REALDATA = REPO.parent / "shared" / "realdata"
 DEFAULT_MODEL = (REPO / "work" / "nnUNet_results" / "Dataset500_ISRGPhantom"
                  / "ISRGTrainer_Tiny__nnUNetPlans__3d_fullres")
 CONFIGURATION = "3d_fullres"
+PLANS = "nnUNetISRGPlans"
 README_SECTION = "realdata-results"
-CV_TRAINERS = ("nnUNetTrainer", "ISRGTrainer")
-CV_FOLDS = (0, 1, 2, 3, 4)
-CV_CLICKS = (1, 3, 5)
+DEFAULT_TRAINER = "ISRGTrainer_Tiny_20epochs"
+DEFAULT_BASELINE = "nnUNetTrainer_CPUBudget"
+FIGURES_DIR = REPO / "docs" / "figures" / "benchmark_realdata"
+SMOKE_MARKER = "benchmark_realdata_smoke.json"  # in a smoke dataset's raw folder: made by this script
+
+
+class RealDataset(NamedTuple):
+    key: str
+    title: str
+    source: Path
+    dataset_id: int
+    name: str
+    lidc: bool
+    smoke_id: int
+
+    @property
+    def image_glob(self) -> str:
+        return "*/image.nii.gz" if self.lidc else "*/CT_image.nii.gz"
+
+    @property
+    def mask_name(self) -> str:
+        return "mask.nii.gz" if self.lidc else "CT_mask.nii.gz"
+
+
+DATASETS = {
+    "sts": RealDataset("sts", "Soft-tissue sarcomas (IBSI STS, TCIA Soft-tissue-Sarcoma, CC BY 3.0)",
+                       REALDATA / "ibsi-sts", 600, "IBSISTS", False, 960),
+    "nodules": RealDataset("nodules", "Lung nodules (LIDC-IDRI, CC BY 3.0; ratings merged by majority vote)",
+                           REALDATA / "lidc-nodules", 601, "LIDCNodules", True, 961),
+}
 
 
 # ------------------------------------------------------------------------------------------ environment
 def setup_env() -> dict:
-    return nnunet_env()
+    """nnU-Net's variables (script_support.nnunet_env) and the environment's bin folder first on PATH,
+    so the commands run (and are echoed) as a user types them: ``isrg ...``, ``nnUNetv2_train ...``."""
+    env = nnunet_env()
+    bindir = str(Path(sys.executable).parent)
+    if env.get("PATH", "").split(os.pathsep)[0] != bindir:
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    return env
 
 
-# ------------------------------------------------------------------------------------------ step 1: dataset
-def build_raw_dataset(source: Path, raw_root: Path, dataset_id: int, name: str) -> tuple[Path, float | None]:
-    """Imports ``source`` unless the dataset exists with the same cases; returns its folder and the time taken."""
-    from nnunet_isrg.data.import_dataset import find_pairs, import_image_mask_pairs
-
-    folder = raw_root / f"Dataset{dataset_id:03d}_{name}"
-    expected = {p.case_id for p in find_pairs(source)}
-    if (folder / "dataset.json").is_file():
-        have = {p.name[: -len(".nii.gz")] for p in (folder / "labelsTr").glob("*.nii.gz")}
-        if have != expected:
-            raise SystemExit(f"{folder} exists but holds other cases ({len(have)}, {len(expected)} expected from "
-                             f"{source}); remove it or choose another --dataset-id")
-        return folder, None
-    print(f"\n$ isrg import {source} -d {dataset_id} -n {name} -o {raw_root}", flush=True)
-    t = time.time()
-    import_image_mask_pairs(source, raw_root, dataset_id, name, progress=False)
-    return folder, time.time() - t
+# ------------------------------------------------------------------------------------------ cases
+def source_cases(spec: RealDataset) -> list[str]:
+    """The source case names (folders) of a dataset, sorted."""
+    return sorted(p.parent.name for p in spec.source.glob(spec.image_glob))
 
 
-def plan_and_preprocess(dataset_id: int, preprocessed: Path, n_cases: int, n_proc: int, env: dict) -> float | None:
-    """``nnUNetv2_plan_and_preprocess`` (3d_fullres) unless every case is preprocessed already."""
-    done = (preprocessed / "nnUNetPlans.json").is_file() and \
-        len(list((preprocessed / "nnUNetPlans_3d_fullres").glob("*.pkl"))) >= n_cases
-    if done:
+def select_cases(spec: RealDataset, n: int | None) -> list[str] | None:
+    """None (every case), or the first ``n`` cases; nodules at most ``n // 5`` per patient, so that
+    ``n`` >= 5 nodules span at least 5 patients (5 patient-grouped folds)."""
+    if n is None:
         return None
-    bindir = Path(sys.executable).parent
-    return run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", CONFIGURATION,
-                "-npfp", str(n_proc), "-np", str(n_proc), "--verify_dataset_integrity"], env)
+    names = source_cases(spec)
+    if not spec.lidc:
+        return names[:n]
+    from nnunet_isrg.data.lidc import patient_of
+
+    if n < 5:
+        raise SystemExit(f"--cases {n} for the nodules: 5 patient-grouped folds need at least 5 nodules")
+    per_patient, taken, out = max(1, n // 5), {}, []
+    for c in names:
+        p = patient_of(c)
+        if taken.get(p, 0) < per_patient:
+            taken[p] = taken.get(p, 0) + 1
+            out.append(c)
+            if len(out) == n:
+                break
+    return out
 
 
-# ------------------------------------------------------------------------------------------ step 2: zero-shot
+def expected_case_ids(spec: RealDataset, names: Sequence[str] | None) -> list[str]:
+    from nnunet_isrg.data.import_dataset import find_pairs
+
+    return [p.case_id for p in find_pairs(spec.source, spec.image_glob, spec.mask_name, cases=names)]
+
+
+def dataset_identity(spec: RealDataset, smoke: bool) -> tuple[int, str]:
+    """(id, DatasetNNN_Name): the full dataset, or this script's own smoke dataset."""
+    if smoke:
+        return spec.smoke_id, f"Dataset{spec.smoke_id:03d}_{spec.name}Smoke"
+    return spec.dataset_id, f"Dataset{spec.dataset_id:03d}_{spec.name}"
+
+
+def _labels(raw: Path) -> set[str]:
+    return {p.name[: -len(".nii.gz")] for p in (raw / "labelsTr").glob("*.nii.gz")}
+
+
+def check_existing_dataset(raw: Path, expected: Sequence[str], smoke: bool, env: dict) -> bool:
+    """True when ``raw`` holds the expected cases already. A smoke dataset of this script holding other
+    cases is removed (raw, preprocessed and results); any other mismatch stops the run."""
+    if not (raw / "dataset.json").is_file():
+        leftovers = [Path(env[v]) / raw.name for v in ("nnUNet_preprocessed", "nnUNet_results")
+                     if (Path(env[v]) / raw.name).exists()]
+        if leftovers and not smoke:
+            raise SystemExit(f"{leftovers} exist without the raw dataset {raw}; remove them or import it yourself")
+        for folder in leftovers:  # a smoke run interrupted before its import finished
+            shutil.rmtree(folder)
+        return False
+    have = _labels(raw)
+    if have == set(expected):
+        return True
+    if smoke and (raw / SMOKE_MARKER).is_file():
+        print(f"\n{raw.name}: made by an earlier smoke run for other cases; removing it (raw, preprocessed, results)")
+        for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            if (Path(env[v]) / raw.name).exists():
+                shutil.rmtree(Path(env[v]) / raw.name)
+        return False
+    raise SystemExit(f"{raw} exists but holds other cases ({len(have)}, {len(expected)} expected); remove it or run "
+                     f"`isrg import` for these cases yourself")
+
+
+# ------------------------------------------------------------------------------------------ zero-shot: building blocks
 def best_single_crop_fraction(gt: np.ndarray, crop_size: Sequence[int]) -> float:
     """The largest fraction of ``gt`` (bool z,y,x) that one box of ``crop_size`` voxels can contain.
 
@@ -165,7 +256,7 @@ def evaluate_case(loaded, case, n_clicks: int, device: str = "cpu", lesion_label
     from nnunet_isrg.evaluation.compare import preprocess_held_out
     from nnunet_isrg.evaluation.protocol import run_interactive_protocol
     from nnunet_isrg.evaluation.metrics import dice
-    from nnunet_isrg.inference.crop_predictor import CropPredictor, centred_bbox
+    from nnunet_isrg.inference.lesion_predictor import LesionPredictor, centred_bbox
     from nnunet_isrg.lesions import largest_lesion_component
 
     out = {"case": case.case_id, **raw_lesion_stats(case.image_files[0], case.label_file)}
@@ -190,14 +281,15 @@ def evaluate_case(loaded, case, n_clicks: int, device: str = "cpu", lesion_label
     best = best_single_crop_fraction(gt, crop)
     out.update(best_crop_fraction=best, dice_bound_single_crop=dice_bound(best))
 
-    predictor = CropPredictor(loaded.network, loaded.schema, torch.from_numpy(np.asarray(data, dtype=np.float32)),
-                              device=device)
+    predictor = LesionPredictor(loaded.network, loaded.schema, torch.from_numpy(np.asarray(data, dtype=np.float32)),
+                                device=device, untrained_attributes=loaded.untrained_attributes)
     per_click: list[dict] = []
 
     def predict_fn(clicks):
-        p = predictor.predict(clicks)
+        p = predictor.predict(clicks)  # continues from the previous click's mask prompts
         per_click.append({"bbox": p.bbox, "n_encodes": p.n_encodes, "crop_fraction": fraction_inside(gt, p.bbox),
-                          "pred_volume_ml": float(p.mask.sum()) * voxel_ml, "iou_pred": p.iou_pred})
+                          "pred_volume_ml": float(p.mask.sum()) * voxel_ml, "iou_pred": p.iou_pred,
+                          "zoom": p.zoom, "truncated": p.truncated})
         return p.mask, p.attribute_probs
 
     t = time.time()
@@ -205,7 +297,7 @@ def evaluate_case(loaded, case, n_clicks: int, device: str = "cpu", lesion_label
         result = run_interactive_protocol(predict_fn, gt, spacing, n_clicks=n_clicks, case_id=case.case_id,
                                           keep_final_mask=False)
     out["protocol_s"] = round(time.time() - t, 2)
-    # Trivial reference: the whole first crop (placed as CropPredictor places it) as the mask, no model.
+    # Trivial reference: the whole first crop (placed as the predictor places it) as the mask, no model.
     box = np.zeros_like(gt)
     first = centred_bbox(result.clicks[0]["point"], crop, gt.shape)
     box[tuple(slice(max(lo, 0), max(min(hi, n), 0)) for (lo, hi), n in zip(first, gt.shape))] = True
@@ -215,8 +307,8 @@ def evaluate_case(loaded, case, n_clicks: int, device: str = "cpu", lesion_label
     out.update(crop_fraction=[c["crop_fraction"] for c in per_click],
                pred_volume_ml=[c["pred_volume_ml"] for c in per_click],
                crop_bbox=[c["bbox"] for c in per_click], n_encodes=[c["n_encodes"] for c in per_click],
-               iou_pred=[c["iou_pred"] for c in per_click],
-               protocol=result.to_dict(), result=result)
+               iou_pred=[c["iou_pred"] for c in per_click], zoom=[c["zoom"] for c in per_click],
+               truncated=[c["truncated"] for c in per_click], protocol=result.to_dict(), result=result)
     return out
 
 
@@ -251,6 +343,8 @@ def summarise(cases: list[dict], n_clicks: int) -> dict:
     s = summarise_cases([c["result"] for c in ok])
     s["mean_crop_fraction_per_click"] = [float(np.mean([c["crop_fraction"][k] for c in ok])) for k in range(n_clicks)]
     s["mean_pred_volume_ml_per_click"] = [float(np.mean([c["pred_volume_ml"][k] for c in ok])) for k in range(n_clicks)]
+    if all("zoom" in c for c in ok):
+        s["mean_zoom_per_click"] = [float(np.mean([c["zoom"][k] for c in ok])) for k in range(n_clicks)]
     s["mean_evaluated_volume_ml"] = float(np.mean([c["evaluated_volume_ml"] for c in ok]))
     s["mean_dice_whole_first_crop"] = float(np.mean([c["dice_whole_first_crop"] for c in ok]))
     s["mean_best_crop_fraction"] = float(np.mean([c["best_crop_fraction"] for c in ok]))
@@ -260,51 +354,242 @@ def summarise(cases: list[dict], n_clicks: int) -> dict:
     return json_safe(s)
 
 
-# ------------------------------------------------------------------------------------------ --gpu / --cross-validate
-def cross_validation_commands(dataset_id: int, folds: Sequence[int] = CV_FOLDS, trainers: Sequence[str] = CV_TRAINERS,
-                              out_dir: Path | None = None, device: str = "cuda",
-                              clicks: Sequence[int] = CV_CLICKS) -> list[list[str]]:
-    """The training and comparison commands of the real-data cross-validation (run by ``--gpu``).
+# ------------------------------------------------------------------------------------------ the pipeline
+def trainer_schedule(name: str) -> dict:
+    """What a trainer class runs (its class attributes), for the report."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    ``trainers[0]`` is the no-click baseline (an nnU-Net trainer), the others are ISRG trainers.
-    """
-    if len(trainers) < 2:
-        raise ValueError(f"cross-validation needs a baseline and at least one ISRG trainer, got {list(trainers)}")
-    cmds = [["nnUNetv2_train", str(dataset_id), CONFIGURATION, str(f), "-tr", tr, "-device", device]
-            for tr in trainers for f in folds]
-    cmd = ["isrg", "compare", "-d", str(dataset_id), "--baseline", trainers[0], "--trainers", *trainers[1:],
-           "-f", *map(str, folds), "--clicks", *map(str, clicks), "-device", device]
-    if out_dir is not None:
-        cmd += ["-o", str(out_dir)]
-    return cmds + [cmd]
+    cls = recursive_find_trainer_class_by_name(name)
+    if cls is None:
+        raise SystemExit(f"trainer {name} not found by nnU-Net (nnunetv2.training.nnUNetTrainer or nnUNet_extTrainer)")
+    epochs = getattr(cls, "epochs", None) or 1000
+    its = getattr(cls, "iterations_per_epoch", None) or 250
+    out = {"trainer": name, "epochs": int(epochs), "iterations_per_epoch": int(its), "iterations": int(epochs * its)}
+    if hasattr(cls, "model_preset"):
+        out.update(model="ISRG", preset=cls.model_preset)
+    else:
+        out.update(model="nnU-Net UNet", width_factor=float(getattr(cls, "feature_scale", 1.0)))
+    return out
 
 
-def run_cross_validation(dataset_id: int, results_root: Path, out_dir: Path, env: dict,
-                         folds: Sequence[int] = CV_FOLDS, trainers: Sequence[str] = CV_TRAINERS,
-                         device: str = "cuda", clicks: Sequence[int] = CV_CLICKS) -> dict:
-    """Trains the folds not trained yet (``nnUNetv2_train``), then ``isrg compare``; returns timings and the tables."""
-    bindir = Path(sys.executable).parent
-    timings = {}
-    for cmd in cross_validation_commands(dataset_id, folds, trainers, out_dir, device, clicks):
-        exe = [str(bindir / cmd[0]), *cmd[1:]]
-        if cmd[0] == "nnUNetv2_train":
-            tr, fold = cmd[5], cmd[3]
-            fold_dir = results_root / f"{tr}__nnUNetPlans__{CONFIGURATION}" / f"fold_{fold}"
-            validated = any((fold_dir / "validation" / f).is_file()
-                            for f in ("summary.json", "interactive_summary.json"))
-            if (fold_dir / "checkpoint_final.pth").is_file() and validated:
-                continue
-            if (fold_dir / "checkpoint_latest.pth").is_file():
-                exe.append("--c")
-            timings[f"{tr}_fold{fold}_s"] = round(run(exe, env), 1)
-        else:
-            timings["compare_s"] = round(run(exe, env), 1)
-    md = out_dir / "comparison.md"
-    return {"run": True, "trainers": list(trainers), "folds": list(folds), "device": device,
-            "timings_s": timings, "out_dir": str(out_dir),
-            "comparison": json.loads((out_dir / "comparison.json").read_text())
-            if (out_dir / "comparison.json").is_file() else None,
-            "comparison_markdown": md.read_text() if md.is_file() else None}
+def _fold_dir(env: dict, dataset: str, trainer: str, fold: int) -> Path:
+    return Path(env["nnUNet_results"]) / dataset / f"{trainer}__{PLANS}__{CONFIGURATION}" / f"fold_{fold}"
+
+
+def _validation_file(env: dict, dataset: str, trainer: str, fold: int, interactive: bool) -> Path:
+    return _fold_dir(env, dataset, trainer, fold) / "validation" / (
+        "interactive_summary.json" if interactive else "summary.json")
+
+
+def train_command(dataset_id: int, trainer: str, fold: int, device: str, fold_dir: Path | None = None) -> list[str]:
+    """``nnUNetv2_train``, continuing (``--c``) or only validating (``--val``) an interrupted fold."""
+    cmd = ["nnUNetv2_train", str(dataset_id), CONFIGURATION, str(fold), "-tr", trainer, "-p", PLANS, "-device", device]
+    if fold_dir is not None and (fold_dir / "checkpoint_final.pth").is_file():
+        cmd.append("--val")
+    elif fold_dir is not None and (fold_dir / "checkpoint_latest.pth").is_file():
+        cmd.append("--c")
+    return cmd
+
+
+def compare_blocks(folds: Sequence[int], baseline_folds: Sequence[int]) -> list[dict]:
+    """The ``isrg compare`` runs: every fold (with the UNet when it was trained on all of them), and the
+    UNet's folds with it when it was trained on fewer."""
+    folds, baseline_folds = [int(f) for f in folds], [int(f) for f in baseline_folds]
+    if baseline_folds and set(folds) <= set(baseline_folds):
+        return [{"block": "all_folds", "folds": folds, "with_baseline": True}]
+    blocks = [{"block": "all_folds", "folds": folds, "with_baseline": False}]
+    if baseline_folds:
+        blocks.append({"block": "baseline_folds", "folds": baseline_folds, "with_baseline": True})
+    return blocks
+
+
+def compare_command(dataset_id: int, trainer: str, baseline: str, block: dict, clicks: Sequence[int],
+                    attribute_baseline: bool, out_dir: Path, device: str = "cpu") -> list[str]:
+    cmd = ["isrg", "compare", "-d", str(dataset_id), "-p", PLANS, "--baseline",
+           *([baseline] if block["with_baseline"] else []), "--trainers", trainer,
+           "-f", *map(str, block["folds"]), "--clicks", *map(str, clicks), "--classical-baseline"]
+    if attribute_baseline:
+        cmd.append("--attribute-baseline")
+    return cmd + ["-device", device, "-o", str(out_dir)]
+
+
+def pipeline_commands(spec: RealDataset, args, dataset_id: int | None = None, out_root: Path | None = None) -> list[list[str]]:
+    """Every command of one dataset's pipeline, in order (what a full run executes; folds already done are skipped)."""
+    dataset_id = dataset_id or spec.dataset_id
+    name = f"Dataset{dataset_id:03d}_{spec.name}"
+    out_root = out_root or Path("results/benchmark_realdata_cv")
+    cmds = [["isrg", "import", str(spec.source), "-d", str(dataset_id), "-n", name.split("_", 1)[1]]
+            + (["--lidc"] if spec.lidc else []),
+            ["isrg", "plan", "-d", str(dataset_id), "--preset", "tiny", "-np", str(args.n_proc), "-npfp", str(args.n_proc)]]
+    cmds += [train_command(dataset_id, args.trainer, f, args.device) for f in args.folds]
+    cmds += [train_command(dataset_id, args.baseline_trainer, f, args.device) for f in args.baseline_folds]
+    cmds += [compare_command(dataset_id, args.trainer, args.baseline_trainer, b, args.clicks, spec.lidc,
+                             out_root / name / b["block"], args.device)
+             for b in compare_blocks(args.folds, args.baseline_folds)]
+    return cmds
+
+
+def prepare(spec: RealDataset, args, env: dict, log: StepLog, n_cases: int | None) -> tuple[int, str, Path]:
+    """Import and plan (steps 1-2) unless done; returns (id, dataset name, raw folder)."""
+    from nnunet_isrg.data.verify import copy_splits_to_preprocessed
+
+    smoke = n_cases is not None
+    dataset_id, name = dataset_identity(spec, smoke)
+    names = select_cases(spec, n_cases)
+    expected = expected_case_ids(spec, names)
+    raw = Path(env["nnUNet_raw"]) / name
+    imported = check_existing_dataset(raw, expected, smoke, env)
+    cmd = ["isrg", "import", str(spec.source), "-d", str(dataset_id), "-n", name.split("_", 1)[1]]
+    cmd += (["--lidc"] if spec.lidc else []) + (["--cases", *names] if names else [])
+    log.run(f"{name}:import", cmd, imported, dataset=name, step="import")
+    if smoke:
+        write_json_atomic(raw / SMOKE_MARKER, {"made_by": "scripts/benchmark_realdata.py --cases", "cases": names})
+    pre = Path(env["nnUNet_preprocessed"]) / name
+    data = pre / f"{PLANS}_{CONFIGURATION}"
+    planned = (pre / f"{PLANS}.json").is_file() and len(list(data.glob("*.pkl"))) == len(expected)
+    log.run(f"{name}:plan", ["isrg", "plan", "-d", str(dataset_id), "--preset", "tiny", "-np", str(args.n_proc),
+                             "-npfp", str(args.n_proc)], planned, dataset=name, step="plan")
+    splits = raw / "splits_final.json"
+    if splits.is_file() and (not (pre / splits.name).is_file()
+                             or json.loads((pre / splits.name).read_text()) != json.loads(splits.read_text())):
+        log.call(f"{name}:splits", f"copy_splits_to_preprocessed({raw}, {pre})",
+                 lambda: copy_splits_to_preprocessed(raw, pre), dataset=name, step="plan")
+    return dataset_id, name, raw
+
+
+def train(dataset_id: int, name: str, args, env: dict, log: StepLog) -> None:
+    """Step 3-4: every fold of the ISRG trainer and of the UNet baseline that is not validated yet."""
+    for trainer, folds, interactive in ((args.trainer, args.folds, True),
+                                        (args.baseline_trainer, args.baseline_folds, False)):
+        for f in folds:
+            done = _validation_file(env, name, trainer, f, interactive).is_file()
+            cmd = train_command(dataset_id, trainer, f, args.device, None if done else _fold_dir(env, name, trainer, f))
+            log.run(f"{name}:train:{trainer}:{f}", cmd, done, dataset=name,
+                    step="ISRG training" if interactive else "UNet training", trainer=trainer, fold=int(f))
+
+
+def _compare_current(out_dir: Path, inputs: Sequence[Path], block: dict, methods: Sequence[str],
+                     clicks: Sequence[int]) -> bool:
+    """True when ``out_dir`` holds a comparison of these methods, folds and clicks newer than its inputs."""
+    path = out_dir / "comparison.json"
+    if not path.is_file() or not all(p.is_file() for p in inputs):
+        return False
+    doc = json.loads(path.read_text())
+    same = (doc.get("folds") == list(block["folds"]) and doc.get("clicks") == sorted(set(clicks))
+            and [m["trainer"] for m in doc.get("methods", [])] == list(methods))
+    return same and path.stat().st_mtime > max(p.stat().st_mtime for p in inputs)
+
+
+def compare(spec: RealDataset, dataset_id: int, name: str, args, env: dict, log: StepLog, out_root: Path) -> list[dict]:
+    """Step 5: ``isrg compare`` per block; returns each block's comparison document."""
+    out = []
+    for block in compare_blocks(args.folds, args.baseline_folds):
+        out_dir = out_root / name / block["block"]
+        methods = ([args.baseline_trainer] if block["with_baseline"] else []) + ["classical-baseline", args.trainer]
+        inputs = [_validation_file(env, name, args.trainer, f, True) for f in block["folds"]]
+        if block["with_baseline"]:
+            inputs += [_validation_file(env, name, args.baseline_trainer, f, False) for f in block["folds"]]
+        cmd = compare_command(dataset_id, args.trainer, args.baseline_trainer, block, args.clicks, spec.lidc, out_dir,
+                              args.device)
+        log.run(f"{name}:compare:{block['block']}", cmd, _compare_current(out_dir, inputs, block, methods, args.clicks),
+                dataset=name, step="compare")
+        out.append({**block, "out_dir": str(out_dir),
+                    "comparison": json.loads((out_dir / "comparison.json").read_text())})
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the zero-shot block
+def _zero_shot_current(out_json: Path, info: dict, ids: Sequence[str], n_clicks: int) -> dict | None:
+    """The zero-shot document in ``out_json`` when it is of this model (checkpoint unchanged), cases and clicks."""
+    if not out_json.is_file():
+        return None
+    doc = json.loads(out_json.read_text())
+    keys = ("folder", "folds", "checkpoint", "checkpoint_mtime")
+    same = (all(doc.get("model", {}).get(k) == info.get(k) for k in keys)
+            and doc.get("dataset", {}).get("cases") == list(ids) and doc.get("n_clicks") == n_clicks)
+    return doc if same else None
+
+
+def run_zero_shot(args, env: dict, log: StepLog, raw: Path, out_json: Path, command: str) -> dict | None:
+    """The phantom model on the sarcomas of ``raw`` (see the module docstring); writes ``out_json`` and
+    its ``.md``; returns the document (None when the model does not exist and was not asked for)."""
+    import torch
+
+    from nnunet_isrg.attributes import lesion_labels_from_dataset_json
+    from nnunet_isrg.evaluation.compare import HeldOutCase
+    from nnunet_isrg.inference.model_loading import load_trained_model
+
+    model = Path(args.model)
+    if not (model / "plans.json").is_file():
+        if model.resolve() != DEFAULT_MODEL.resolve():
+            raise SystemExit(f"--model {model}: no trained model folder (plans.json missing)")
+        print(f"\nzero-shot block skipped: the phantom model {model} does not exist (make demo trains it)")
+        return None
+    torch.set_num_threads(max(1, args.threads))
+    ids = sorted(_labels(raw))
+    n_clicks = max(args.clicks)
+    loaded = load_trained_model(model, folds=args.fold, checkpoint=args.checkpoint, device=args.device)
+    info = model_info(loaded, args.checkpoint)
+    info["checkpoint_mtime"] = max((loaded.folder / ("fold_all" if f == "all" else f"fold_{f}") / args.checkpoint)
+                                   .stat().st_mtime for f in loaded.folds)
+    previous = _zero_shot_current(out_json, info, ids, n_clicks)
+    if previous is not None:
+        log.call("zero-shot", f"zero-shot: {info['trainer']} ({info['trained_on']}) on {len(ids)} sarcomas",
+                 lambda: None, done=True, dataset=raw.name, step="zero-shot")
+        return previous
+    lesion_labels = lesion_labels_from_dataset_json(json.loads((raw / "dataset.json").read_text()))
+    cases = [HeldOutCase(c, [str(raw / "imagesTr" / f"{c}_0000.nii.gz")], str(raw / "labelsTr" / f"{c}.nii.gz"))
+             for c in ids]
+
+    def evaluate_all() -> list[dict]:
+        results = []
+        for c in cases:
+            try:
+                r = evaluate_case(loaded, c, n_clicks, args.device, lesion_labels)
+            except Exception as e:  # one bad case is reported, not the end of the benchmark
+                r = {"case": c.case_id, "volume_ml": None, "error": f"{type(e).__name__}: {e}"}
+            results.append(r)
+            dice = " ".join(_f(d) for d in r["protocol"]["dice"]) if "protocol" in r else r.get("error")
+            print(f"  {c.case_id}: {_f(r.get('volume_ml'), 0)} mL, best crop fraction "
+                  f"{_f(r.get('best_crop_fraction'), 2)}, Dice per click {dice} "
+                  f"({_f(r.get('preprocess_s', 0) + r.get('protocol_s', 0), 1)} s)", flush=True)
+        return results
+
+    t = time.time()
+    results = log.call("zero-shot", f"zero-shot: {info['trainer']} ({info['trained_on']}, {args.checkpoint}, epoch "
+                                    f"{info['checkpoint_epoch']}) on {len(cases)} real case(s), {n_clicks} clicks",
+                       evaluate_all, dataset=raw.name, step="zero-shot")
+    zero_shot_s = time.time() - t
+    doc = {
+        "generated": _dt.datetime.now().isoformat(timespec="seconds"),
+        "command": command,
+        "machine": _machine(args.device),
+        "dataset": {"id": int(raw.name[7:10]), "raw": str(raw), "source": str(DATASETS["sts"].source),
+                    "n_cases": len(ids), "n_cases_evaluated": len(cases), "cases": ids},
+        "model": info,
+        "n_clicks": n_clicks,
+        "summary": summarise(results, n_clicks),
+        "cases": [{k: v for k, v in r.items() if k != "result"} for r in results],
+        "timings_s": {"zero_shot_s": round(zero_shot_s, 1)},
+        "run_time_s": round(zero_shot_s, 1),
+        "run_time_note": "the zero-shot evaluation; the datasets' import and planning are in the cross-validation "
+                         "summary",
+    }
+    write_json_atomic(out_json, doc)
+    write_text_atomic(out_json.with_suffix(".md"), report_markdown(doc))
+    print(f"\nwrote {out_json} and {out_json.with_suffix('.md')}")
+    s = doc["summary"]
+    if s.get("n_cases"):
+        print("zero-shot mean Dice per click: " + " ".join(_f(v) for v in s["mean_per_click"]["dice"])
+              + f"; mean best crop fraction {_f(s['mean_best_crop_fraction'])}")
+    return doc
+
+
+def _machine(device: str) -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "device": device,
+            "torch_threads": torch.get_num_threads()}
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -329,9 +614,9 @@ def report_markdown(doc: dict) -> str:
         f"{', '.join(m['normalization'])} with the phantom's statistics (clip {_f(norm['percentile_00_5'], 0)} to "
         f"{_f(norm['percentile_99_5'], 0)} HU, mean {_f(norm['mean'], 1)}, std {_f(norm['std'], 1)}). "
         f"Deterministic click protocol, {n} clicks, on the largest lesion component; metrics in the preprocessed "
-        f"space. One prediction is one {'x'.join(map(str, m['crop_size']))}-voxel crop "
-        f"({' x '.join(_f(c * sp, 0) for c, sp in zip(m['crop_size'], m['spacing_mm']))} mm), moved towards the "
-        f"lesion when cut by its border.",
+        f"space. Each prediction starts from one {'x'.join(map(str, m['crop_size']))}-voxel crop "
+        f"({' x '.join(_f(c * sp, 0) for c, sp in zip(m['crop_size'], m['spacing_mm']))} mm) at the clicks and "
+        f"zooms out (up to 4 crops per axis) while the lesion leaves it.",
         "",
     ]
     if s.get("n_cases", 0) == 0:
@@ -339,8 +624,11 @@ def report_markdown(doc: dict) -> str:
     lines += ["| clicks | " + " | ".join(str(k + 1) for k in range(n)) + " |", "|---|" + "---|" * n]
     for key, label, digits in (("dice", "mean Dice", 3), ("nsd", "mean NSD @ 2 mm", 3), ("hd95", "mean HD95 (mm)", 1)):
         lines.append(f"| {label} | " + " | ".join(_f(v, digits) for v in s["mean_per_click"][key]) + " |")
-    lines.append("| mean lesion fraction inside the crop | "
+    lines.append("| mean lesion fraction inside the predicted region | "
                  + " | ".join(_f(v, 3) for v in s["mean_crop_fraction_per_click"]) + " |")
+    if s.get("mean_zoom_per_click"):
+        lines.append("| mean zoom (1: the crop held the lesion) | "
+                     + " | ".join(_f(v, 2) for v in s["mean_zoom_per_click"]) + " |")
     lines.append(f"| mean predicted volume (mL; lesions {_f(s['mean_evaluated_volume_ml'], 0)}) | "
                  + " | ".join(_f(v, 1) for v in s["mean_pred_volume_ml_per_click"]) + " |")
     lines += ["",
@@ -357,7 +645,7 @@ def report_markdown(doc: dict) -> str:
               "",
               "| case | lesion mL | extent z/y/x mm | mean HU | best crop fraction | Dice bound | "
               + " | ".join(f"Dice@{k + 1}" for k in range(n))
-              + f" | crop fraction@{n} | predicted mL@{n} | whole-crop Dice | s |",
+              + f" | region fraction@{n} | predicted mL@{n} | whole-crop Dice | s |",
               "|---|---|---|---|---|---|" + "---|" * n + "---|---|---|---|"]
     for c in doc["cases"]:
         if "protocol" not in c:
@@ -369,24 +657,103 @@ def report_markdown(doc: dict) -> str:
                      + " | ".join(_f(d) for d in c["protocol"]["dice"]) + f" | {_f(c['crop_fraction'][-1])} | "
                      f"{_f(c['pred_volume_ml'][-1], 1)} | {_f(c['dice_whole_first_crop'])} | "
                      f"{_f(c['preprocess_s'] + c['protocol_s'], 0)} |")
-    cv = doc.get("cross_validation", {})
-    if cv.get("comparison_markdown"):
-        lines += ["", f"**Trained on the real cases** (nnU-Net cross-validation, "
-                      f"folds {', '.join(map(str, cv['folds']))}, "
-                      f"{cv['device']}; trainers {', '.join(f'`{t}`' for t in cv['trainers'])}; training times in the "
-                      f"JSON); plots in `{cv['out_dir']}`.", "",
-                  "\n".join(line for line in cv["comparison_markdown"].splitlines()
-                            if not line.startswith("!["))]  # the plots' relative links only work there
-    else:
-        folds = " ".join(map(str, CV_FOLDS))
-        lines += ["", "Training ISRG and the nnU-Net UNet on these cases (5-fold cross-validation) needs a GPU and was "
-                      "not run here: `python scripts/benchmark_realdata.py --gpu` runs "
-                  + ", ".join(f"`nnUNetv2_train {doc['dataset']['id']} {CONFIGURATION} F -tr {tr} -device cuda`"
-                              for tr in CV_TRAINERS)
-                  + f" for F in {folds}, then `isrg compare -d {doc['dataset']['id']} --baseline {CV_TRAINERS[0]} "
-                    f"--trainers {' '.join(CV_TRAINERS[1:])} -f {folds} --clicks {' '.join(map(str, CV_CLICKS))} "
-                    f"-device cuda`."]
+    lines += ["", "Trained on these cases instead (cross-validation of ISRG against the UNet and the classical "
+                  "baseline): the next section, written by the same script."]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ the cross-validation report
+def _hours(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _schedule_text(t: dict) -> str:
+    if t["model"] == "ISRG":
+        return f"ISRG `{t['preset']}` preset, {t['epochs']} x {t['iterations_per_epoch']} = {t['iterations']} iterations"
+    return (f"nnU-Net UNet, width x {t['width_factor']:g}, {t['epochs']} x {t['iterations_per_epoch']} = "
+            f"{t['iterations']} iterations")
+
+
+def _zero_shot_row(zs: dict, clicks: Sequence[int]) -> str:
+    """The phantom model's zero-shot on the sarcomas in the layout of Table 2."""
+    s, m = zs["summary"], zs["model"]
+    head = ["Method", "Trainer"] + [f"{h}@{k}" for h in ("DSC", "HD95", "NSD") for k in clicks]
+    cells = ["ISRG (Full), trained on the phantom only: zero-shot", f"`{m['trainer']}` ({m['trained_on']})"]
+    for metric, digits in (("dice", 3), ("hd95", 2), ("nsd", 3)):
+        for k in clicks:
+            c = s["per_click"][metric][k - 1] if k <= len(s["per_click"][metric]) else {"mean": None}
+            cells.append("n/a" if c["mean"] is None else f"{c['mean']:.{digits}f} ± {c['std']:.{digits}f}")
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), "| " + " | ".join(cells) + " |"])
+
+
+STEP_KINDS = ("import", "plan", "zero-shot", "ISRG training", "UNet training", "compare")
+
+
+def dataset_markdown(d: dict, figures: dict[str, str], zero_shot: dict | None) -> str:
+    """One dataset's part of the section: what was trained, the compare blocks' tables, the figures."""
+    from nnunet_isrg.evaluation.compare import comparison_markdown
+
+    patients = f", {d['n_patients']} patients" if d.get("n_patients") else ""
+    folds = " ".join(map(str, d["folds"]))
+    bfolds = " ".join(map(str, d["baseline_folds"])) or "none"
+    lines = [f"#### {d['title']}: `{d['dataset']}` ({d['n_cases']} cases{patients})", "",
+             f"ISRG `{d['trainer']['trainer']}` ({_schedule_text(d['trainer'])}) on fold(s) {folds}; UNet baseline "
+             f"`{d['baseline']['trainer']}` ({_schedule_text(d['baseline'])}) on fold(s) {bfolds}; classical "
+             f"baseline: region growing / threshold from the clicks, its setting chosen per fold on the fold's "
+             f"training cases. Plans `{PLANS}`: {'x'.join(f'{v:g}' for v in d['spacing_mm'])} mm, "
+             f"{'x'.join(map(str, d['patch_size']))} crop; folds of `splits_final.json`"
+             + (" (grouped by patient)" if d["key"] == "nodules" else " (nnU-Net's 5-fold split)")
+             + f". Run time of its steps {_hours(d['total_s'])}."]
+    for b in d["blocks"]:
+        title = ("**Fold(s) " + ", ".join(map(str, b["folds"])) + (", with the UNet baseline**" if b["with_baseline"]
+                                                                  else "**"))
+        tables = "\n".join(line for line in comparison_markdown(b["comparison"]).splitlines()
+                           if not line.startswith("!["))
+        lines += ["", title, "", tables.strip()]
+    if zero_shot is not None and zero_shot.get("summary", {}).get("n_cases"):
+        lines += ["", f"Reference, the phantom model of the section above on all {zero_shot['summary']['n_cases']} "
+                      f"sarcomas (not per fold; at its own {zero_shot['model']['spacing_mm'][0]:g} mm spacing):", "",
+                  _zero_shot_row(zero_shot, d["clicks"])]
+    if figures:
+        lines += [""] + [f"![{k}]({v})" for k, v in figures.items()]
+    return "\n".join(lines)
+
+
+def cv_markdown(doc: dict, figures: dict[str, dict[str, str]]) -> str:
+    """The ``realdata-cv`` section: every dataset's tables, the run time per step kind, how to read it."""
+    lines = ["### Real CT: trained on real lesions (cross-validation)", "",
+             f"Produced by `{doc['command']}` on {doc['generated'][:10]} ({doc['machine']['cpus']} CPU cores, "
+             f"{doc['machine']['device']}, torch {doc['machine']['torch']}); total run time "
+             f"{_hours(doc['total_s'])} (the wall time of every step when it ran; this invocation "
+             f"{_hours(doc['invocation_s'])}). Each step, its command and its time are in "
+             f"`{doc['summary_json']}`."]
+    for d in doc["datasets"]:
+        lines += ["", dataset_markdown(d, figures.get(d["dataset"], {}), doc.get("zero_shot") if d["key"] == "sts"
+                                       else None)]
+    lines += ["", "| dataset | " + " | ".join(STEP_KINDS) + " | total |", "|---|" + "---|" * (len(STEP_KINDS) + 1)]
+    for d in doc["datasets"]:
+        per = {k: sum(s["wall_s"] or 0 for s in d["steps"] if s["step"] == k) for k in STEP_KINDS}
+        lines.append(f"| `{d['dataset']}` | " + " | ".join(_hours(per[k]) for k in STEP_KINDS)
+                     + f" | {_hours(d['total_s'])} |")
+    lines += ["", HOW_TO_READ]
+    return "\n".join(lines) + "\n"
+
+
+HOW_TO_READ = (
+    "How to read these: each dataset's cases are split into folds; every method is scored on the validation "
+    "cases of each fold, never on the cases it was trained or tuned on, and the tables pool all validation cases "
+    "(mean ± std). DSC and NSD are better higher, HD95 (mm) lower; \"@k\" is after k clicks of the same "
+    "deterministic click protocol for ISRG and the classical baseline, while the UNet takes no clicks (the same "
+    "value in every column). The classical baseline (region growing or threshold + connected component from the "
+    "clicks, the tools a reader has without deep learning) is what an interactive model must beat; its setting "
+    "per fold is in the JSON. For the nodules, Table 3 compares the attribute head with the non-deep baseline "
+    "(a random forest on measurements inside the true mask, so it is given the segmentation the model has to "
+    "find): an accuracy means little next to a high majority-class rate, and the balanced accuracy (the mean "
+    "recall over the true classes; always answering the majority class scores 1 / classes present) shows whether "
+    "the minority classes are found at all. The middle (indeterminate) LIDC ratings are unknown and not scored. "
+    "The models are CPU-budget schedules (see each dataset's line), far from the paper's GPU training.")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -396,180 +763,142 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _figures(datasets: Sequence[dict], base: Path, rel_to: Path | None = None, copy_to: Path | None = None) -> dict:
+    """Per dataset, caption -> path of each compare block's plots (relative to ``rel_to``; copied to ``copy_to``)."""
+    out = {}
+    for d in datasets:
+        figs = {}
+        for b in d["blocks"]:
+            for png, caption in (("dice_vs_clicks.png", "Dice against clicks"),
+                                 ("attribute_accuracy.png", "Attribute accuracy")):
+                src = Path(b["out_dir"]) / png
+                if not src.is_file():
+                    continue
+                label = f"{d['dataset']}, folds {' '.join(map(str, b['folds']))}: {caption}"
+                if copy_to is not None:
+                    copy_to.mkdir(parents=True, exist_ok=True)
+                    dst = copy_to / f"{d['dataset']}_{b['block']}_{png}"
+                    shutil.copy(src, dst)
+                    src = dst
+                figs[label] = os.path.relpath(src, rel_to or base)
+        out[d["dataset"]] = figs
+    return out
+
+
 # ------------------------------------------------------------------------------------------ main
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", default=str(DEFAULT_SOURCE), help="folder with STS_XXX/CT_image.nii.gz + CT_mask.nii.gz")
-    p.add_argument("--dataset-id", type=int, default=600)
-    p.add_argument("--name", default="IBSISTS")
-    p.add_argument("--model", default=str(DEFAULT_MODEL), help="trained ISRG model folder (Trainer__Plans__3d_fullres)")
-    p.add_argument("--fold", nargs="+", default=["0"], help="fold(s) of --model (several are ensembled)")
-    p.add_argument("--checkpoint", default="checkpoint_final.pth")
-    p.add_argument("--clicks", type=int, default=5)
-    p.add_argument("--cases", type=int, default=None, help="only the first N cases (sorted by id), a smoke run")
-    p.add_argument("--case-ids", nargs="+", default=None, help="only these cases (e.g. STS_001)")
-    p.add_argument("--no-preprocess", action="store_true",
-                   help="skip nnU-Net planning/preprocessing of the real dataset (only --gpu training needs it)")
+    p.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=["sts", "nodules"])
+    p.add_argument("--cases", nargs="+", type=int, default=None,
+                   help="smoke run: the first N cases of each dataset (or one N per dataset of --datasets), in "
+                        "datasets of their own (ids 960, 961)")
+    p.add_argument("--trainer", default=DEFAULT_TRAINER, help="ISRG trainer (default %(default)s)")
+    p.add_argument("--baseline-trainer", default=DEFAULT_BASELINE, help="UNet baseline trainer (default %(default)s)")
+    p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds of the ISRG trainer")
+    p.add_argument("--baseline-folds", nargs="*", type=int, default=[0], help="folds of the UNet baseline (default 0)")
+    p.add_argument("--clicks", nargs="+", type=int, default=[1, 3, 5],
+                   help="clicks in the tables (default 1 3 5; the debug trainers validate 3)")
+    p.add_argument("--device", default="cpu", help="training (and zero-shot) device: cpu or cuda")
     p.add_argument("-np", "--n-proc", type=int, default=2, help="processes for nnU-Net planning/preprocessing")
-    p.add_argument("--threads", type=int, default=1, help="torch threads for the zero-shot evaluation")
-    p.add_argument("--device", default="cpu", help="device of the zero-shot evaluation")
-    p.add_argument("--gpu", action="store_true",
-                   help="also train nnUNetTrainer and ISRGTrainer on the real cases (5 folds, CUDA) and compare "
-                        "(= --cross-validate --cv-device cuda)")
-    p.add_argument("--cross-validate", action="store_true",
-                   help="train --cv-trainers on the real cases and compare them (isrg compare)")
-    p.add_argument("--cv-trainers", nargs="+", default=list(CV_TRAINERS),
-                   help="no-click baseline first, then ISRG trainer(s) (default: %(default)s); e.g. "
-                        "nnUNetTrainer_ISRGDebug ISRGTrainer_Debug for a CPU smoke run")
-    p.add_argument("--cv-folds", nargs="+", type=int, default=list(CV_FOLDS))
-    p.add_argument("--cv-clicks", nargs="+", type=int, default=list(CV_CLICKS),
-                   help="clicks in the comparison table (default %(default)s; the debug trainers validate 3)")
-    p.add_argument("--cv-device", default=None, help="device for training (default cuda with --gpu, else cpu)")
-    p.add_argument("--out", default=str(REPO / "results" / "benchmark_realdata.json"))
-    p.add_argument("--update-readme", action="store_true", help=f"replace the README section '{README_SECTION}'")
+    p.add_argument("--no-zero-shot", action="store_true", help="leave out the phantom model's zero-shot block")
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="zero-shot: the phantom-trained model folder")
+    p.add_argument("--fold", nargs="+", default=["0"], help="zero-shot: fold(s) of --model (several are ensembled)")
+    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="zero-shot: checkpoint of --model")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the zero-shot evaluation")
+    p.add_argument("--out", default=None, help="zero-shot JSON (default results/benchmark_realdata.json, smoke "
+                                               "runs results/benchmark_realdata_smoke.json); the cross-validation "
+                                               "goes to the folder beside it, named <stem>_cv")
+    p.add_argument("--update-readme", action="store_true",
+                   help=f"replace the README sections '{README_SECTION}' and 'realdata-cv' (copies the plots to "
+                        f"{FIGURES_DIR.relative_to(REPO)})")
     args = p.parse_args(argv)
-    subset = args.cases is not None or args.case_ids is not None
-    if args.update_readme and subset:
-        raise SystemExit("--update-readme with --cases/--case-ids would publish a partial table; run on all cases")
-    cross_validate = args.gpu or args.cross_validate
-    cv_device = args.cv_device or ("cuda" if args.gpu else "cpu")
-    if cross_validate and args.no_preprocess:
-        raise SystemExit("--gpu/--cross-validate train on the preprocessed real dataset; drop --no-preprocess")
-    if cross_validate and len(args.cv_trainers) < 2:
-        raise SystemExit(f"--cv-trainers needs a no-click baseline and at least one ISRG trainer, "
-                         f"got {args.cv_trainers}")
-    if cross_validate and cv_device.startswith("cuda"):
-        import torch
+    if args.cases is not None and len(args.cases) not in (1, len(args.datasets)):
+        p.error(f"--cases takes one number or one per dataset of --datasets ({len(args.datasets)})")
+    if args.update_readme and args.cases is not None:
+        p.error("--update-readme with --cases would publish a smoke run; run on all cases")
+    if not set(args.baseline_folds) <= set(args.folds):
+        p.error(f"--baseline-folds {args.baseline_folds} must be among --folds {args.folds} (ISRG is compared with "
+                f"the UNet on them)")
+    if any(k < 1 for k in args.clicks):
+        p.error("--clicks must be >= 1")
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    args.command = " ".join(["python scripts/benchmark_realdata.py", *argv_list])
+    return args
 
-        if not torch.cuda.is_available():
-            raise SystemExit("--gpu: no CUDA device visible to torch; the real-data cross-validation needs a GPU "
-                             "(--cross-validate --cv-device cpu with the debug trainers runs a CPU smoke test)")
 
+def main(argv: Sequence[str] | None = None) -> int:
+    import subprocess
+
+    args = parse_args(argv)
     t0 = time.time()
+    smoke = args.cases is not None
+    n_cases = {k: (args.cases[i] if len(args.cases) > 1 else args.cases[0]) if smoke else None
+               for i, k in enumerate(args.datasets)}
+    out_json = Path(args.out) if args.out else REPO / "results" / (
+        "benchmark_realdata_smoke.json" if smoke else "benchmark_realdata.json")
+    cv_root = out_json.with_name(out_json.stem + "_cv")
     env = setup_env()
-    import torch
+    log = StepLog(env, cv_root / "steps_ledger.json")
+    doc = {"generated": None, "command": args.command, "machine": _machine(args.device), "smoke": smoke,
+           "summary_json": os.path.relpath(cv_root / "summary.json", REPO) if cv_root.is_relative_to(REPO)
+           else str(cv_root / "summary.json"),
+           "datasets": [], "zero_shot": None, "steps": log.steps, "total_s": None, "invocation_s": None}
 
-    torch.set_num_threads(max(1, args.threads))
-    from nnunet_isrg.attributes import lesion_labels_from_dataset_json
-    from nnunet_isrg.evaluation.compare import HeldOutCase
-    from nnunet_isrg.inference.model_loading import load_trained_model
-
-    timings: dict[str, float] = {}
-    raw, dt = build_raw_dataset(Path(args.source), Path(env["nnUNet_raw"]), args.dataset_id, args.name)
-    if dt is not None:
-        timings["import_s"] = dt
-    all_ids = sorted(f.name[: -len(".nii.gz")] for f in (raw / "labelsTr").glob("*.nii.gz"))
-    if not args.no_preprocess:
-        dt = plan_and_preprocess(args.dataset_id, Path(env["nnUNet_preprocessed"]) / raw.name, len(all_ids),
-                                 args.n_proc, env)
-        if dt is not None:
-            timings["plan_preprocess_s"] = dt
-
-    ids = all_ids
-    if args.case_ids:
-        unknown = sorted(set(args.case_ids) - set(all_ids))
-        if unknown:
-            raise SystemExit(f"--case-ids {unknown} not in {raw / 'labelsTr'}; available: {all_ids}")
-        ids = [c for c in all_ids if c in set(args.case_ids)]
-    if args.cases is not None:
-        ids = ids[: args.cases]
-    cases = [HeldOutCase(c, [str(raw / "imagesTr" / f"{c}_0000.nii.gz")], str(raw / "labelsTr" / f"{c}.nii.gz"))
-             for c in ids]
-
-    lesion_labels = lesion_labels_from_dataset_json(json.loads((raw / "dataset.json").read_text()))
-    loaded = load_trained_model(args.model, folds=args.fold, checkpoint=args.checkpoint, device=args.device)
-    info = model_info(loaded, args.checkpoint)
-    print(f"\nzero-shot: {info['trainer']} ({info['trained_on']}, {args.checkpoint}, epoch {info['checkpoint_epoch']}) "
-          f"on {len(cases)} real case(s), {args.clicks} clicks", flush=True)
-    t = time.time()
-    results = []
-    for c in cases:
-        try:
-            r = evaluate_case(loaded, c, args.clicks, args.device, lesion_labels)
-        except Exception as e:  # one bad case is reported, not the end of the benchmark
-            r = {"case": c.case_id, "volume_ml": None, "error": f"{type(e).__name__}: {e}"}
-        results.append(r)
-        dice = " ".join(_f(d) for d in r["protocol"]["dice"]) if "protocol" in r else r.get("error")
-        print(f"  {c.case_id}: {_f(r.get('volume_ml'), 0)} mL, "
-              f"best crop fraction {_f(r.get('best_crop_fraction'), 2)}, "
-              f"Dice per click {dice} ({_f(r.get('preprocess_s', 0) + r.get('protocol_s', 0), 1)} s)", flush=True)
-    timings["zero_shot_s"] = time.time() - t
-    command = "python scripts/benchmark_realdata.py" + (" --gpu" if args.gpu else "")
-    if args.cross_validate:
-        command += " --cross-validate"
-        if args.cv_trainers != list(CV_TRAINERS):
-            command += " --cv-trainers " + " ".join(args.cv_trainers)
-        if args.cv_folds != list(CV_FOLDS):
-            command += " --cv-folds " + " ".join(map(str, args.cv_folds))
-        if args.cv_clicks != list(CV_CLICKS):
-            command += " --cv-clicks " + " ".join(map(str, args.cv_clicks))
-        if args.cv_device:
-            command += f" --cv-device {args.cv_device}"
-    if args.cases is not None:
-        command += f" --cases {args.cases}"
-    if args.case_ids:
-        command += " --case-ids " + " ".join(args.case_ids)
-    if Path(args.model).resolve() != DEFAULT_MODEL.resolve():
-        command += f" --model {args.model}"
-    if args.checkpoint != "checkpoint_final.pth":
-        command += f" --checkpoint {args.checkpoint}"
-    out_json = Path(args.out)
-    cv_dir = out_json.with_name(out_json.stem + "_cv")
-    doc = {
-        "generated": _dt.datetime.now().isoformat(timespec="seconds"),
-        "command": command,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "device": args.device, "torch_threads": torch.get_num_threads()},
-        "dataset": {"id": args.dataset_id, "raw": str(raw), "source": str(Path(args.source).resolve()),
-                    "n_cases": len(all_ids), "n_cases_evaluated": len(cases), "cases": ids},
-        "model": info,
-        "n_clicks": args.clicks,
-        "summary": summarise(results, args.clicks),
-        "cases": [{k: v for k, v in r.items() if k != "result"} for r in results],
-        "timings_s": {},
-        "run_time_s": None,
-        "run_time_note": "this invocation only; steps whose outputs existed were skipped",
-        "gpu_commands": cross_validation_commands(args.dataset_id, out_dir=cv_dir),
-        "cross_validation": {"run": False, "reason": "needs --gpu (CUDA); see gpu_commands"},
-    }
-
-    def write(doc: dict) -> str:
-        doc["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
-        doc["run_time_s"] = round(time.time() - t0, 1)
-        write_json_atomic(out_json, doc)
-        md = report_markdown(doc)
-        write_text_atomic(out_json.with_suffix(".md"), md)
-        print(f"\nwrote {out_json} and {out_json.with_suffix('.md')} (run time {doc['run_time_s'] / 60:.1f} min)")
+    def write() -> str:
+        doc["generated"] = _dt.datetime.now().isoformat(timespec="seconds")
+        doc["total_s"] = round(log.total_s(), 1)
+        doc["invocation_s"] = round(time.time() - t0, 1)
+        write_json_atomic(cv_root / "summary.json", doc)
+        md = cv_markdown(doc, _figures(doc["datasets"], cv_root))
+        write_text_atomic(cv_root / "summary.md", md)
         return md
 
-    md = write(doc)  # the zero-shot results are kept even if the cross-validation fails
-    s = doc["summary"]
-    if s.get("n_cases"):
-        print("mean Dice per click: " + " ".join(_f(v) for v in s["mean_per_click"]["dice"])
-              + f"; mean best crop fraction {_f(s['mean_best_crop_fraction'])}")
     rc = 0
-    if cross_validate:
-        t = time.time()
-        try:
-            doc["cross_validation"] = run_cross_validation(
-                args.dataset_id, Path(env["nnUNet_results"]) / raw.name, cv_dir, env, args.cv_folds,
-                args.cv_trainers, cv_device, args.cv_clicks)
-        except subprocess.CalledProcessError as e:
-            doc["cross_validation"] = {"run": True, "error": f"command failed with status {e.returncode}: "
-                                                             f"{' '.join(map(str, e.cmd))}"}
-            print(f"cross-validation failed: {doc['cross_validation']['error']}", file=sys.stderr)
-            rc = 1
-        timings["cross_validation_s"] = time.time() - t
-        md = write(doc)
-        if rc:
-            return rc
+    try:
+        for key in args.datasets:
+            spec = DATASETS[key]
+            first = len(log.steps)
+            dataset_id, name, raw = prepare(spec, args, env, log, n_cases[key])
+            if key == "sts" and not args.no_zero_shot:
+                zs = run_zero_shot(args, env, log, raw, out_json, args.command)
+                doc["zero_shot"] = {k: zs[k] for k in ("summary", "model", "n_clicks", "dataset")} if zs else None
+            train(dataset_id, name, args, env, log)
+            blocks = compare(spec, dataset_id, name, args, env, log, cv_root)
+            doc["datasets"].append(dataset_summary(spec, name, dataset_id, raw, args, env, blocks, log.steps[first:],
+                                                   log.total_s(log.steps[first:])))
+            write()
+    except subprocess.CalledProcessError as e:
+        print(f"\nbenchmark_realdata: command failed with status {e.returncode}: {' '.join(map(str, e.cmd))}",
+              file=sys.stderr)
+        rc = 1
+    md = write()
+    print(f"\nwrote {cv_root / 'summary.json'} and {cv_root / 'summary.md'} (this invocation "
+          f"{_hours(doc['invocation_s'])}; all steps {_hours(doc['total_s'])})")
+    if rc or not args.update_readme:
+        return rc
+    from script_support import replace_readme_section
 
-    if args.update_readme:
-        from script_support import replace_readme_section
+    ok = True
+    if doc["zero_shot"] is not None:
+        ok &= replace_readme_section(README_SECTION, out_json.with_suffix(".md").read_text())
+    readme_md = cv_markdown(doc, _figures(doc["datasets"], cv_root, REPO, FIGURES_DIR))
+    ok &= replace_readme_section("realdata-cv", readme_md)
+    return 0 if ok and md else 1
 
-        if not replace_readme_section(README_SECTION, md):
-            return 1
-    return 0
+
+def dataset_summary(spec: RealDataset, name: str, dataset_id: int, raw: Path, args, env: dict, blocks: list[dict],
+                    steps: list[dict], total_s: float) -> dict:
+    """One dataset's part of ``summary.json``: what was trained on what, the comparisons, the steps."""
+    plans = json.loads((Path(env["nnUNet_preprocessed"]) / name / f"{PLANS}.json").read_text())
+    cfg = plans["configurations"][CONFIGURATION]
+    ids = _labels(raw)
+    return {"key": spec.key, "title": spec.title, "dataset": name, "dataset_id": dataset_id,
+            "source": str(spec.source), "n_cases": len(ids),
+            "n_patients": len({c.split("_")[0] for c in ids}) if spec.lidc else None,
+            "spacing_mm": cfg["spacing"], "patch_size": cfg["patch_size"],
+            "trainer": trainer_schedule(args.trainer), "baseline": trainer_schedule(args.baseline_trainer),
+            "folds": list(args.folds), "baseline_folds": list(args.baseline_folds), "clicks": list(args.clicks),
+            "blocks": blocks, "steps": steps, "total_s": round(total_s, 1)}
 
 
 if __name__ == "__main__":

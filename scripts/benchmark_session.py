@@ -15,8 +15,9 @@ Each configuration runs in a fresh subprocess, so the peak resident memory
   only (the embedding is cached); the report is built on demand and timed separately (``report_s``);
 - the model plans are the ones a model trained on such data would have: for the real CT the
   data's own spacing (no resampling), for the synthetic volume 1.0 x 0.8 x 0.8 mm (z resampled);
-  lesion following is off (``follow_steps=0``) because a random-weight mask says nothing about the
-  lesion's extent; each extra crop of a followed lesion costs about one first click.
+  zooming out is off (``zoom_factors=()``) because a random-weight mask says nothing about the
+  lesion's extent: this table is the crop at the clicks alone (a lesion larger than the crop:
+  ``scripts/benchmark_lesion_size.py``).
 
 Baseline, per volume, in its own subprocess: nnU-Net's ``nnUNetPredictor.predict_sliding_window_return_logits``
 with a ``PlainConvUNet`` from plans (untrained, 5 stages, nnU-Net's default 3d_fullres patch for the
@@ -63,9 +64,10 @@ def _peak_rss_gib() -> float:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def make_synthetic_ct(path: Path, seed: int = 0) -> None:
+def make_synthetic_ct(path: Path, seed: int = 0, lesion: dict = SYNTH_LESION) -> None:
     """A 512 x 512 x 300 CT-like volume in HU (int16 NIfTI): air, body, fat rim, liver, kidneys, spine,
-    ribs, a hypodense spherical lesion in the liver, and noise."""
+    ribs, a lesion in the liver (hypodense by default), and noise. ``lesion``: ``centre_zyx`` (voxels),
+    ``radius_mm`` (a sphere) or ``radii_mm_zyx`` (an ellipsoid), and optionally ``hu`` (default 15)."""
     import numpy as np
     import SimpleITK as sitk
 
@@ -85,12 +87,11 @@ def make_synthetic_ct(path: Path, seed: int = 0) -> None:
     ring = np.abs(np.sqrt((xx / 155) ** 2 + (yy / 105) ** 2) - 0.95) < 0.02
     slice_hu[ring & (np.abs(np.sin(np.arctan2(yy, xx) * 8)) > 0.6)] = 500  # ribs
     vol = np.broadcast_to(slice_hu, (z, y, x)).copy()
-    cz, cy, cx = SYNTH_LESION["centre_zyx"]
-    r = SYNTH_LESION["radius_mm"]
-    zs = slice(max(int(cz - r / sp_z) - 1, 0), int(cz + r / sp_z) + 2)
-    zz, yl, xl = np.meshgrid((np.arange(zs.start, zs.stop) - cz) * sp_z, (np.arange(y) - cy) * sp_y,
-                             (np.arange(x) - cx) * sp_x, indexing="ij")
-    vol[zs][(zz ** 2 + yl ** 2 + xl ** 2) <= r ** 2] = 15                # hypodense lesion
+    cz, cy, cx = lesion["centre_zyx"]
+    rz, ry, rx = lesion.get("radii_mm_zyx", (lesion.get("radius_mm"),) * 3)
+    in_plane = (((np.arange(y) - cy) * sp_y / ry) ** 2)[:, None] + (((np.arange(x) - cx) * sp_x / rx) ** 2)[None]
+    for k in range(max(int(cz - rz / sp_z) - 1, 0), min(int(cz + rz / sp_z) + 2, z)):  # slice by slice: small
+        vol[k][in_plane + ((k - cz) * sp_z / rz) ** 2 <= 1] = lesion.get("hu", 15)
     for k in range(z):  # slice by slice: no 600 MB float64 noise array
         vol[k] += (rng.standard_normal((y, x), dtype=np.float32) * 12).astype(np.int16)
     img = sitk.GetImageFromArray(vol)
@@ -187,7 +188,7 @@ def child_session(args) -> dict:
     torch.set_num_threads(args.threads)
     rss_start = _peak_rss_gib()
     model = _loaded_model(Path(args.model_folder))
-    session = ISRGSession(model, follow_steps=0)
+    session = ISRGSession(model, zoom_factors=())
     t = time.perf_counter()
     session.set_image(args.image)
     set_image_s = time.perf_counter() - t

@@ -69,3 +69,70 @@ def run_command(cmd: list[str], env: dict) -> float:
     t = time.time()
     subprocess.run(cmd, env=env, check=True)
     return time.time() - t
+
+
+class StepLog:
+    """The steps of a pipeline script, each run as a user would type it (echoed) and timed, or skipped
+    because its output exists.
+
+    Every step is recorded (``steps``: key, command, wall time, skipped or not). A JSON ``ledger``
+    keeps the wall times across invocations, so a skipped step still reports the time it took when
+    it ran (``wall_s`` from the earlier run, ``skipped: true``) and :meth:`total_s` is the run time
+    of the whole pipeline, not only of the last invocation.
+    """
+
+    def __init__(self, env: dict, ledger: str | os.PathLike | None = None):
+        self.env = env
+        self.ledger = Path(ledger) if ledger else None
+        self.earlier: dict[str, dict] = {}
+        if self.ledger is not None and self.ledger.is_file():
+            import json
+
+            try:
+                self.earlier = json.loads(self.ledger.read_text())
+            except ValueError:
+                self.earlier = {}
+        self.steps: list[dict] = []
+
+    def run(self, key: str, cmd: list[str], done: bool, **info) -> dict:
+        """Runs ``cmd`` (raising on failure) unless ``done``; returns the step's record."""
+        if done:
+            return self._skip(key, " ".join(map(str, cmd)), info)
+        return self._ran(key, " ".join(map(str, cmd)), run_command([str(c) for c in cmd], self.env), info)
+
+    def call(self, key: str, what: str, fn, done: bool = False, **info):
+        """An in-process step (``fn()``), echoed as ``what`` and timed like a command; returns fn's result."""
+        if done:
+            self._skip(key, what, info)
+            return None
+        print(f"\n$ {what}", flush=True)
+        t = time.time()
+        out = fn()
+        self._ran(key, what, time.time() - t, info)
+        return out
+
+    def _skip(self, key: str, command: str, info: dict) -> dict:
+        before = self.earlier.get(key, {})
+        print(f"\n(skipped, output exists) {command}", flush=True)
+        step = {"key": key, "command": command, "skipped": True, "wall_s": before.get("wall_s"),
+                "ran_at": before.get("ran_at"), **info}
+        self.steps.append(step)
+        return step
+
+    def _ran(self, key: str, command: str, wall_s: float, info: dict) -> dict:
+        import datetime
+
+        print(f"({wall_s:.0f} s)", flush=True)
+        step = {"key": key, "command": command, "skipped": False, "wall_s": round(wall_s, 1),
+                "ran_at": datetime.datetime.now().isoformat(timespec="seconds"), **info}
+        self.steps.append(step)
+        self.earlier[key] = {k: step[k] for k in ("command", "wall_s", "ran_at")}
+        if self.ledger is not None:
+            from nnunet_isrg.files import write_json_atomic
+
+            write_json_atomic(self.ledger, self.earlier)
+        return step
+
+    def total_s(self, steps: list[dict] | None = None) -> float:
+        """Wall time of ``steps`` (default all), the skipped ones at their earlier run's time where known."""
+        return float(sum(s["wall_s"] or 0.0 for s in (self.steps if steps is None else steps)))

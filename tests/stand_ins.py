@@ -55,3 +55,30 @@ def stand_in_model(model_folder, radius: float = 5.5) -> LoadedModel:
     """The trained model folder's plans and schema with :class:`ClickSpheresStandIn` as its network."""
     loaded = load_trained_model(model_folder, folds=(0,))
     return with_network(loaded, ClickSpheresStandIn(loaded.crop_size, loaded.schema, radius))
+
+
+class BrightLesionStandIn(nn.Module):
+    """Deterministic stand-in that segments what is bright: the mask is every voxel of the view whose
+    (normalised) intensity exceeds ``threshold``, whatever the clicks; fixed attribute probabilities.
+
+    On an image holding one bright analytic shape (an ellipsoid of known centre and axes) its output
+    is known for any view: the shape cut to the view's box at full resolution, the shape as the
+    averaged-down view shows it when zoomed out. That makes the lesion predictor's zooming, tiling and
+    truncation testable against the analytic shape. ``encodes`` counts the image encoder's runs."""
+
+    def __init__(self, crop_size, schema, threshold: float = 0.25):
+        super().__init__()
+        self.crop_size = tuple(crop_size)
+        self.schema = schema
+        self.threshold = threshold
+        self.encodes = 0
+
+    def encode_image(self, image):
+        self.encodes += 1
+        return image
+
+    def decode(self, embedding, points, labels, mask_prompt=None):
+        logits = (embedding > self.threshold).float() * 20 - 10
+        low = F.interpolate(logits, size=tuple(s // 4 for s in self.crop_size), mode="trilinear")
+        attrs = OrderedDict((k, torch.arange(len(v), 0, -1, dtype=torch.float32)[None]) for k, v in self.schema.items())
+        return {"mask_logits": logits, "low_res_logits": low, "iou_pred": torch.ones(1, 1), "attribute_logits": attrs}

@@ -120,7 +120,7 @@ def test_evaluate_aggregates_reports_and_scores_the_unet(trained, phantom_raw, c
 
 def test_compare_writes_paper_tables_and_plots(trained, phantom_raw, tmp_path, capsys):
     # zero-shot oracle: held-out copies of two validation cases must reproduce their validation results
-    # through the zero-shot path (nnU-Net preprocessing of raw files + CropPredictor / nnUNetPredictor)
+    # through the zero-shot path (nnU-Net preprocessing of raw files + LesionPredictor / nnUNetPredictor)
     val = sorted(json.loads((Path(os.environ["nnUNet_preprocessed"]) / PHANTOM_NAME /
                              "splits_final.json").read_text())[0]["val"])[:2]
     zs = tmp_path / "zero_shot"
@@ -135,7 +135,7 @@ def test_compare_writes_paper_tables_and_plots(trained, phantom_raw, tmp_path, c
     out = tmp_path / "cmp"
     rc = run_compare_from_args(_parse(add_compare_arguments, [
         "-d", str(PHANTOM_ID), "--baseline", BASELINE, "--trainers", VANILLA, FULL, "-f", "0", "--clicks", *CLICKS,
-        "--attribute-baseline", "--zero-shot", "--zero-shot-dir", str(zs), "-o", str(out)]))
+        "--attribute-baseline", "--classical-baseline", "--zero-shot", "--zero-shot-dir", str(zs), "-o", str(out)]))
     assert rc == 0, capsys.readouterr().err
     for name in ("comparison.md", "comparison.json", "comparison_segmentation.csv", "comparison_attributes.csv",
                  "dice_vs_clicks.png", "attribute_accuracy.png"):
@@ -152,8 +152,11 @@ def test_compare_writes_paper_tables_and_plots(trained, phantom_raw, tmp_path, c
     assert "| Method | Trainer | shape | invasion | density | heterogeneity | surface | Average |" in md
     for row in (f"| nnU-Net UNet (no clicks) | `{BASELINE}` |", f"| ISRG Vanilla | `{VANILLA}` |",
                 f"| ISRG (Full) | `{FULL}` |", "| Image measurements + random forest (non-deep) | — |",
-                "| Majority-class rate (reference) | — |"):
+                "| Majority-class rate (reference) | — |", "| Region growing / threshold (classical, clicks) | — |",
+                "| Majority class (reference) | — |"):
         assert row in md, row
+    assert md.count("| Region growing / threshold (classical, clicks) | — |") == 2  # validation and zero-shot
+    assert "**Attribute balanced accuracy (validation, at the last click)**" in md
 
     seg = _csv(out / "comparison_segmentation.csv")
     def value(split, trainer, metric, click):
@@ -176,7 +179,8 @@ def test_compare_writes_paper_tables_and_plots(trained, phantom_raw, tmp_path, c
     assert full_row.split("|")[3].strip().startswith(f"{full_dice_1:.3f} ±")
 
     doc = json.loads((out / "comparison.json").read_text())
-    assert [m["trainer"] for m in doc["methods"]] == [BASELINE, VANILLA, FULL]
+    assert [m["trainer"] for m in doc["methods"]] == [BASELINE, "classical-baseline", VANILLA, FULL]
+    _check_classical(doc, value, trained, phantom_raw, val)
     # attribute table: ISRG accuracies are the fraction of reports whose last-click prediction is right
     reports = [json.loads(p.read_text()) for p in
                sorted((trained / f"{FULL}__nnUNetPlans__3d_fullres" / "fold_0" / "validation" / "reports").glob("*.json"))]
@@ -186,6 +190,13 @@ def test_compare_writes_paper_tables_and_plots(trained, phantom_raw, tmp_path, c
     attr_rows = _csv(out / "comparison_attributes.csv")
     assert {(r["split"], r["trainer"]) for r in attr_rows if r["attribute"] == "average"} == {
         (s, t) for s in ("validation", "zero-shot") for t in (VANILLA, FULL, "attribute-baseline")}
+    # balanced accuracy: the mean recall over the true classes of the same confusion matrix
+    for a in ("shape", "density"):
+        e = doc["validation"]["attributes"][FULL]["per_attribute"][a]
+        cm = np.asarray(e["confusion_matrix"], dtype=float)
+        rows = cm.sum(1) > 0
+        assert e["balanced_accuracy"] == pytest.approx(np.mean(np.diag(cm)[rows] / cm.sum(1)[rows]))
+        assert e["majority_balanced_accuracy"] == pytest.approx(1 / rows.sum())
 
     # zero-shot block on copies of validation cases == the validation results of those cases
     z = doc["zero_shot"]["segmentation"]
@@ -197,6 +208,56 @@ def test_compare_writes_paper_tables_and_plots(trained, phantom_raw, tmp_path, c
     # the UNet through nnUNetPredictor on the re-preprocessed copies == its exported validation masks
     assert z[BASELINE]["dice"]["1"]["n"] == 2
     assert z[BASELINE]["dice"]["1"]["mean"] == pytest.approx(np.mean([per_case[k] for k in val]), abs=1e-4)
+
+
+def _check_classical(doc, value, trained, phantom_raw, zero_shot_cases):
+    """The classical row: its setting is the best on the fold's training cases, its validation cases are the
+    models', and its Dice is what the chosen setting gives on the raw phantom normalised by hand."""
+    from nnunet_isrg.evaluation.classical_baseline import ClassicalSetting, ClassicalCase, run_classical_baseline
+    from nnunet_isrg.lesions import largest_lesion_component
+
+    fold = doc["classical_baseline"]["per_fold"]["0"]
+    assert fold["setting"] == max(fold["training_mean_dice"], key=fold["training_mean_dice"].get)
+    splits = json.loads((Path(os.environ["nnUNet_preprocessed"]) / PHANTOM_NAME / "splits_final.json").read_text())
+    assert fold["n_training_cases_used"] == fold["n_training_cases"] == len(splits[0]["train"])  # every one, < 100
+    val = doc["validation_cases"]["0"]
+    assert fold["n_validation_cases"] == len(val) == doc["validation"]["segmentation"]["classical-baseline"]["n_cases"]
+    # oracle: the raw phantom (stored at the plans' spacing, nothing to crop) with nnU-Net's CT normalisation by hand
+    plans = json.loads((trained / f"{FULL}__nnUNetPlans__3d_fullres" / "plans.json").read_text())
+    cfg = plans["configurations"]["3d_fullres"]
+    assert cfg["normalization_schemes"] == ["CTNormalization"] and plans["transpose_forward"] == [0, 1, 2]
+    props = plans["foreground_intensity_properties_per_channel"]["0"]
+    setting = ClassicalSetting(fold["method"], fold["params"])
+    cases = {}
+    for k in val:
+        img = sitk.GetArrayFromImage(sitk.ReadImage(str(phantom_raw / "imagesTr" / f"{k}_0000.nii.gz")))
+        img = (np.clip(img.astype(np.float32), props["percentile_00_5"], props["percentile_99_5"]) - props["mean"]) \
+            / max(props["std"], 1e-8)
+        gt, _ = largest_lesion_component(sitk.GetArrayFromImage(sitk.ReadImage(
+            str(phantom_raw / "labelsTr" / f"{k}.nii.gz"))), [1])
+        cases[k] = ClassicalCase(k, img.astype(np.float32), gt, cfg["spacing"])
+    results = {r.case_id: r for r in run_classical_baseline(list(cases.values()), setting, n_clicks=3)}
+    for k in (1, 2, 3):
+        expected = np.mean([r.dice[k - 1] for r in results.values()])
+        assert value("validation", "classical-baseline", "dice", k) == pytest.approx(expected, abs=1e-4)
+        # the zero-shot copies of two validation cases score as they do in validation
+        z = doc["zero_shot"]["segmentation"]["classical-baseline"]["dice"][str(k)]["mean"]
+        assert z == pytest.approx(np.mean([results[c].dice[k - 1] for c in zero_shot_cases]), abs=1e-4)
+
+
+def test_score_attribute_pairs_balanced_accuracy_by_hand():
+    from nnunet_isrg.evaluation.protocol import score_attribute_pairs
+
+    schema = {"density": ["Hypodense", "Isodense", "Hyperdense"], "surface": ["Well", "Ill"]}
+    # density truth: 4 hypo (3 right), 2 iso (1 right), no hyper; one prediction of a class never true
+    pairs = {"density": [("Hypodense", "Hypodense")] * 3 + [("Hypodense", "Hyperdense")]
+             + [("Isodense", "Isodense"), ("Isodense", "Hypodense")]}
+    s = score_attribute_pairs(pairs, schema)
+    d = s["per_attribute"]["density"]
+    assert d["accuracy"] == pytest.approx(4 / 6) and d["balanced_accuracy"] == pytest.approx((3 / 4 + 1 / 2) / 2)
+    assert d["majority_rate"] == pytest.approx(4 / 6) and d["majority_balanced_accuracy"] == pytest.approx(1 / 2)
+    assert s["per_attribute"]["surface"]["balanced_accuracy"] is None and s["per_attribute"]["surface"]["n"] == 0
+    assert s["mean_balanced_accuracy"] == pytest.approx(d["balanced_accuracy"])
 
 
 def test_missing_fold_or_trainer_is_a_clear_error_and_writes_nothing(trained, tmp_path, capsys):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +9,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from nnunet_isrg.inference.model_loading import (ISRGEnsemble, LoadedModel, ModelFolderError, load_trained_model)
-from nnunet_isrg.inference.region_preprocessing import (RegionGeometry, preprocess_region, resample_region_logits)
+from nnunet_isrg.inference.region_preprocessing import (RegionGeometry, image_grid, preprocess_box,
+                                                        resample_region_logits, zoom_box)
 from nnunet_isrg.inference.session import ISRGSession, SessionError
 
-from stand_ins import ClickSpheresStandIn, with_network
+from stand_ins import BrightLesionStandIn, ClickSpheresStandIn, with_network
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 STS_DICOM = REALDATA / "ibsi-sts-dicom" / "STS_002" / "CT" / "image"
@@ -52,55 +51,38 @@ def _interior_point(mask: np.ndarray) -> tuple[int, int, int]:
 @pytest.mark.parametrize("spacing_zyx, exact", [((3.0, 1.5, 1.0), False),   # 3D spline (order 3)
                                                 ((6.0, 1.5, 1.5), True),    # separate z: nearest along z
                                                 ((1.5, 1.5, 1.5), True)])   # target spacing: no resampling
-def test_region_preprocessing_equals_nnunet_default_preprocessor(loaded, phantom_case, spacing_zyx, exact):
-    """Region around a click vs nnU-Net's DefaultPreprocessor on the whole image, voxel for voxel where the
-    two grids share sample positions, away from the region faces (12 target voxels = 6 source voxels:
-    order-3 spline ringing of a sharp edge decays by ~0.27 per source voxel)."""
+def test_preprocessed_boxes_equal_nnunet_default_preprocessor(loaded, phantom_case, spacing_zyx, exact):
+    """Boxes of nnU-Net's grid computed on demand (inside the image, overhanging it, the whole grid) vs
+    nnU-Net's DefaultPreprocessor on the whole image, voxel for voxel: exact where nothing or only z
+    (nearest) is resampled; with a 3D cubic spline, within the ringing of the source box's faces and
+    the clipping to the box's range (both confined to sharp edges)."""
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
     img, _ = phantom_case
     arr = sitk.GetArrayFromImage(img).astype(np.float32)
+    pm, cm = loaded.plans_manager, loaded.configuration_manager
     whole, _, props = DefaultPreprocessor(verbose=False).run_case_npy(
-        arr[None], None, {"spacing": list(spacing_zyx)}, loaded.plans_manager, loaded.configuration_manager,
-        loaded.dataset_json)
-    # nnU-Net crops to the non-zero box before resampling; its grid starts there
-    crop0 = np.array([b[0] for b in props["bbox_used_for_cropping"]])
-    N, M = np.array(props["shape_after_cropping_and_before_resampling"]), np.array(whole.shape[1:])
-    compared = 0
-    for centre in [(20, 20, 20), (4, 30, 9), (21, 22, 23)]:
-        data, g = preprocess_region(arr, spacing_zyx, centre, (16, 16, 16), loaded.plans_manager,
-                                    loaded.configuration_manager)
-        assert data.shape[1:] == g.shape and min(g.shape) >= 16
-        ks = [np.arange(s) for s in g.shape]
-        # whole-image resampled index of each region voxel (identity transpose in these plans)
-        js = [((g.start[a] - crop0[a] + (ks[a] + 0.5) * g.scale[a] - 0.5) + 0.5) * M[a] / N[a] - 0.5
-              for a in range(3)]
-        # region faces that coincide with the faces of nnU-Net's (cropped) grid have the same boundary handling
-        border = [(g.start[a] == crop0[a], g.start[a] + g.size[a] == crop0[a] + N[a]) for a in range(3)]
-        keep = []
-        for a in range(3):
-            inner = np.ones(g.shape[a], bool)
-            if g.size[a] == g.shape[a]:  # axis not resampled: no interpolation, no border effect
-                pass
-            elif not border[a][0]:
-                inner &= ks[a] >= 12
-            if g.size[a] != g.shape[a] and not border[a][1]:
-                inner &= ks[a] < g.shape[a] - 12
-            keep.append(inner & (np.abs(js[a] - np.round(js[a])) < 1e-6) & (js[a] > -0.5) & (js[a] < M[a] - 0.5))
-        sub = data[0][np.ix_(*keep)]
-        ref = whole[0][np.ix_(*[np.round(js[a][keep[a]]).astype(int) for a in range(3)])]
-        compared += sub.size
-        if not sub.size:
-            continue
-        if exact:
-            np.testing.assert_allclose(sub, ref, atol=1e-5, rtol=0)
-        else:
-            # scikit-image's resize (inside nnU-Net's resampling) clips its output to the range of its
-            # input array, which for a region is the region's own range: where the cubic spline
-            # overshoots past it (at sharp edges) the two differ by that overshoot
-            err = np.abs(sub - ref) / float(np.ptp(whole))
-            assert np.mean(err < 1e-3) > 0.99 and err.max() < 0.02, (np.mean(err < 1e-3), err.max())
-    assert compared > 500
+        arr[None], None, {"spacing": list(spacing_zyx)}, pm, cm, loaded.dataset_json)
+    # nnU-Net's grid starts at the non-zero box it crops to; preprocess the same box here
+    arr = arr[tuple(slice(a, b) for a, b in props["bbox_used_for_cropping"])]
+    grid = image_grid(arr.shape, spacing_zyx, pm, cm)
+    assert tuple(grid.shape) == whole.shape[1:]
+    rng = float(np.ptp(whole))
+    for box in ([[4, 20], [10, 30], [5, 25]], [[-6, 14], [20, 60], [-3, 9]], [[0, n] for n in grid.shape]):
+        got = preprocess_box(arr, grid, box, pm, cm)[0]
+        inside = tuple(slice(max(a, 0), min(b, n)) for (a, b), n in zip(box, grid.shape))
+        local = tuple(slice(s.start - a, s.stop - a) for s, (a, _) in zip(inside, box))
+        err = np.abs(got[local] - whole[0][inside]) / rng
+        assert err.max() < (1e-5 if exact else 2e-3), (box, err.max())
+        outside = np.ones(got.shape, bool)
+        outside[local] = False
+        assert not got[outside].any()                        # 0 beyond the image, nnU-Net's padding
+    # a zoomed-out view where the plans do not resample is the preprocessed box averaged down
+    if tuple(grid.size) == tuple(grid.shape):
+        box = [[-8, 24], [2, 34], [0, 32]]
+        zoomed = zoom_box(arr, grid, box, (16, 16, 16), pm, cm)
+        full = torch.from_numpy(preprocess_box(arr, grid, box, pm, cm))
+        np.testing.assert_allclose(zoomed, F.adaptive_avg_pool3d(full[None], (16, 16, 16))[0].numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("orig, target, shape, size", [
@@ -230,15 +212,16 @@ def test_voxel_and_world_clicks_undo_and_lesions_do_not_overlap(loaded, phantom_
 def test_embedding_is_computed_once_for_repeated_clicks(loaded, phantom_case):
     img, lesion = phantom_case
     p = _interior_point(lesion)
-    s = ISRGSession(loaded, follow_steps=0)
+    # zooming off: the debug model's mask may reach a crop face, and this test is about the crop alone
+    # (a lesion larger than the crop: test_lesion_larger_than_crop_is_zoomed_out, tests/test_lesion_size.py)
+    s = ISRGSession(loaded, zoom_factors=())
     s.set_image(img)
     s.add_click(p)
     assert s.encode_calls == 1
     for d in (1, 2, -1):
         s.add_click(tuple(int(np.clip(v + d, 0, n - 1)) for v, n in zip(p, lesion.shape)), positive=d > 0)
     assert s.encode_calls == 1
-    # a new lesion elsewhere needs its own crop, once (with following on, further clicks reuse every
-    # crop the first click needed: see test_lesion_larger_than_crop_is_followed)
+    # a new lesion elsewhere needs its own crop, once
     far = tuple(int(n - 1 - v) for v, n in zip(p, lesion.shape))
     s.new_lesion()
     s.add_click(far)
@@ -246,57 +229,37 @@ def test_embedding_is_computed_once_for_repeated_clicks(loaded, phantom_case):
     assert s.encode_calls == 2
 
 
-class _ThresholdStandIn(nn.Module):
-    """Deterministic stand-in for the network (geometry test only): the 'embedding' is the crop itself
-    and the mask is every voxel brighter than ``threshold`` (normalised), whatever the clicks."""
-
-    def __init__(self, crop_size, schema, threshold: float):
-        super().__init__()
-        self.crop_size = tuple(crop_size)
-        self.schema = schema
-        self.threshold = threshold
-
-    def encode_image(self, image):
-        return image
-
-    def decode(self, embedding, points, labels, mask_prompt=None):
-        logits = (embedding > self.threshold).float() * 20 - 10
-        low = F.interpolate(logits, size=tuple(s // 4 for s in self.crop_size), mode="trilinear")
-        return {"mask_logits": logits, "low_res_logits": low, "iou_pred": torch.ones(1, 1),
-                "attribute_logits": OrderedDict((k, torch.zeros(1, len(v))) for k, v in self.schema.items())}
-
-
-def test_lesion_larger_than_crop_is_followed(loaded):
+def test_lesion_larger_than_crop_is_zoomed_out(loaded):
     crop = loaded.crop_size[0]
     shape = (3 * crop, 40, 40)
     zz, yy, xx = np.indices(shape)
     tube = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 36) & (zz >= 3) & (zz < shape[0] - 3)   # longer than 2 crops
     arr = np.where(tube, 300.0, -500.0).astype(np.float32)
     img = sitk.GetImageFromArray(arr)
-    img.SetSpacing((1.5, 1.5, 1.5))   # the plans' spacing: region voxels = image voxels
+    img.SetSpacing((1.5, 1.5, 1.5))   # the plans' spacing: grid voxels = image voxels
     props = loaded.plans_manager.foreground_intensity_properties_per_channel["0"]
     thr = (0.0 - props["mean"]) / props["std"]
     stand_in = LoadedModel(loaded.folder, loaded.plans_manager, loaded.configuration_manager, loaded.dataset_json,
-                           loaded.schema, _ThresholdStandIn(loaded.crop_size, loaded.schema, thr), [0],
+                           loaded.schema, BrightLesionStandIn(loaded.crop_size, loaded.schema, thr), [0],
                            torch.device("cpu"))
-    s = ISRGSession(stand_in, follow_steps=0)
+    s = ISRGSession(stand_in, zoom_factors=())
     s.set_image(img)
-    cut = s.add_click((6, 20, 20)).mask
-    assert cut.any() and np.argwhere(cut)[:, 0].max() < crop    # without following: cut at the first crop
-    s = ISRGSession(stand_in, follow_steps=6)
+    cut = s.add_click((6, 20, 20))
+    assert cut.mask.any() and np.argwhere(cut.mask)[:, 0].max() < crop    # without zooming: cut at the crop
+    assert cut.truncated and cut.truncated_faces == ["z+"]                # ... and it says so
+    s = ISRGSession(stand_in)
     s.set_image(img)
     state = s.add_click((6, 20, 20))
-    assert np.array_equal(state.mask, tube)                       # the whole tube, past the first crop
-    assert s.encode_calls > 1
+    assert np.array_equal(state.mask, tube) and state.zoom > 1 and not state.truncated   # the whole tube
     n = s.encode_calls
-    s.add_click((8, 20, 20))                                      # further clicks reuse the cached crops
+    s.add_click((8, 20, 20))                                      # further clicks reuse the cached views
     assert s.encode_calls == n
     # a second lesion clicked on the same tube gets nothing: every voxel is already lesion 1's
     assert s.new_lesion() == 2
     assert not s.add_click((shape[0] - 10, 20, 20)).mask.any()
     assert np.array_equal(s.label_map(), tube.astype(np.uint16))
-    # clicked in the middle, the tube leaves the crop through both faces: followed both ways
-    s = ISRGSession(stand_in, follow_steps=6)
+    # clicked in the middle, the tube leaves the crop through both faces: zoomed out all the same
+    s = ISRGSession(stand_in)
     s.set_image(img)
     assert np.array_equal(s.add_click((shape[0] // 2, 20, 20)).mask, tube)
 

@@ -451,6 +451,58 @@ def copy_attributes_to_preprocessed(raw_dataset_dir: str | os.PathLike,
     return target
 
 
+#: nnU-Net's cross-validation folds, read by the trainers from the preprocessed dataset folder
+SPLITS_FILENAME = "splits_final.json"
+
+
+def copy_splits_to_preprocessed(raw_dataset_dir: str | os.PathLike,
+                                preprocessed_dataset_dir: str | os.PathLike) -> Path | None:
+    """The raw dataset's ``splits_final.json`` (e.g. the LIDC import's patient-grouped folds) copied
+    into ``nnUNet_preprocessed/DatasetXXX/``, where nnU-Net's trainers read their folds.
+
+    Checked first: a list of ``{"train": [...], "val": [...]}`` folds over the raw dataset's
+    ``labelsTr`` cases, no case in both parts of a fold. A different file already in the
+    preprocessed folder is replaced (saying so on stdout: models trained on its folds no longer
+    match); an identical one is left alone. Returns the copy's path, or None when the raw dataset
+    has no splits file.
+    """
+    raw_dataset_dir, pre = Path(raw_dataset_dir), Path(preprocessed_dataset_dir)
+    source = raw_dataset_dir / SPLITS_FILENAME
+    if not source.is_file():
+        return None
+    try:
+        splits = json.loads(source.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetVerificationError(f"{source}: not valid JSON ({e})") from None
+    cases = set(case_files(raw_dataset_dir, load_dataset_json(raw_dataset_dir)))
+    if not isinstance(splits, list) or not splits:
+        raise DatasetVerificationError(f"{source}: expected a list of folds {{\"train\": [...], \"val\": [...]}}")
+    for i, fold in enumerate(splits):
+        if not isinstance(fold, Mapping) or not {"train", "val"} <= set(fold):
+            raise DatasetVerificationError(f"{source}, fold {i}: expected the keys 'train' and 'val'")
+        train, val = set(fold["train"]), set(fold["val"])
+        unknown = sorted((train | val) - cases)
+        if unknown:
+            raise DatasetVerificationError(f"{source}, fold {i}: case(s) {_preview(unknown)} not in "
+                                           f"{raw_dataset_dir / 'labelsTr'}")
+        if train & val:
+            raise DatasetVerificationError(f"{source}, fold {i}: case(s) {_preview(sorted(train & val))} in both "
+                                           f"training and validation")
+    if not pre.is_dir():
+        raise DatasetVerificationError(f"{pre}: preprocessed dataset folder not found; plan and preprocess first")
+    target = pre / SPLITS_FILENAME
+    if target.is_file():
+        try:
+            old = json.loads(target.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old is not None and old != splits:
+            print(f"{target}: replaced by the raw dataset's {SPLITS_FILENAME} (folds trained on the old splits no "
+                  f"longer match them)")
+    _write_if_changed(target, splits)
+    return target
+
+
 def _write_if_changed(path: Path, obj) -> None:
     if path.is_file():
         try:

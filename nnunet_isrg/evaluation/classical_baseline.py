@@ -14,7 +14,9 @@ Both grow a 26-connected region from the positive clicks through an intensity in
 Both intervals are relative to the image's own spread, so a setting carries over between HU and
 nnU-Net's normalised intensities. A negative click trims the region: every voxel nearer (in mm) to
 a negative click than to every positive click is dropped, and only the parts that hold a positive
-click are kept. Settings are chosen per fold on the training cases (:func:`choose_setting`).
+click are kept. Settings are chosen per fold on the training cases (:func:`choose_setting`);
+:func:`run_classical_folds` cross-validates the baseline as a trained model is cross-validated
+(``isrg compare --classical-baseline`` runs it on nnU-Net's preprocessed cases).
 """
 from __future__ import annotations
 
@@ -150,3 +152,69 @@ def choose_setting(training_cases: Sequence[ClassicalCase], settings: Sequence[C
             progress(f"{setting.name}: mean Dice {scores[setting.name]:.3f} on {len(training_cases)} training cases")
     best = max(settings, key=lambda s: scores[s.name])
     return best, scores
+
+
+# ------------------------------------------------------------------------------------------ per fold
+#: at most this many of a fold's training cases choose its setting (evenly spread over the sorted
+#: case ids): each setting runs the whole click protocol on each of them
+MAX_TRAINING_CASES = 100
+
+
+def spread_subset(ids: Sequence[str], max_n: int | None) -> list[str]:
+    """At most ``max_n`` of ``ids`` (sorted), evenly spread over them; all of them when ``max_n`` is None or 0."""
+    ids = sorted(ids)
+    if not max_n or len(ids) <= max_n:
+        return ids
+    return [ids[int(i)] for i in np.linspace(0, len(ids) - 1, int(max_n)).round().astype(int)]
+
+
+@dataclass
+class ClassicalFold:
+    """The classical baseline on one cross-validation fold: the setting its training cases chose
+    and the click protocol's results on its validation cases."""
+    fold: int
+    setting: ClassicalSetting
+    training_mean_dice: dict[str, float]  # setting name -> mean Dice after the last click on the choosing cases
+    training_cases: list[str]             # the training cases that chose (with a lesion; maybe a spread subset)
+    n_training_cases: int                 # training cases of the split with a lesion
+    results: list[CaseResult] = field(repr=False)
+
+    def to_dict(self) -> dict:
+        return {"setting": self.setting.name, "method": self.setting.method, "params": dict(self.setting.params),
+                "training_mean_dice": dict(self.training_mean_dice), "n_training_cases_used": len(self.training_cases),
+                "n_training_cases": self.n_training_cases, "n_validation_cases": len(self.results)}
+
+
+def run_classical_folds(load_case: Callable[[str], ClassicalCase | None], splits: Sequence[Mapping[str, Sequence[str]]],
+                        folds: Sequence[int], val_cases: Mapping[int, Sequence[str]] | None = None, n_clicks: int = 5,
+                        settings: Sequence[ClassicalSetting] = DEFAULT_SETTINGS,
+                        max_training_cases: int | None = MAX_TRAINING_CASES,
+                        progress: Callable[[str], None] | None = None) -> dict[int, ClassicalFold]:
+    """The classical baseline per fold, as a trained model is cross-validated: for each fold, the
+    setting with the best mean Dice after ``n_clicks`` on the fold's training cases
+    (:func:`choose_setting`; at most ``max_training_cases`` of them, :func:`spread_subset`), then
+    the click protocol with that setting on the fold's validation cases.
+
+    ``load_case(case_id)``: the case's image and target lesion on the grid the models are scored on,
+    or None for a case without a lesion (skipped, as the click protocol skips it). ``splits``:
+    nnU-Net's ``splits_final.json`` content; ``val_cases[fold]`` (default the split's ``val``) are
+    the cases to score, e.g. those the compared models were validated on.
+    """
+    say = progress or (lambda _msg: None)
+    out: dict[int, ClassicalFold] = {}
+    for f in folds:
+        f = int(f)
+        val_ids = sorted(val_cases[f]) if val_cases is not None else sorted(splits[f]["val"])
+        overlap = set(val_ids) & set(splits[f]["train"])
+        if overlap:
+            raise ValueError(f"fold {f}: validation case(s) {sorted(overlap)[:5]} are training cases of the split")
+        # every training case is read once to know which hold a lesion; only the choosing ones are kept
+        with_lesion = [c.case_id for c in map(load_case, sorted(splits[f]["train"])) if c is not None]
+        chosen_on = spread_subset(with_lesion, max_training_cases)
+        say(f"classical baseline, fold {f}: choosing among {len(settings)} settings on {len(chosen_on)} of "
+            f"{len(with_lesion)} training cases")
+        best, scores = choose_setting([load_case(k) for k in chosen_on], settings, n_clicks, progress)
+        val = [c for c in map(load_case, val_ids) if c is not None]
+        say(f"classical baseline, fold {f}: {best.name} on {len(val)} validation cases")
+        out[f] = ClassicalFold(f, best, scores, chosen_on, len(with_lesion), run_classical_baseline(val, best, n_clicks))
+    return out

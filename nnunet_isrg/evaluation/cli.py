@@ -3,7 +3,7 @@
     isrg evaluate -d 500 -tr ISRGTrainer_Tiny nnUNetTrainer_CPUBudget -f 0 1 2 3 4
     isrg compare -d 500 --baseline nnUNetTrainer_CPUBudget \\
         --trainers ISRGTrainer_Tiny_Vanilla ISRGTrainer_Tiny_PointRefinement ISRGTrainer_Tiny_FeatureSynergy \\
-        ISRGTrainer_Tiny -f 0 --attribute-baseline --zero-shot
+        ISRGTrainer_Tiny -f 0 --attribute-baseline --classical-baseline --zero-shot
 
 A missing trainer, fold or validation prints what is missing (and how to produce it) and exits
 with status 2, writing nothing.
@@ -61,6 +61,12 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--clicks", nargs="+", type=int, default=[1, 3, 5], help="clicks in the table (default 1 3 5)")
     parser.add_argument("--attribute-baseline", action="store_true",
                         help="add the non-deep attribute baseline (image measurements + scikit-learn) to Table 3")
+    parser.add_argument("--classical-baseline", action="store_true",
+                        help="add the classical interactive baseline (region growing / threshold + connected component "
+                             "from the clicks, setting chosen per fold on its training cases) to Table 2")
+    parser.add_argument("--classical-max-training-cases", type=int, default=100,
+                        help="training cases per fold (evenly spread) that choose the classical setting "
+                             "(default %(default)s; 0: all)")
     parser.add_argument("--zero-shot", action="store_true",
                         help="add the zero-shot block: every fold's model on the raw dataset's imagesTs/labelsTs")
     parser.add_argument("--zero-shot-dir", default=None,
@@ -80,6 +86,8 @@ def run_compare_from_args(args: argparse.Namespace) -> int:
     req = ComparisonRequest(dataset=args.dataset, trainers=list(args.trainers), baselines=list(args.baselines or []),
                             plans=args.plans, configuration=args.configuration, folds=list(args.folds),
                             clicks=list(args.clicks), attribute_baseline=args.attribute_baseline,
+                            classical_baseline=args.classical_baseline,
+                            classical_max_training_cases=args.classical_max_training_cases or None,
                             zero_shot=args.zero_shot, zero_shot_dir=args.zero_shot_dir, out_dir=args.out, device=args.device)
     try:
         doc = run_comparison(req)

@@ -5,14 +5,24 @@ Rows are methods (nnU-Net trainers), scored on the same validation cases of the 
 - Table 2 (segmentation): DSC, HD95 (mm) and NSD @ 2 mm at the requested clicks (default 1, 3, 5),
   mean +- std (ddof=0) over all validation cases of the folds (pooled). A no-click baseline
   (``nnUNetTrainer`` or a variant) has the same value at every click.
+  With ``classical_baseline``, the classical interactive baseline of
+  :mod:`nnunet_isrg.evaluation.classical_baseline` (region growing / threshold + connected
+  component from the clicks) is a row too: the same click protocol on the same validation cases of
+  each fold, on the same nnU-Net-preprocessed volumes (plans' spacing, channel 0) and target (the
+  largest lesion component) as the trainers' interactive validation, its setting chosen per fold
+  on that fold's training cases (:func:`~nnunet_isrg.evaluation.classical_baseline.run_classical_folds`;
+  the JSON says which setting won in each fold).
 - Table 3 (attributes): accuracy per attribute at the last click and their average, for the
   interactive trainers and, with ``attribute_baseline``, the non-deep baseline of
   :mod:`nnunet_isrg.evaluation.attribute_baseline` (evidence measured inside the ground-truth mask
   + scikit-learn classifier per attribute, fitted on each fold's training cases and evaluated on
-  its validation cases). The majority-class rate of the same cases is given as a reference row.
+  its validation cases). The majority-class rate of the same cases is given as a reference row,
+  and a second table gives the balanced accuracy (mean recall over the true classes; always
+  answering the majority class scores 1 / classes present). Trainers without any scored attribute
+  (a dataset without attribute labels) have no row.
 - Zero-shot (``zero_shot``): the same tables on the held-out lesion types of the raw dataset's
   ``imagesTs``/``labelsTs``/``attributesTs.json``: each fold's model is run on every held-out case
-  (interactive trainers through the click protocol with :class:`CropPredictor`, UNets through
+  (interactive trainers through the click protocol with :class:`LesionPredictor`, UNets through
   ``nnUNetPredictor`` on the same nnU-Net-preprocessed volume) and the results are pooled over
   folds and cases.
 
@@ -20,7 +30,8 @@ Everything a table needs is checked first; anything missing (trainer, fold, vali
 checkpoints, held-out cases) stops the comparison with one message listing all of it, and nothing
 is written. Outputs (``out_dir``): ``comparison.md``, ``comparison.json``,
 ``comparison_segmentation.csv``, ``comparison_attributes.csv``, ``dice_vs_clicks.png``,
-``attribute_accuracy.png``.
+``attribute_accuracy.png``. The classical baseline joins the zero-shot block too (each fold's
+chosen setting on every held-out case).
 """
 from __future__ import annotations
 
@@ -28,13 +39,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.paths import nnUNet_raw
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from ..attributes import (lesion_labels_from_dataset_json, normalise_class, read_attribute_table,
@@ -43,14 +55,19 @@ from ..files import write_json_atomic, write_text_atomic
 from ..inference.model_loading import load_trained_model
 from ..lesions import largest_lesion_component
 from .aggregate import (KIND_BASELINE, KIND_INTERACTIVE, MissingResultsError, TrainerEvaluation, csv_text,
-                        dataset_name, evaluate_trainer, find_missing, is_interactive, load_splits, results_root,
-                        score_no_click_prediction, trainer_folder)
+                        dataset_name, evaluate_trainer, find_missing, is_interactive, load_splits,
+                        preprocessed_root, results_root, score_no_click_prediction, trainer_folder)
 from .attribute_baseline import case_features, extract_features, fit_attribute_baseline, predict
+from .classical_baseline import (DEFAULT_SETTINGS, MAX_TRAINING_CASES, ClassicalCase, ClassicalFold,
+                                 run_classical_baseline, run_classical_folds)
 from .fold_validation import protocol_with_network
 from .plots import curve_from_summary, plot_attribute_accuracy, plot_metric_vs_clicks
 from .protocol import METRICS, CaseResult, score_attribute_pairs, summarise_cases
 
 ATTRIBUTE_BASELINE = "attribute-baseline"
+CLASSICAL_BASELINE = "classical-baseline"
+KIND_CLASSICAL = "classical (clicks)"
+NOT_A_TRAINER = (ATTRIBUTE_BASELINE, CLASSICAL_BASELINE)  # rows without an nnU-Net trainer
 METRIC_HEADINGS = {"dice": "DSC", "hd95": "HD95", "nsd": "NSD"}
 TABLE_METRICS = ("dice", "hd95", "nsd")  # the paper's Table 2 order, NSD added
 
@@ -59,6 +76,8 @@ def method_label(trainer: str) -> str:
     """Paper-style row name of a trainer (its class name stays in the table too)."""
     if trainer == ATTRIBUTE_BASELINE:
         return "Image measurements + random forest (non-deep)"
+    if trainer == CLASSICAL_BASELINE:
+        return "Region growing / threshold (classical, clicks)"
     if not trainer.startswith("ISRGTrainer"):
         return "nnU-Net UNet (no clicks)"
     for key, label in (("_Vanilla", "ISRG Vanilla"), ("_PointRefinement", "ISRG + Point Refinement"),
@@ -140,7 +159,8 @@ def zero_shot_trainer(ev: TrainerEvaluation, cases: Sequence[HeldOutCase], confi
     for f in ev.folds:
         results = []
         if ev.kind == KIND_INTERACTIVE:
-            model = load_trained_model(folder, folds=(f,), device=device).network
+            loaded = load_trained_model(folder, folds=(f,), device=device)
+            model = loaded.network
             for c in cases:
                 data, seg, _ = pre[c.case_id]
                 gt, label_value = largest_lesion_component(np.asarray(seg[0]), lesion_labels)
@@ -149,7 +169,8 @@ def zero_shot_trainer(ev: TrainerEvaluation, cases: Sequence[HeldOutCase], confi
                 r, _ = protocol_with_network(model, schema, torch.from_numpy(np.asarray(data, dtype=np.float32)), gt,
                                              spacing, n_clicks, {a: v for a, v in c.truth.items() if a in schema},
                                              case_id=c.case_id, lesion_type=c.truth.get("lesion_type"),
-                                             device=device, keep_final_mask=False)
+                                             device=device, keep_final_mask=False,
+                                             untrained_attributes=loaded.untrained_attributes)
                 results.append(r)
         else:
             predictor = nnUNetPredictor(device=torch.device(device), verbose=False, allow_tqdm=False)
@@ -215,6 +236,72 @@ def attribute_baseline_scores(dataset: str | int, folds: Sequence[int], val_case
     return out
 
 
+# ------------------------------------------------------------------------------------------ classical baseline
+def preprocessed_lesion_loader(folder: Path, configuration: str) -> Callable[[str], ClassicalCase | None]:
+    """``load(case_id)``: a case of the preprocessed dataset that the trainer in ``folder`` was trained
+    on, as the trainers' interactive validation sees it: channel 0 of the preprocessed volume (plans'
+    spacing, nnU-Net's normalisation) and the largest lesion component of its label map as the
+    target; None for a case without a lesion."""
+    pm = PlansManager(str(folder / "plans.json"))
+    cm = pm.get_configuration(configuration)
+    lesion_labels = lesion_labels_from_dataset_json(json.loads((folder / "dataset.json").read_text()))
+    pre = preprocessed_root() / pm.dataset_name / cm.data_identifier
+    ds = infer_dataset_class(str(pre))(str(pre))
+    spacing = [float(s) for s in cm.spacing]
+
+    def load(case_id: str) -> ClassicalCase | None:
+        data, seg, _, _ = ds.load_case(case_id)
+        gt, label_value = largest_lesion_component(np.asarray(seg[0]), lesion_labels)
+        if label_value == 0:
+            return None
+        return ClassicalCase(case_id, np.asarray(data[0], dtype=np.float32), gt, spacing)
+
+    return load
+
+
+def classical_baseline_folds(dataset: str | int, folder: Path, configuration: str, folds: Sequence[int],
+                             val_cases: Mapping[int, Sequence[str]], n_clicks: int,
+                             max_training_cases: int | None = MAX_TRAINING_CASES,
+                             progress: Callable[[str], None] | None = None) -> dict[int, ClassicalFold]:
+    """The classical baseline on each fold (setting chosen on the fold's training cases of
+    ``splits_final.json``), scored on ``val_cases[fold]`` of the preprocessed data of ``folder``'s plans."""
+    return run_classical_folds(preprocessed_lesion_loader(folder, configuration), load_splits(dataset), folds,
+                               val_cases, n_clicks, DEFAULT_SETTINGS, max_training_cases, progress)
+
+
+def classical_zero_shot(per_fold: Mapping[int, ClassicalFold], cases: Sequence[HeldOutCase], folder: Path,
+                        configuration: str, n_clicks: int) -> list[CaseResult]:
+    """Each fold's chosen setting on every held-out case, preprocessed with ``folder``'s plans as the
+    models' zero-shot block does."""
+    pm = PlansManager(str(folder / "plans.json"))
+    spacing = [float(s) for s in pm.get_configuration(configuration).spacing]
+    lesion_labels = lesion_labels_from_dataset_json(json.loads((folder / "dataset.json").read_text()))
+    pre = preprocess_held_out(cases, folder, configuration)
+    targets, types = [], {}
+    for c in cases:
+        data, seg, _ = pre[c.case_id]
+        gt, label_value = largest_lesion_component(np.asarray(seg[0]), lesion_labels)
+        if label_value:
+            targets.append(ClassicalCase(c.case_id, np.asarray(data[0], dtype=np.float32), gt, spacing))
+            types[c.case_id] = c.truth.get("lesion_type")
+    out = []
+    for f in sorted(per_fold):
+        for r in run_classical_baseline(targets, per_fold[f].setting, n_clicks):
+            r.lesion_type = types.get(r.case_id)
+            out.append(r)
+    return out
+
+
+def _classical_row(per_fold: Mapping[int, ClassicalFold], val_cases: Mapping[int, Sequence[str]]) -> dict:
+    problems = [f"fold {f}: the classical baseline scored {sorted(r.case_id for r in cf.results)}, the models "
+                f"{sorted(val_cases[f])}" for f, cf in per_fold.items()
+                if sorted(r.case_id for r in cf.results) != sorted(val_cases[f])]
+    if problems:
+        raise MissingResultsError(problems, "comparison (classical baseline on other cases)")
+    return {"label": method_label(CLASSICAL_BASELINE), "trainer": CLASSICAL_BASELINE, "kind": KIND_CLASSICAL,
+            "summary": summarise_cases([r for f in sorted(per_fold) for r in per_fold[f].results])}
+
+
 # ------------------------------------------------------------------------------------------ the comparison
 @dataclass
 class ComparisonRequest:
@@ -226,6 +313,8 @@ class ComparisonRequest:
     folds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     clicks: list[int] = field(default_factory=lambda: [1, 3, 5])
     attribute_baseline: bool = False
+    classical_baseline: bool = False
+    classical_max_training_cases: int | None = MAX_TRAINING_CASES  # per fold, to choose the setting; None: all
     zero_shot: bool = False
     zero_shot_dir: str | Path | None = None  # default: the raw dataset's imagesTs/labelsTs
     out_dir: str | Path | None = None
@@ -264,6 +353,15 @@ def _check(req: ComparisonRequest) -> tuple[str, list[str]]:
     if req.attribute_baseline:
         if not nnUNet_raw.is_set() or not (Path(nnUNet_raw.get()) / name / "imagesTr").is_dir():
             missing.append(f"the attribute baseline needs the raw dataset (nnUNet_raw/{name}/imagesTr, labelsTr)")
+    if req.classical_baseline:
+        plans_file = preprocessed_root() / name / f"{req.plans}.json"
+        data = None
+        if plans_file.is_file():
+            cm = PlansManager(str(plans_file)).get_configuration(req.configuration)
+            data = preprocessed_root() / name / cm.data_identifier
+        if data is None or not data.is_dir():
+            missing.append(f"the classical baseline runs on the preprocessed cases: {data or plans_file} missing "
+                           f"(plan and preprocess the dataset with plans {req.plans})")
     return name, missing
 
 
@@ -285,29 +383,39 @@ def _markdown_segmentation(block: Mapping[str, dict], clicks: Sequence[int]) -> 
     head = ["Method", "Trainer"] + [f"{METRIC_HEADINGS[m]}@{k}" for m in TABLE_METRICS for k in clicks]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for trainer, r in block.items():
-        cells = [r["label"], f"`{trainer}`"]
+        cells = [r["label"], "—" if trainer in NOT_A_TRAINER else f"`{trainer}`"]
         cells += [_fmt(r[m][str(k)]["mean"], r[m][str(k)]["std"], m) for m in TABLE_METRICS for k in clicks]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _markdown_attributes(block: Mapping[str, dict], schema) -> str:
+def _markdown_attributes(block: Mapping[str, dict], schema, score: str = "accuracy") -> str:
+    """Table 3: one row per method, one column per attribute; ``score`` "accuracy" or "balanced_accuracy",
+    with the majority class's score as the reference row."""
+    reference = {"accuracy": ("majority_rate", "Majority-class rate (reference)"),
+                 "balanced_accuracy": ("majority_balanced_accuracy", "Majority class (reference)")}[score]
     head = ["Method", "Trainer"] + list(schema) + ["Average"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for trainer, r in block.items():
         per = r["per_attribute"]
-        cells = [r["label"], f"`{trainer}`" if trainer != ATTRIBUTE_BASELINE else "—"]
-        cells += ["n/a" if per[a]["accuracy"] is None else f"{per[a]['accuracy']:.3f}" for a in schema]
-        cells.append("n/a" if r["mean_accuracy"] is None else f"**{r['mean_accuracy']:.3f}**")
+        values = [per[a].get(score) for a in schema]
+        known = [v for v in values if v is not None]
+        cells = [r["label"], "—" if trainer in NOT_A_TRAINER else f"`{trainer}`"]
+        cells += ["n/a" if v is None else f"{v:.3f}" for v in values]
+        cells.append(f"**{np.mean(known):.3f}**" if known else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
-    if block:  # every method is scored on the same cases, so one majority-class rate per attribute
+    if block:  # every method is scored on the same cases, so one majority-class reference per attribute
         per = next(iter(block.values()))["per_attribute"]
-        rates = [per[a]["majority_rate"] for a in schema]
+        rates = [per[a].get(reference[0]) for a in schema]
         known = [v for v in rates if v is not None]
-        cells = ["Majority-class rate (reference)", "—"] + ["n/a" if v is None else f"{v:.3f}" for v in rates]
+        cells = [reference[1], "—"] + ["n/a" if v is None else f"{v:.3f}" for v in rates]
         cells.append(f"{np.mean(known):.3f}" if known else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _has_balanced(block: Mapping[str, dict]) -> bool:
+    return any(e.get("balanced_accuracy") is not None for r in block.values() for e in r["per_attribute"].values())
 
 
 def _check_same_cases(evals: Sequence[TrainerEvaluation]) -> None:
@@ -322,6 +430,43 @@ def _check_same_cases(evals: Sequence[TrainerEvaluation]) -> None:
                                 f"(differing: {sorted(set(a) ^ set(b))[:6]}); the methods must share splits_final.json")
     if problems:
         raise MissingResultsError(problems, "comparison (methods scored on different cases)")
+
+
+def _seg_row(ev: TrainerEvaluation) -> dict:
+    return {"label": method_label(ev.trainer), "trainer": ev.trainer, "kind": ev.kind, "summary": ev.summary["pooled"]}
+
+
+def _attr_row(trainer: str, attributes: Mapping | None) -> dict | None:
+    """A Table 3 row, or None when no attribute was scored (a dataset without attribute labels)."""
+    if not attributes or attributes.get("mean_accuracy") is None:
+        return None
+    return {"label": method_label(trainer), "trainer": trainer, "attributes": attributes}
+
+
+def _zero_shot_rows(req: ComparisonRequest, all_evals, held, folds, n_clicks, schema, classical, attr_base, say):
+    """The zero-shot block's Table 2 and Table 3 rows (baselines, classical, ISRG trainers; attribute baseline)."""
+    seg_rows, attr_rows = [], []
+    for ev in all_evals:
+        say(f"zero-shot: {ev.trainer} on {len(held)} held-out cases x {len(folds)} fold(s)")
+        per_fold = zero_shot_trainer(ev, held, req.configuration, ev.n_clicks if ev.kind == KIND_INTERACTIVE
+                                     else n_clicks, req.device)
+        pooled_cases = [r for f in folds for r in per_fold[f]]
+        if not pooled_cases:
+            raise MissingResultsError([f"zero-shot: no held-out case with a lesion for {ev.trainer}"])
+        s = summarise_cases(pooled_cases, schema if ev.kind == KIND_INTERACTIVE else None)
+        seg_rows.append({"label": method_label(ev.trainer), "trainer": ev.trainer, "kind": ev.kind, "summary": s})
+        row = _attr_row(ev.trainer, s.get("attributes")) if ev.kind == KIND_INTERACTIVE else None
+        if row:
+            attr_rows.append(row)
+    if classical is not None:
+        say(f"zero-shot: the classical baseline on {len(held)} held-out cases x {len(folds)} fold(s)")
+        results = classical_zero_shot(classical, held, all_evals[0].folder, req.configuration, n_clicks)
+        n_base = sum(ev.kind == KIND_BASELINE for ev in all_evals)
+        seg_rows.insert(n_base, {"label": method_label(CLASSICAL_BASELINE), "trainer": CLASSICAL_BASELINE,
+                                 "kind": KIND_CLASSICAL, "summary": summarise_cases(results)})
+    if attr_base is not None and _attr_row(ATTRIBUTE_BASELINE, attr_base["zero_shot"]):
+        attr_rows.append(_attr_row(ATTRIBUTE_BASELINE, attr_base["zero_shot"]))
+    return seg_rows, attr_rows
 
 
 def run_comparison(req: ComparisonRequest, progress: bool = True) -> dict:
@@ -349,14 +494,16 @@ def run_comparison(req: ComparisonRequest, progress: bool = True) -> dict:
     out_dir = Path(req.out_dir) if req.out_dir else \
         results_root() / name / f"isrg_comparison__{req.plans}__{req.configuration}"
 
-    # ---- validation tables
-    seg_rows, attr_rows = [], []
-    for ev in all_evals:
-        seg_rows.append({"label": method_label(ev.trainer), "trainer": ev.trainer, "kind": ev.kind,
-                         "summary": ev.summary["pooled"]})
-        if ev.kind == KIND_INTERACTIVE and "attributes" in ev.summary["pooled"]:
-            attr_rows.append({"label": method_label(ev.trainer), "trainer": ev.trainer,
-                              "attributes": ev.summary["pooled"]["attributes"]})
+    # ---- validation tables: no-click baselines, the classical baseline, the ISRG trainers
+    classical = None
+    seg_rows = [_seg_row(ev) for ev in base_evals]
+    if req.classical_baseline:
+        say(f"the classical baseline: setting chosen per fold on the training cases, {n_clicks} clicks")
+        classical = classical_baseline_folds(name, all_evals[0].folder, req.configuration, folds, val_cases, n_clicks,
+                                             req.classical_max_training_cases, say if progress else None)
+        seg_rows.append(_classical_row(classical, val_cases))
+    seg_rows += [_seg_row(ev) for ev in evals]
+    attr_rows = [row for ev in evals if (row := _attr_row(ev.trainer, ev.summary["pooled"].get("attributes")))]
     held, held_info = (None, None)
     if req.zero_shot:
         held, held_info = held_out_cases(name, req.zero_shot_dir)
@@ -364,32 +511,14 @@ def run_comparison(req: ComparisonRequest, progress: bool = True) -> dict:
     if req.attribute_baseline:
         say("fitting the non-deep attribute baseline per fold")
         attr_base = attribute_baseline_scores(name, folds, val_cases, held)
-        attr_rows.append({"label": method_label(ATTRIBUTE_BASELINE), "trainer": ATTRIBUTE_BASELINE,
-                          "attributes": attr_base["validation"]})
-
-    # ---- zero-shot
-    zs_seg_rows, zs_attr_rows = [], []
-    if req.zero_shot:
-        for ev in all_evals:
-            say(f"zero-shot: {ev.trainer} on {len(held)} held-out cases x {len(folds)} fold(s)")
-            per_fold = zero_shot_trainer(ev, held, req.configuration, ev.n_clicks if ev.kind == KIND_INTERACTIVE
-                                         else n_clicks, req.device)
-            pooled_cases = [r for f in folds for r in per_fold[f]]
-            if not pooled_cases:
-                raise MissingResultsError([f"zero-shot: no held-out case with a lesion for {ev.trainer}"])
-            s = summarise_cases(pooled_cases, schema if ev.kind == KIND_INTERACTIVE else None)
-            zs_seg_rows.append({"label": method_label(ev.trainer), "trainer": ev.trainer, "kind": ev.kind,
-                                "summary": s})
-            if ev.kind == KIND_INTERACTIVE and "attributes" in s:
-                zs_attr_rows.append({"label": method_label(ev.trainer), "trainer": ev.trainer,
-                                     "attributes": s["attributes"]})
-        if attr_base is not None:
-            zs_attr_rows.append({"label": method_label(ATTRIBUTE_BASELINE), "trainer": ATTRIBUTE_BASELINE,
-                                 "attributes": attr_base["zero_shot"]})
+        if _attr_row(ATTRIBUTE_BASELINE, attr_base["validation"]):
+            attr_rows.append(_attr_row(ATTRIBUTE_BASELINE, attr_base["validation"]))
+    zs_seg_rows, zs_attr_rows = ([], []) if not req.zero_shot else \
+        _zero_shot_rows(req, all_evals, held, folds, n_clicks, schema, classical, attr_base, say)
 
     # ---- files
     doc = _document(req, name, folds, clicks, val_cases, seg_rows, attr_rows, zs_seg_rows, zs_attr_rows, held_info,
-                    attr_base, schema)
+                    attr_base, schema, classical, n_clicks)
     files = _write_outputs(out_dir, doc, seg_rows, attr_rows, zs_seg_rows, zs_attr_rows, clicks, schema)
     doc["files"] = {k: str(v) for k, v in files.items()}
     doc["run_time_s"] = round(time.time() - t0, 1)
@@ -410,7 +539,7 @@ def _curves(rows: list[dict], max_click: int) -> dict:
 
 
 def _document(req, name, folds, clicks, val_cases, seg_rows, attr_rows, zs_seg_rows, zs_attr_rows, held_info,
-              attr_base, schema) -> dict:
+              attr_base, schema, classical=None, n_clicks=None) -> dict:
     def seg_block(rows):
         return {r["trainer"]: {"label": r["label"], "kind": r["kind"], "n_cases": r["summary"]["n_cases"],
                                **{m: {str(k): {key: r["summary"]["per_click"][m][k - 1][key]
@@ -423,9 +552,10 @@ def _document(req, name, folds, clicks, val_cases, seg_rows, attr_rows, zs_seg_r
                 for r in rows}
 
     def attr_block(rows):
+        keys = ("accuracy", "balanced_accuracy", "majority_rate", "majority_balanced_accuracy", "n", "confusion_matrix")
         return {r["trainer"]: {"label": r["label"], "mean_accuracy": r["attributes"]["mean_accuracy"],
-                               "per_attribute": {a: {k: e.get(k) for k in ("accuracy", "majority_rate", "n",
-                                                                            "confusion_matrix")}
+                               "mean_balanced_accuracy": r["attributes"].get("mean_balanced_accuracy"),
+                               "per_attribute": {a: {k: e.get(k) for k in keys}
                                                  for a, e in r["attributes"]["per_attribute"].items()}}
                 for r in rows}
 
@@ -441,6 +571,17 @@ def _document(req, name, folds, clicks, val_cases, seg_rows, attr_rows, zs_seg_r
            "schema": {k: list(v) for k, v in schema.items()}}
     if attr_base is not None:
         doc["attribute_baseline"] = {k: attr_base[k] for k in ("features", "fitted_on", "mask")}
+    if classical is not None:
+        limit = req.classical_max_training_cases
+        doc["classical_baseline"] = {
+            "methods": "seeded region growing (SimpleITK ConfidenceConnected) or threshold + connected component "
+                       "(ConnectedThreshold) from the positive clicks, negative clicks trim the region",
+            "image": "channel 0 of the nnU-Net-preprocessed volume (plans' spacing and normalisation), the target "
+                     "the largest lesion component, as in the trainers' interactive validation",
+            "settings_tried": [st.name for st in DEFAULT_SETTINGS],
+            "chosen_by": f"best mean Dice after click {n_clicks} on the fold's training cases (splits_final.json"
+                         + (f"; at most {limit}, evenly spread over the sorted case ids)" if limit else ")"),
+            "per_fold": {str(f): cf.to_dict() for f, cf in sorted(classical.items())}}
     if zs_seg_rows:
         doc["zero_shot"] = {"types": held_info["types"], "n_cases": held_info["n_cases"],
                             "pooled_over": "every fold's model x every held-out case",
@@ -461,12 +602,23 @@ def comparison_markdown(doc: Mapping, figures: Mapping[str, str] | None = None) 
     if val["attributes"]:
         parts += ["", "**Attribute accuracy (validation, at the last click)**", "",
                   _markdown_attributes(val["attributes"], schema)]
+        if _has_balanced(val["attributes"]):
+            parts += ["", "**Attribute balanced accuracy (validation, at the last click)**: the mean recall over "
+                          "the true classes, so always answering the majority class scores 1 / (classes present)",
+                      "", _markdown_attributes(val["attributes"], schema, "balanced_accuracy")]
     if "zero_shot" in doc:
         z = doc["zero_shot"]
         parts += ["", f"**Zero-shot: held-out lesion types {', '.join(z['types'])}** ({z['n_cases']} cases, "
                       f"each evaluated with every fold's model)", "", _markdown_segmentation(z["segmentation"], clicks)]
         if z["attributes"]:
             parts += ["", _markdown_attributes(z["attributes"], schema)]
+    if "classical_baseline" in doc:
+        c = doc["classical_baseline"]
+        chosen = "; ".join(f"fold {f}: `{e['setting']}` (training Dice {e['training_mean_dice'][e['setting']]:.3f} "
+                           f"on {e['n_training_cases_used']} cases)" for f, e in c["per_fold"].items())
+        parts += ["", f"Classical interactive baseline: {c['methods']}, through the same click protocol on the same "
+                      f"cases; {len(c['settings_tried'])} settings tried, the one with the {c['chosen_by']} used on "
+                      f"its validation cases: {chosen}."]
     if "attribute_baseline" in doc:
         parts += ["", f"Non-deep attribute baseline: {len(doc['attribute_baseline']['features'])} image measurements "
                       f"inside the {doc['attribute_baseline']['mask']}, one random forest per attribute fitted on "
@@ -490,10 +642,13 @@ def _write_outputs(out_dir: Path, doc, seg_rows, attr_rows, zs_seg_rows, zs_attr
     for split, block in (("validation", attr_rows), ("zero-shot", zs_attr_rows)):
         for r in block:
             for a, e in r["attributes"]["per_attribute"].items():
-                arows.append([split, r["label"], r["trainer"], a, e["accuracy"], e["majority_rate"], e["n"]])
-            arows.append([split, r["label"], r["trainer"], "average", r["attributes"]["mean_accuracy"], None, None])
+                arows.append([split, r["label"], r["trainer"], a, e["accuracy"], e["majority_rate"], e["n"],
+                              e.get("balanced_accuracy"), e.get("majority_balanced_accuracy")])
+            arows.append([split, r["label"], r["trainer"], "average", r["attributes"]["mean_accuracy"], None, None,
+                          r["attributes"].get("mean_balanced_accuracy"), None])
     write_text_atomic(files["attributes_csv"], csv_text(
-        ["split", "method", "trainer", "attribute", "accuracy", "majority_rate", "n"], arows))
+        ["split", "method", "trainer", "attribute", "accuracy", "majority_rate", "n", "balanced_accuracy",
+         "majority_balanced_accuracy"], arows))
     max_click = max(max(clicks), max(len(r["summary"]["mean_per_click"]["dice"]) for r in seg_rows))
     panels = {"validation": _curves(seg_rows, max_click)}
     if zs_seg_rows:
@@ -514,4 +669,5 @@ def _write_outputs(out_dir: Path, doc, seg_rows, attr_rows, zs_seg_rows, zs_attr
 
 
 __all__ = ["ComparisonRequest", "run_comparison", "method_label", "held_out_cases", "zero_shot_trainer",
-           "attribute_baseline_scores", "comparison_markdown", "ATTRIBUTE_BASELINE"]
+           "attribute_baseline_scores", "classical_baseline_folds", "classical_zero_shot",
+           "preprocessed_lesion_loader", "comparison_markdown", "ATTRIBUTE_BASELINE", "CLASSICAL_BASELINE"]

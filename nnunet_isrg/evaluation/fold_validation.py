@@ -26,7 +26,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from ..attributes import Schema, untrained_attributes
 from ..files import write_json_atomic
-from ..inference.crop_predictor import CropPredictor
+from ..inference.lesion_predictor import LesionPrediction, LesionPredictor
 from ..lesions import largest_lesion_component
 from .plots import curve_from_summary, plot_metric_vs_clicks
 from .protocol import CaseResult, run_interactive_protocol, summarise_cases
@@ -56,18 +56,23 @@ def protocol_with_network(network: torch.nn.Module, schema: Schema, volume: torc
                           spacing_zyx: Sequence[float], n_clicks: int, attribute_truth: Mapping[str, str] | None = None,
                           case_id: str | None = None, lesion_type: str | None = None,
                           device: torch.device | str = "cpu", keep_final_mask: bool = True,
-                          untrained_attributes: Sequence[str] = ()) -> tuple[CaseResult, int]:
-    """The click protocol on one lesion with an ISRG network through :class:`CropPredictor`.
+                          untrained_attributes: Sequence[str] = (),
+                          on_prediction: Callable[[LesionPrediction], None] | None = None) -> tuple[CaseResult, int]:
+    """The click protocol on one lesion with an ISRG network through :class:`LesionPredictor`, the
+    predictor of the interactive session (zooming out for a lesion larger than the crop).
 
     ``volume``: (C, z, y, x) preprocessed image; ``gt``: bool mask of the target lesion on that grid;
     ``untrained_attributes``: attributes the network never had a label for, neither predicted nor
-    scored. Returns the case result and the number of image encodings the predictor needed.
+    scored; ``on_prediction``: called with every prediction (its zoom, field of view, truncation).
+    Returns the case result and the number of image encodings the predictor needed.
     """
-    predictor = CropPredictor(network, schema, volume, device=device, untrained_attributes=untrained_attributes)
+    predictor = LesionPredictor(network, schema, volume, device=device, untrained_attributes=untrained_attributes)
     attribute_truth = {a: v for a, v in (attribute_truth or {}).items() if a not in set(untrained_attributes)}
 
     def predict_fn(clicks):
-        p = predictor.predict(clicks)
+        p = predictor.predict(clicks)  # continues from the previous click's mask prompts
+        if on_prediction is not None:
+            on_prediction(p)
         return p.mask, p.attribute_probs
 
     with torch.no_grad():
@@ -75,6 +80,13 @@ def protocol_with_network(network: torch.nn.Module, schema: Schema, volume: torc
                                           attribute_truth=attribute_truth or None, case_id=case_id,
                                           lesion_type=lesion_type, keep_final_mask=keep_final_mask)
     return result, predictor.encode_calls
+
+
+def _extent(prediction: LesionPrediction) -> dict:
+    """How far the last prediction had to look: its zoom, and whether the lesion goes on beyond it
+    (faces in the preprocessed volume's axes), so a cut lesion is never scored silently."""
+    return {"zoom": prediction.zoom, "truncated": prediction.truncated,
+            "truncated_faces": list(prediction.truncated_faces)}
 
 
 def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_manager: PlansManager,
@@ -119,12 +131,15 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
             final, label_value = np.zeros(gt.shape, dtype=bool), lesion_labels[0]
         else:
             volume = torch.from_numpy(np.asarray(data[:], dtype=np.float32))
+            extent: dict = {}  # of the last prediction only: its logits may be large
             result, encode_calls = protocol_with_network(
                 network, schema, volume, gt, spacing, n_clicks, {a: v for a, v in entry.items() if a in schema},
-                case_id=k, lesion_type=entry.get("lesion_type"), device=device, untrained_attributes=untrained)
+                case_id=k, lesion_type=entry.get("lesion_type"), device=device, untrained_attributes=untrained,
+                on_prediction=lambda p: extent.update(_extent(p)))
             results[k], final = result, result.final_mask
             write_json_atomic(join(output_folder, REPORTS_FOLDER, f"{k}.json"),
-                              {**result.to_dict(), "encode_calls": encode_calls, "attributes_not_assessed": untrained})
+                              {**result.to_dict(), "encode_calls": encode_calls, "attributes_not_assessed": untrained,
+                               **extent})
             log(f"{k}: Dice per click {[round(d, 3) for d in result.dice]}")
         export_prediction_from_logits(mask_to_logits(final, label_value, num_heads), properties, configuration_manager,
                                       plans_manager, dataset_json, join(output_folder, k), save_probabilities)

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
 from ..attributes import Schema, normalise_class
 from ..clicks import first_click_deterministic, next_click_deterministic
@@ -179,28 +180,38 @@ def run_interactive_protocol(predict_fn: PredictFn, gt: np.ndarray, spacing_zyx:
 
 
 def score_attribute_pairs(pairs: Mapping[str, Sequence[tuple[str, str]]], schema: Schema) -> dict:
-    """Accuracy, majority-class rate and confusion matrix per attribute of the schema.
+    """Accuracy, balanced accuracy, majority-class rate and confusion matrix per attribute of the schema.
 
     ``pairs[attribute]``: the scored cases' ``(truth, prediction)`` classes, both in the schema's
     spelling (:func:`~nnunet_isrg.attributes.normalise_class`); an attribute without pairs gets
-    ``n`` 0 and ``None`` scores. The mean accuracy averages the attributes that have pairs.
-    Returns ``{"per_attribute": {attribute: {classes, n, accuracy, majority_rate,
-    confusion_matrix}}, "mean_accuracy"}``, the matrix with truth rows and prediction columns in
-    schema class order.
+    ``n`` 0 and ``None`` scores. Balanced accuracy is scikit-learn's ``balanced_accuracy_score``:
+    the mean recall over the true classes present, so always answering the majority class scores
+    1 / (number of true classes present), its ``majority_balanced_accuracy``. The mean accuracy
+    (and mean balanced accuracy) averages the attributes that have pairs.
+    Returns ``{"per_attribute": {attribute: {classes, n, accuracy, balanced_accuracy, majority_rate,
+    majority_balanced_accuracy, confusion_matrix}}, "mean_accuracy", "mean_balanced_accuracy"}``,
+    the matrix with truth rows and prediction columns in schema class order.
     """
     per_attribute: "OrderedDict[str, dict]" = OrderedDict()
     for name, classes in schema.items():
         truths = [t for t, _ in pairs.get(name, ())]
         preds = [p for _, p in pairs.get(name, ())]
-        entry = {"classes": list(classes), "n": len(truths), "accuracy": None, "majority_rate": None,
+        entry = {"classes": list(classes), "n": len(truths), "accuracy": None, "balanced_accuracy": None,
+                 "majority_rate": None, "majority_balanced_accuracy": None,
                  "confusion_matrix": np.zeros((len(classes), len(classes)), dtype=int).tolist()}
         if truths:
             entry["accuracy"] = float(np.mean([t == p for t, p in zip(truths, preds)]))
+            with warnings.catch_warnings():  # "y_pred contains classes not in y_true": expected, not an error
+                warnings.simplefilter("ignore", UserWarning)
+                entry["balanced_accuracy"] = float(balanced_accuracy_score(truths, preds))
             entry["majority_rate"] = max(truths.count(c) for c in classes) / len(truths)
+            entry["majority_balanced_accuracy"] = 1.0 / len(set(truths))
             entry["confusion_matrix"] = confusion_matrix(truths, preds, labels=list(classes)).tolist()
         per_attribute[name] = entry
     accs = [e["accuracy"] for e in per_attribute.values() if e["accuracy"] is not None]
-    return {"per_attribute": per_attribute, "mean_accuracy": float(np.mean(accs)) if accs else None}
+    balanced = [e["balanced_accuracy"] for e in per_attribute.values() if e["balanced_accuracy"] is not None]
+    return {"per_attribute": per_attribute, "mean_accuracy": float(np.mean(accs)) if accs else None,
+            "mean_balanced_accuracy": float(np.mean(balanced)) if balanced else None}
 
 
 def _attribute_summary(results: Sequence[CaseResult], schema: Schema) -> dict:

@@ -7,7 +7,7 @@ The folder is nnU-Net's: ``plans.json`` (with the ``isrg`` block the trainer sto
 
 Several folds are wrapped in :class:`ISRGEnsemble`, which has the single model's split API
 (``encode_image``/``decode``/``crop_size``) and averages the folds' mask logits and attribute
-probabilities, so :class:`nnunet_isrg.inference.crop_predictor.CropPredictor` takes either.
+probabilities, so :class:`nnunet_isrg.inference.lesion_predictor.LesionPredictor` takes either.
 """
 from __future__ import annotations
 

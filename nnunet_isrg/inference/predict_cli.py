@@ -17,6 +17,9 @@ or, for several images, a mapping from image name (file or folder name, with or 
 ``mask.nii.gz`` (original geometry, label = lesion number), ``report.json`` (all lesions),
 ``report.md``, ``key_lesion_<n>.png`` per lesion and, with ``--dicom``, ``dicom/seg.dcm`` +
 ``dicom/sr.dcm`` (for NIfTI input a CT series is written first to ``dicom/ct/`` for them to reference).
+A lesion larger than the largest field of view the model sees (4 crops per axis) is cut there and
+says so: a warning, ``truncated_lesions`` in ``report.json`` and ``truncated`` with the faces in its
+report.
 """
 from __future__ import annotations
 
@@ -117,7 +120,7 @@ def predict_image(session, image: str, spec: Mapping, out_dir: Path, dicom: bool
     session.set_image(image)
     name = image_name(image)
     space = spec.get("space", "voxel")
-    empty = []
+    empty, truncated = [], {}
     for lesion in spec["lesions"]:
         lid = session.new_lesion()
         for c in lesion["clicks"]:
@@ -128,6 +131,11 @@ def predict_image(session, image: str, spec: Mapping, out_dir: Path, dicom: bool
             # the model found nothing there (or only voxels of earlier lesions): reported, not fatal
             warnings.warn(f"{image}: lesion {lid} (clicks {lesion['clicks']}) came out empty; it has no report")
             empty.append(lid)
+        elif session.state(lid).truncated:
+            faces = session.state(lid).truncated_faces
+            warnings.warn(f"{image}: lesion {lid} goes on beyond the largest field of view the model sees (faces "
+                          f"{faces}); its mask is cut there (report: truncated)")
+            truncated[lid] = faces
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = session.label_image()
     paths = {"mask": str(out_dir / "mask.nii.gz")}
@@ -143,7 +151,7 @@ def predict_image(session, image: str, spec: Mapping, out_dir: Path, dicom: bool
     doc = {"image": str(image), "name": name, "model": str(session.model.folder),
            "folds": [str(f) for f in session.model.folds], "coordinate_space_of_input": space,
            "summaries": {rep.lesion_id: render_text(rep) for rep in reports}, "empty_lesions": empty,
-           "lesions": [rep.to_dict() for rep in reports]}
+           "truncated_lesions": truncated, "lesions": [rep.to_dict() for rep in reports]}
     write_json_atomic(out_dir / "report.json", doc)
     paths["report_json"] = str(out_dir / "report.json")
     markdown = render_markdown_document(reports, title=f"Structured lesion report: {name}", key_images=key_images)

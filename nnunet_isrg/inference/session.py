@@ -17,36 +17,36 @@ Coordinates. ``space="voxel"``: a (z, y, x) index of the original image as given
 ``image.TransformIndexToPhysicalPoint`` returns. Every mask is a bool (Z, Y, X) array on the
 original image grid.
 
-How it runs. Preprocessing is nnU-Net's own for the model's plans (transpose, normalisation,
-resampling to the 3d_fullres spacing), applied to a region around the lesion's clicks only
-(:mod:`nnunet_isrg.inference.region_preprocessing`). A :class:`CropPredictor` on that region caches
-the crop's image embedding, so further clicks on the lesion only decode. When the mask reaches a crop
-face that is not the image border, the lesion is followed: the next crop, half a crop further that
-way (both ways when it leaves through both faces of an axis), is preprocessed, encoded and predicted
-with the same clicks, up to ``follow_steps`` extra crops; each crop decides the voxels no earlier
-crop covered. Those crops stay cached, so further clicks on a large lesion decode only. (Zooming out
-is not implemented: a lesion wider than the crops allowed is cut at the last crop.)
+How it runs. The image is read once; nnU-Net's preprocessing for the model's plans (transpose,
+normalisation, resampling to the 3d_fullres spacing) is computed only for the boxes a prediction
+reads (:class:`~nnunet_isrg.inference.preprocessed_volume.ImageVolume`), on nnU-Net's whole-image
+grid. Every click goes through the one :class:`~nnunet_isrg.inference.lesion_predictor.LesionPredictor`
+the validation, ``isrg compare`` and the benchmarks use: the crop at the lesion's first click (its
+image embedding cached, so a further click on a lesion that fits it only decodes), zooming out up
+to ``zoom_factors[-1]`` (4x the crop per axis by default) for a lesion that reaches a face of the
+crop, and refinement of the zoomed-out mask at full resolution along its border. A lesion larger
+than the largest view is returned cut and says so: ``LesionState.truncated_faces`` and the report's
+``truncated``. The predicted logits go back to the original grid as nnU-Net's export resamples them.
 Lesions never overlap: voxels already claimed by another lesion stay that lesion's.
 """
 from __future__ import annotations
 
-import itertools
-import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from nnunet_isrg.attributes import AttributeLabelError, normalise_class, untrained_attributes
-from nnunet_isrg.inference.crop_predictor import CropPredictor, centred_bbox
+from nnunet_isrg.inference.lesion_predictor import (DEFAULT_MAX_TILES, DEFAULT_ZOOM_FACTORS, LesionPrediction,
+                                                    LesionPredictor, PromptState)
 from nnunet_isrg.inference.model_loading import Folds, LoadedModel, load_trained_model
-from nnunet_isrg.inference.region_preprocessing import (RegionGeometry, bounding_box, paste_mask, preprocess_region,
-                                                        region_box)
+from nnunet_isrg.inference.preprocessed_volume import ImageVolume
+from nnunet_isrg.inference.region_preprocessing import bounding_box, paste_mask
 from nnunet_isrg.report.dicom_export import read_dicom_series
 from nnunet_isrg.report.structured import build_lesion_report
 
@@ -118,52 +118,44 @@ class SessionClick:
         return {"voxel_zyx": list(self.voxel_zyx), "world_xyz": list(self.world_xyz), "positive": self.positive}
 
 
-@dataclass
-class _Snapshot:
-    """Everything a click changes, so ``undo`` can put it back exactly."""
+@dataclass(frozen=True)
+class _Outcome:
+    """What a lesion's last prediction left: everything a click changes besides the clicks, so that
+    keeping it is enough to undo the click."""
 
-    clicks: list
-    slices: tuple | None
-    mask: np.ndarray | None
-    attribute_probs: dict
-    iou_pred: float
-    predictor: Any
-    region: Any
-    crop_bbox: Any
-    low_res: Any
+    slices: tuple | None = None               # bounding box of the mask in the image (z, y, x slices)
+    mask: np.ndarray | None = None            # bool mask inside ``slices`` (lesion's own voxels only)
+    attribute_probs: dict = field(default_factory=dict)
+    iou_pred: float = float("nan")
+    prompts: PromptState | None = None        # the predictor's state after that click (mask prompts)
+    zoom: float = 1.0
+    truncated_faces: tuple[str, ...] = ()     # faces of the largest view the lesion goes on beyond (z, y, x)
+    region: tuple | None = None               # (z, y, x) slices of the image the prediction looked at
 
 
 @dataclass
 class _Lesion:
     lesion_id: int
     clicks: list = field(default_factory=list)
-    slices: tuple | None = None               # bounding box of the mask in the image (z, y, x slices)
-    mask: np.ndarray | None = None            # bool mask inside ``slices`` (lesion's own voxels only)
-    attribute_probs: dict = field(default_factory=dict)
-    iou_pred: float = float("nan")
+    outcome: _Outcome = field(default_factory=_Outcome)
     overrides: dict = field(default_factory=dict)
-    predictor: CropPredictor | None = None
-    region: RegionGeometry | None = None
-    crop_bbox: list | None = None             # crop in region voxels
-    regions: "OrderedDict" = field(default_factory=OrderedDict)  # (start, size) -> (geometry, predictor), LRU
-    history: list = field(default_factory=list)
+    history: list = field(default_factory=list)   # (clicks, outcome) before each click or reset
     version: int = 0
     report_cache: tuple | None = None         # (version, overrides, report)
 
-    def snapshot(self) -> _Snapshot:
-        # saving each cached crop's mask prompt lets undo continue exactly from the restored round
-        prompts = OrderedDict((k, (g, p, p.mask_prompt)) for k, (g, p) in self.regions.items())
-        return _Snapshot(list(self.clicks), self.slices, self.mask, dict(self.attribute_probs), self.iou_pred,
-                         self.predictor, self.region, self.crop_bbox, prompts)
+    @property
+    def slices(self) -> tuple | None:
+        return self.outcome.slices
 
-    def restore(self, s: _Snapshot) -> None:
-        self.clicks, self.slices, self.mask = list(s.clicks), s.slices, s.mask
-        self.attribute_probs, self.iou_pred = dict(s.attribute_probs), s.iou_pred
-        self.predictor, self.region, self.crop_bbox = s.predictor, s.region, s.crop_bbox
-        if s.low_res is not None:
-            self.regions = OrderedDict((k, (g, p)) for k, (g, p, _) in s.low_res.items())
-            for g, p, low_res in s.low_res.values():
-                p.mask_prompt = low_res
+    @property
+    def mask(self) -> np.ndarray | None:
+        return self.outcome.mask
+
+    def snapshot(self) -> tuple[list, _Outcome]:
+        return list(self.clicks), self.outcome
+
+    def restore(self, snapshot: tuple[list, _Outcome]) -> None:
+        self.clicks, self.outcome = list(snapshot[0]), snapshot[1]
         self.version += 1
 
     @property
@@ -176,7 +168,11 @@ class LesionState:
 
     ``mask`` is a bool (Z, Y, X) array of the original image (built on first access; ``bbox`` and
     ``mask_in_bbox`` hold the same compactly); ``report`` is the structured report (built on first
-    access, since measurements cost more than a click).
+    access, since measurements cost more than a click). ``region``: the (z, y, x) slices of the image
+    the prediction looked at (the mask is empty outside them). ``zoom`` is the zoom factor of the largest
+    view the prediction needed (1: the crop at the clicks held the lesion); ``truncated_faces`` the
+    faces of the largest view the lesion goes on beyond (``"z-"``, ``"x+"``... in the image's (z, y,
+    x) axes; empty when the lesion is whole), ``truncated`` whether there are any.
     """
 
     def __init__(self, session: "ISRGSession", lesion: _Lesion):
@@ -185,8 +181,11 @@ class LesionState:
         self.clicks = list(lesion.clicks)
         self.bbox = lesion.slices
         self.mask_in_bbox = lesion.mask
-        self.attribute_probs = {k: dict(v) for k, v in lesion.attribute_probs.items()}
-        self.iou_pred = lesion.iou_pred
+        self.attribute_probs = {k: dict(v) for k, v in lesion.outcome.attribute_probs.items()}
+        self.iou_pred = lesion.outcome.iou_pred
+        self.zoom = lesion.outcome.zoom
+        self.truncated_faces = list(lesion.outcome.truncated_faces)
+        self.region = lesion.outcome.region
         self.version = lesion.version
         self._mask = None
         self._report = None
@@ -204,6 +203,10 @@ class LesionState:
         return 0 if self.mask_in_bbox is None else int(self.mask_in_bbox.sum())
 
     @property
+    def truncated(self) -> bool:
+        return bool(self.truncated_faces)
+
+    @property
     def report(self):
         if self._report is None:
             self._report = self._session.report(self.lesion_id)
@@ -211,7 +214,7 @@ class LesionState:
 
     def __repr__(self) -> str:
         return (f"LesionState(lesion_id={self.lesion_id}, clicks={len(self.clicks)}, voxels={self.n_voxels}, "
-                f"iou_pred={self.iou_pred:.3f})")
+                f"iou_pred={self.iou_pred:.3f}, zoom={self.zoom:g}, truncated_faces={self.truncated_faces})")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -227,10 +230,11 @@ class ISRGSession:
         folds: folds to load (several are averaged) or ``"all available"``; ignored for a LoadedModel.
         checkpoint: checkpoint file name in each fold folder.
         device: torch device.
-        follow_steps: at most this many extra crops per prediction for a lesion that reaches crop faces
-            (each new crop is preprocessed and encoded once; 0 switches following off).
-        region_margin: extra region on each side of the crop, as a fraction of the crop, preprocessed
-            with the first click so that ``CropPredictor`` can shift the crop without a new region.
+        zoom_factors: the zoom factors a lesion larger than the crop is seen at, in increasing order
+            (the last is the largest field of view, 4x the crop per axis by default); ``()`` keeps
+            every prediction to the crop at the clicks.
+        max_tiles: at most this many full-resolution refinement crops along a zoomed-out lesion's
+            border per click (None: all of them).
 
     ``set_image`` also takes an optional organ label map (SimpleITK image or (Z, Y, X) array on the
     image grid) and organ names, for the reports' location.
@@ -238,14 +242,14 @@ class ISRGSession:
 
     def __init__(self, model: Union[str, os.PathLike, LoadedModel], folds: Folds = (0,),
                  checkpoint: str = "checkpoint_final.pth", device: str | torch.device = "cpu",
-                 follow_steps: int = 3, region_margin: float = 0.0):
+                 zoom_factors: Sequence[float] = DEFAULT_ZOOM_FACTORS, max_tiles: int | None = DEFAULT_MAX_TILES):
         self.model = model if isinstance(model, LoadedModel) else load_trained_model(model, folds, checkpoint, device)
         self.schema = self.model.schema
         # labelled training cases per attribute; None (not recorded) counts every attribute as trained
         self.attribute_support = getattr(self.model, "attribute_support", None)
         self.device = torch.device(self.model.device)
-        self.follow_steps = int(follow_steps)
-        self.region_margin = float(region_margin)
+        self.zoom_factors = tuple(zoom_factors)
+        self.max_tiles = max_tiles
         self.crop_size = self.model.crop_size
         self.image: sitk.Image | None = None
         self.image_name: str | None = None
@@ -255,7 +259,8 @@ class ISRGSession:
         self._array: np.ndarray | None = None
         self._lesions: "OrderedDict[int, _Lesion]" = OrderedDict()
         self._current: int | None = None
-        self._encode_calls = 0
+        self._predictor: LesionPredictor | None = None   # of the current image, with its embedding cache
+        self._encode_calls_before = 0                     # encodings of earlier images
 
     # ------------------------------------------------------------------ image
     def set_image(self, image: ImageInput, organ_map=None, organ_names=None) -> None:
@@ -269,6 +274,12 @@ class ISRGSession:
                                    f"{tuple(reversed(img.GetSize()))} (z, y, x)")
         self.image, self.dicom_datasets, self.image_name = img, datasets, name
         self._array = sitk.GetArrayViewFromImage(img)
+        if self._predictor is not None:
+            self._encode_calls_before += self._predictor.encode_calls
+        volume = ImageVolume(self._array, self.spacing_zyx, self.model.plans_manager, self.model.configuration_manager)
+        self._predictor = LesionPredictor(self.model.network, self.schema, volume, self.device,
+                                          untrained_attributes=untrained_attributes(self.attribute_support),
+                                          zoom_factors=self.zoom_factors, max_tiles=self.max_tiles)
         self.organ_map, self.organ_names = organ_map, organ_names
         self._lesions = OrderedDict()
         self._current = None
@@ -341,8 +352,6 @@ class ISRGSession:
         self._require_image()
         if self._current is not None and not self._lesions[self._current].clicks:
             return self._current
-        if self._current is not None:
-            self._drop_predictor(self._lesions[self._current])
         lid = max(self._lesions, default=0) + 1
         self._lesions[lid] = _Lesion(lid)
         self._current = lid
@@ -355,24 +364,13 @@ class ISRGSession:
             cur = self._lesions[self._current]
             if not cur.clicks:
                 del self._lesions[self._current]
-            else:
-                self._drop_predictor(cur)
         self._current = lesion.lesion_id
         return LesionState(self, lesion)
 
     @property
     def encode_calls(self) -> int:
-        """Image encodings (crop embeddings) computed so far in this session, all lesions and images."""
-        return self._encode_calls
-
-    @staticmethod
-    def _drop_predictor(lesion: _Lesion) -> None:
-        # A lesion that is no longer current keeps no region or embedding (memory); its undo history
-        # keeps the masks, and a later click on it preprocesses again.
-        lesion.predictor, lesion.region, lesion.crop_bbox = None, None, None
-        lesion.regions.clear()
-        for s in lesion.history:
-            s.predictor, s.region, s.crop_bbox, s.low_res = None, None, None, None
+        """Image encodings (view embeddings) computed so far in this session, all lesions and images."""
+        return self._encode_calls_before + (self._predictor.encode_calls if self._predictor is not None else 0)
 
     # ------------------------------------------------------------------ clicks
     def add_click(self, point: Sequence[float], positive: bool = True, space: str = "voxel") -> LesionState:
@@ -396,131 +394,31 @@ class ISRGSession:
         lesion.history.append(lesion.snapshot())
         try:
             lesion.clicks.append(click)
-            self._predict(lesion)
+            lesion.outcome = self._predict(lesion)
         except Exception:
             lesion.restore(lesion.history.pop())
             raise
         lesion.version += 1
         return LesionState(self, lesion)
 
-    def _min_region_shape(self) -> tuple[int, ...]:
-        # the crop plus ``region_margin`` of it on each side, room for CropPredictor's own shifts; by
-        # default none, since resampling (spline order 3) costs more than re-extracting for the rarer
-        # lesions that outgrow a crop
-        return tuple(int(s + 2 * math.ceil(self.region_margin * s)) for s in self.crop_size)
-
-    #: preprocessed regions (with their cached embeddings) kept per lesion, least recently used dropped
-    max_cached_regions = 8
-
-    def _use_region(self, lesion: _Lesion, center_zyx: np.ndarray) -> None:
-        """Makes the region centred on ``center_zyx`` current (preprocessing it unless cached) with the
-        crop centred there."""
-        key = tuple(map(tuple, region_box(center_zyx, self._min_region_shape(), self.image_shape, self.spacing_zyx,
-                                          self.model.plans_manager, self.model.configuration_manager)))
-        if key in lesion.regions:
-            lesion.regions.move_to_end(key)
-            geom, predictor = lesion.regions[key]
-        else:
-            data, geom = preprocess_region(self._array, self.spacing_zyx, center_zyx, self._min_region_shape(),
-                                           self.model.plans_manager, self.model.configuration_manager)
-            # CropPredictor's own shifting only has room with a region margin; without one the border
-            # voxels are there for interpolation, and following is done here, crop by crop
-            predictor = CropPredictor(self.model.network, self.schema, data, self.device,
-                                      follow_lesion=self.region_margin > 0,
-                                      untrained_attributes=untrained_attributes(self.attribute_support))
-            lesion.regions[key] = (geom, predictor)
-            while len(lesion.regions) > self.max_cached_regions:
-                lesion.regions.popitem(last=False)
-        lesion.region, lesion.predictor = geom, predictor
-        lesion.crop_bbox = centred_bbox(geom.original_to_region(center_zyx), self.crop_size, geom.shape)
-
-    def _run_predictor(self, lesion: _Lesion, points: np.ndarray):
-        geom, predictor = lesion.region, lesion.predictor
-        clicks = [(tuple(p), c.positive) for p, c in zip(geom.original_to_region(points), lesion.clicks)]
-        before = predictor.encode_calls
-        try:
-            pred = predictor.predict(clicks, bbox=lesion.crop_bbox)
-        finally:
-            self._encode_calls += predictor.encode_calls - before
-        lesion.crop_bbox = pred.bbox
-        return pred
-
-    def _predict(self, lesion: _Lesion) -> None:
-        points = np.array([c.voxel_zyx for c in lesion.clicks])
-        if len(points) == 1:
-            # a first click places the region and the crop around itself, so a lesion's result does not
-            # depend on what was clicked before (a cached region with the same box is reused)
-            self._use_region(lesion, points[0])
-        elif lesion.region is None or not lesion.region.contains(points):
-            # a click beyond the preprocessed region: a region around all the lesion's clicks
-            self._use_region(lesion, (points.min(0) + points.max(0)) / 2)
-        home = (lesion.region, lesion.predictor, lesion.crop_bbox)
-        pred = self._run_predictor(lesion, points)
-        home = (home[0], home[1], lesion.crop_bbox)
-        first = pred
-        pieces = [(lesion.region, pred)]
-        seen = {(id(lesion.predictor), str(pred.bbox))}
-        # follow the mask out of the crop, one crop at a time, along each direction it leaves through
-        # (both ways on an axis where it leaves through both faces), ``follow_steps`` crops at most
-        queue = [(lesion.region, pred, sh) for sh in self._follow_shifts(pred, lesion.region, (0, 0, 0))]
-        budget = self.follow_steps
-        while queue and budget > 0:
-            geom, prev, shift = queue.pop(0)
-            centre_r = np.array([(b0 + b1 - 1) / 2 for b0, b1 in prev.bbox]) + np.array(shift)
-            self._use_region(lesion, geom.region_to_original(centre_r))
-            if (id(lesion.predictor), str(lesion.crop_bbox)) in seen:
-                continue
-            budget -= 1
-            nxt = self._run_predictor(lesion, points)
-            seen.add((id(lesion.predictor), str(nxt.bbox)))
-            pieces.append((lesion.region, nxt))
-            queue += [(lesion.region, nxt, sh) for sh in self._follow_shifts(nxt, lesion.region, shift)]
-        # the next click starts again from the crop around the clicks, with its mask prompt
-        lesion.region, lesion.predictor, lesion.crop_bbox = home
-        pasted = self._combine_pieces(pieces)
+    def _predict(self, lesion: _Lesion) -> _Outcome:
+        """The lesion's prediction from all its clicks, on the original grid, minus other lesions' voxels."""
+        grid = self._predictor.volume.grid
+        points = grid.original_to_region(np.array([c.voxel_zyx for c in lesion.clicks]))
+        clicks = [(tuple(p), c.positive) for p, c in zip(points, lesion.clicks)]
+        # a lesion's first click starts without mask prompts; later ones from the lesion's own last click
+        previous = lesion.outcome.prompts if len(clicks) > 1 else None
+        pred: LesionPrediction = self._predictor.predict(clicks, state=previous)
+        pasted = paste_mask(grid, pred.logits, pred.bbox, self.model.configuration_manager)
         if pasted is not None:
             slices, mask = pasted
             pasted = _shrink(slices, mask & ~self._claimed(slices, exclude=lesion.lesion_id))
-        lesion.slices, lesion.mask = pasted if pasted is not None else (None, None)
-        lesion.attribute_probs = first.attribute_probs
-        lesion.iou_pred = first.iou_pred
-
-    def _combine_pieces(self, pieces: list):
-        """Masks of successive crops on the original grid: each crop decides the voxels inside it that no
-        earlier crop covered (the first crop, around the clicks, has the last word where they overlap)."""
-        pasted = [(geom, pred, paste_mask(geom, pred.logits, pred.bbox, self.model.configuration_manager))
-                  for geom, pred in pieces]
-        if len(pasted) == 1:
-            return pasted[0][2]
-        boxes = [_crop_box_original(geom, pred.bbox) for geom, pred, _ in pasted]
-        lo = np.min([[s.start for s in b] for b in boxes], 0)
-        hi = np.max([[s.stop for s in b] for b in boxes], 0)
-        out = np.zeros(hi - lo, dtype=bool)
-        decided = np.zeros(hi - lo, dtype=bool)
-        for (geom, pred, res), box in zip(pasted, boxes):
-            local = tuple(slice(b.start - l, b.stop - l) for b, l in zip(box, lo))
-            if res is not None:
-                sl, m = res
-                tmp = np.zeros(hi - lo, dtype=bool)
-                tmp[tuple(slice(a.start - l, a.stop - l) for a, l in zip(sl, lo))] = m
-                out |= tmp & ~decided
-            decided[local] = True
-        return _shrink(tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), out)
-
-    def _follow_shifts(self, pred, geom: RegionGeometry, came_from: Sequence[int]) -> list[list[int]]:
-        """Region-voxel shifts (half a crop per axis) towards the crop faces the mask touches, leaving out
-        faces on the image border and the face the previous step came through (``came_from``, that step's
-        shift, is already covered). An axis touched on both faces gives two shifts (one each way)."""
-        crop_mask = pred.logits > 0
-        border = geom.at_image_border()
-        options = []
-        for ax, ((lo, hi), s, m) in enumerate(zip(pred.bbox, self.crop_size, geom.shape)):
-            low = lo <= 0 and not border[ax][0] and came_from[ax] <= 0 and bool(crop_mask.narrow(ax, 0, 1).any())
-            high = hi >= m and not border[ax][1] and came_from[ax] >= 0 and bool(crop_mask.narrow(ax, s - 1, 1).any())
-            options.append([d for d, on in ((-(s // 2), low), (s // 2, high)) if on] or [0])
-        if all(o == [0] for o in options):
-            return []
-        return [list(c) for c in itertools.product(*options)]
+        slices, mask = pasted if pasted is not None else (None, None)
+        # faces are named after the predictor's (transposed) axes; the session speaks the image's (z, y, x)
+        names = "zyx"
+        faces = tuple(names[grid.transpose_forward[names.index(f[0])]] + f[1] for f in pred.truncated_faces)
+        return _Outcome(slices, mask, pred.attribute_probs, pred.iou_pred, pred.state, pred.zoom, faces,
+                        grid.original_slices(pred.bbox))
 
     def _claimed(self, slices: tuple, exclude: int) -> np.ndarray:
         """Voxels inside ``slices`` that belong to lesions other than ``exclude``."""
@@ -549,10 +447,7 @@ class ISRGSession:
         lesion = self._lesion()
         if lesion.clicks:
             lesion.history.append(lesion.snapshot())
-            lesion.clicks, lesion.slices, lesion.mask = [], None, None
-            lesion.attribute_probs, lesion.iou_pred = {}, float("nan")
-            for _, predictor in lesion.regions.values():
-                predictor.reset()
+            lesion.clicks, lesion.outcome = [], _Outcome()
             lesion.version += 1
         return LesionState(self, lesion)
 
@@ -602,29 +497,17 @@ class ISRGSession:
             return lesion.report_cache[1]
         mask = np.zeros(self.image_shape, dtype=bool)
         mask[lesion.slices] = lesion.mask
-        rep = build_lesion_report(self.image, mask, lesion.attribute_probs, [c.to_dict() for c in lesion.clicks],
-                                  lesion_id=f"lesion_{lesion.lesion_id}", overrides=lesion.overrides,
-                                  organ_map=self.organ_map, organ_names=self.organ_names, schema=self.schema,
-                                  label=lesion.lesion_id, attribute_support=self.attribute_support)
+        rep = build_lesion_report(self.image, mask, lesion.outcome.attribute_probs,
+                                  [c.to_dict() for c in lesion.clicks], lesion_id=f"lesion_{lesion.lesion_id}",
+                                  overrides=lesion.overrides, organ_map=self.organ_map, organ_names=self.organ_names,
+                                  schema=self.schema, label=lesion.lesion_id, attribute_support=self.attribute_support,
+                                  truncated_faces=list(lesion.outcome.truncated_faces))
         lesion.report_cache = (key, rep)
         return rep
 
     def reports(self) -> list:
         """Reports of every lesion with a mask, in lesion id order."""
         return [self.report(lid) for lid, l in self._lesions.items() if l.mask is not None]
-
-
-def _crop_box_original(geom: RegionGeometry, bbox) -> tuple[slice, slice, slice]:
-    """(z, y, x) slices of the original voxels whose centres lie inside a crop (region voxels, half open)."""
-    scale, start = geom.scale, np.asarray(geom.start)
-    # region voxel k spans [k - 0.5, k + 0.5); its faces sit at start + k * scale - 0.5 in original voxels
-    lo = np.array([b[0] for b in bbox], float)
-    hi = np.array([b[1] for b in bbox], float)
-    o_lo = np.ceil(start + lo * scale - 0.5 - 1e-9)
-    o_hi = np.ceil(start + hi * scale - 0.5 - 1e-9)
-    shape_t = geom.image_shape_t
-    sl_t = [slice(int(max(a, 0)), int(min(b, n))) for a, b, n in zip(o_lo, o_hi, shape_t)]
-    return tuple(sl_t[i] for i in geom.transpose_backward)
 
 
 def _shrink(slices: tuple, mask: np.ndarray):

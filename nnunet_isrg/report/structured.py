@@ -37,7 +37,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import jsonschema
 import numpy as np
@@ -161,8 +161,11 @@ class LesionReport:
     lesion_type: Optional[str] = None
     evidence_quantities: dict = field(default_factory=dict)
     schema_version: str = SCHEMA_VERSION
+    truncated_faces: Optional[list] = None  # faces of the largest view the lesion goes on beyond; None: not recorded
 
     def to_dict(self) -> dict:
+        truncation = {} if self.truncated_faces is None else {"truncated": bool(self.truncated_faces),
+                                                               "truncated_faces": list(self.truncated_faces)}
         return json_safe({
             "schema_version": self.schema_version,
             "lesion_id": self.lesion_id,
@@ -173,6 +176,7 @@ class LesionReport:
             "location": self.location,
             "clicks": [c.to_dict() for c in self.clicks],
             "evidence_quantities": self.evidence_quantities,
+            **truncation,
         })
 
     def to_json(self, indent: int = 2) -> str:
@@ -194,7 +198,7 @@ class LesionReport:
                    location=dict(d["location"]), clicks=[Click(**c) for c in d.get("clicks", [])],
                    label=d.get("label"), lesion_type=d.get("lesion_type"),
                    evidence_quantities=dict(d.get("evidence_quantities") or {}),
-                   schema_version=d["schema_version"])
+                   schema_version=d["schema_version"], truncated_faces=d.get("truncated_faces"))
 
     def final_classes(self) -> "OrderedDict[str, str]":
         """Attribute -> reported class (reader's where overridden) of the model's and the reader's
@@ -448,7 +452,8 @@ def build_lesion_report(image: sitk.Image, mask, attribute_probs: Mapping | None
                         organ_names=None, lesion_type: str | None = None, evidence: Mapping | None = None,
                         schema: Mapping | None = None, label: int | None = None,
                         measurements: Mapping | None = None,
-                        attribute_support: Mapping[str, int] | None = None) -> LesionReport:
+                        attribute_support: Mapping[str, int] | None = None,
+                        truncated_faces: Sequence[str] | None = None) -> LesionReport:
     """The report of one lesion.
 
     ``image``: CT in HU; ``mask``: bool z,y,x array on the image grid; ``attribute_probs``: attribute
@@ -462,7 +467,10 @@ def build_lesion_report(image: sitk.Image, mask, attribute_probs: Mapping | None
     ``attribute_support``: attribute -> labelled training cases of the model (None: not recorded, every
     attribute counts as trained). An attribute with none is never the model's finding: it becomes
     a measured descriptor where the measurements decide it, else "not assessed"; one with fewer than
-    ``LOW_SUPPORT_CASES`` carries ``low_support``.
+    ``LOW_SUPPORT_CASES`` carries ``low_support``. ``truncated_faces``: faces of the largest field of
+    view the mask was predicted in that the lesion goes on beyond (``"z-"``, ``"x+"``... in the image's
+    voxel axes; empty: the lesion is whole; None: not recorded); the report then carries
+    ``truncated`` and the faces.
     """
     schema = validate_schema(schema) if schema is not None else OrderedDict((k, list(v)) for k, v in DEFAULT_SCHEMA.items())
     attribute_probs = dict(attribute_probs or {})
@@ -520,7 +528,8 @@ def build_lesion_report(image: sitk.Image, mask, attribute_probs: Mapping | None
     geometry = Geometry.from_image(image)
     report = LesionReport(lesion_id=str(lesion_id), attributes=attrs, measurements=meas, location=location,
                           clicks=[_as_click(c, geometry, lesion_id) for c in clicks], label=label,
-                          lesion_type=lesion_type, evidence_quantities=quantities)
+                          lesion_type=lesion_type, evidence_quantities=quantities,
+                          truncated_faces=None if truncated_faces is None else list(truncated_faces))
     return report
 
 

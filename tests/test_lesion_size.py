@@ -1,0 +1,227 @@
+"""Lesions of any size: the one lesion predictor zooms out for a lesion larger than the crop, refines
+along its border only, says when a lesion goes on beyond its largest view, and is the same algorithm
+in the session, the validation and ``isrg predict``.
+
+The network is :class:`stand_ins.BrightLesionStandIn` (it segments what is bright in the view it
+sees), on images holding one bright analytic ellipsoid, so every expected mask is known. The crop is
+16 voxels, which keeps a lesion five crops long small enough for a test.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from conftest import load_script
+from nnunet_isrg.attributes import DEFAULT_SCHEMA, validate_schema
+from nnunet_isrg.clicks import first_click_deterministic
+from nnunet_isrg.evaluation.fold_validation import protocol_with_network
+from nnunet_isrg.evaluation.metrics import dice
+from nnunet_isrg.inference.lesion_predictor import DEFAULT_MAX_TILES, LesionPredictor
+from nnunet_isrg.inference.model_loading import LoadedModel
+from nnunet_isrg.inference.session import ISRGSession
+from nnunet_isrg.report.structured import validate_report
+from scipy.ndimage import binary_erosion
+from stand_ins import BrightLesionStandIn
+
+CROP = 16
+SPACING = 1.5                      # mm, the test plans' spacing
+LESION_HU, BACKGROUND_HU = 300.0, -100.0
+SCHEMA = validate_schema(DEFAULT_SCHEMA)
+
+
+def ellipsoid(shape, centre, radii) -> np.ndarray:
+    """Bool (Z, Y, X) ellipsoid of ``radii`` (voxels) around ``centre`` (voxel z, y, x)."""
+    grids = np.indices(shape, dtype=np.float64)
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grids, centre, radii)) <= 1
+
+
+def normalised_volume(lesion: np.ndarray) -> torch.Tensor:
+    """(1, Z, Y, X) as CT normalisation leaves a bright lesion: 4 inside, -3.5 outside."""
+    return torch.from_numpy(np.where(lesion, 4.0, -3.5).astype(np.float32))[None]
+
+
+def predictor_for(lesion: np.ndarray, zoom_factors=(1.5, 2.0, 3.0, 4.0), max_tiles=DEFAULT_MAX_TILES):
+    network = BrightLesionStandIn((CROP,) * 3, SCHEMA)
+    return LesionPredictor(network, SCHEMA, normalised_volume(lesion), zoom_factors=zoom_factors,
+                           max_tiles=max_tiles), network
+
+
+# ------------------------------------------------------------------------------------ the predictor
+@pytest.mark.parametrize("crops, radii, zoom_factors, zoom", [
+    # 3 crops long: it fills the 3x view (touching its faces), so the 4x view is the one that holds it
+    (3, (24, 17, 14), (1.5, 2.0, 3.0, 4.0), 4.0),
+    # 5 crops long: beyond the default largest view (4x), whole when the zoom goes on to 6x
+    (5, (40, 20, 17), (1.5, 2.0, 3.0, 4.0, 6.0), 6.0),
+])
+def test_lesion_larger_than_the_crop_comes_out_whole(crops, radii, zoom_factors, zoom):
+    shape = (crops * CROP + 24, 56, 52)
+    centre = ((shape[0] - 1) / 2, 27.5, 25.5)
+    lesion = ellipsoid(shape, centre, radii)
+    assert np.ptp(np.argwhere(lesion)[:, 0]) + 1 == crops * CROP       # as long as ``crops`` crops
+    click = tuple(int(round(c)) for c in centre)
+    # within the default budget of refinement crops (the rest of the border keeps the coarse mask) ...
+    predictor, _ = predictor_for(lesion, zoom_factors)
+    p = predictor.predict([(click, True)])
+    assert dice(p.mask, lesion) >= 0.95 and 0 < len(p.tiles) <= DEFAULT_MAX_TILES
+    assert p.zoom == zoom and not p.truncated and p.truncated_faces == []
+    # ... and with every crop the border passes through refined
+    predictor, _ = predictor_for(lesion, zoom_factors, max_tiles=None)
+    p = predictor.predict([(click, True)])
+    assert dice(p.mask, lesion) >= 0.99
+    assert p.zoom == zoom and not p.truncated and p.truncated_faces == []
+    assert p.bbox and all(lo <= a and b <= hi for (lo, hi), (a, b) in
+                          zip(p.bbox, zip(np.argwhere(lesion).min(0), np.argwhere(lesion).max(0) + 1)))
+    # the refinement crops all sit on the lesion's border, none further from it than one voxel of the
+    # zoomed-out view (which is as exactly as the coarse mask can place the border)
+    border = lesion & ~binary_erosion(lesion)
+    reach = int(np.ceil(p.zoom))
+    assert p.tiles
+    for box in p.tiles:
+        assert border[tuple(slice(max(a - reach, 0), b + reach) for a, b in box)].any(), box
+        assert not lesion[tuple(slice(max(a, 0), b) for a, b in box)].all(), box   # not inside it either
+    # ... so they are fewer than the crops that tile the field of view
+    fov_cells = np.prod([np.ceil((b - a) / CROP) for a, b in p.field_of_view])
+    assert len(p.tiles) < fov_cells
+
+
+def test_lesion_beyond_the_largest_zoom_is_reported_truncated_with_its_faces():
+    shape = (5 * CROP + 24, 56, 52)
+    centre = ((shape[0] - 1) / 2, 27.5, 25.5)
+    lesion = ellipsoid(shape, centre, (40, 20, 17))
+    predictor, _ = predictor_for(lesion)                       # largest zoom 4x: 64 of its 80 voxels
+    p = predictor.predict([(tuple(int(round(c)) for c in centre), True)])
+    assert p.zoom == 4.0 and p.truncated and p.truncated_faces == ["z-", "z+"]
+    # cut where it says, at the faces of the largest view, and whole inside it
+    fov = np.zeros_like(lesion)
+    fov[tuple(slice(max(a, 0), b) for a, b in p.field_of_view)] = True
+    z = np.argwhere(p.mask)[:, 0]
+    assert z.max() - z.min() + 1 == 4 * CROP and not (p.mask & ~fov).any()
+    assert dice(p.mask, lesion & fov) >= 0.99 and dice(p.mask, lesion) < 0.99
+    # a lesion cut by the IMAGE border is not truncated: there is nothing beyond to see
+    at_border = ellipsoid(shape, (8, 27.5, 25.5), (30, 20, 17))
+    predictor, _ = predictor_for(at_border)
+    p = predictor.predict([((8, 27, 25), True)])
+    assert not p.truncated and dice(p.mask, at_border) >= 0.95
+
+
+def test_further_click_on_a_lesion_that_fits_one_crop_calls_the_encoder_zero_times():
+    shape = (64, 56, 52)
+    lesion = ellipsoid(shape, (30, 27, 25), (5, 4, 4))
+    predictor, network = predictor_for(lesion)
+    first = predictor.predict([((30, 27, 25), True)])
+    assert first.zoom == 1.0 and first.n_encodes == 1 and network.encodes == 1 and not first.tiles
+    clicks = [((30, 27, 25), True)]
+    for point, positive in [((32, 27, 25), False), ((29, 28, 24), True), ((34, 27, 26), False)]:
+        clicks.append((point, positive))
+        p = predictor.predict(clicks)
+        assert p.n_encodes == 0
+    assert network.encodes == 1
+    # a zoomed-out lesion keeps its views too: a further click decodes every one of them from the cache
+    big = ellipsoid(shape, (30, 27, 25), (22, 17, 15))
+    predictor, network = predictor_for(big)
+    first = predictor.predict([((30, 27, 25), True)])
+    assert first.zoom > 1 and first.n_encodes == network.encodes > 1
+    assert predictor.predict([((30, 27, 25), True), ((31, 28, 25), False)]).n_encodes == 0
+
+
+# ------------------------------------------------------------------------------------ one algorithm
+@pytest.fixture(scope="module")
+def plans_folder(tmp_path_factory) -> Path:
+    """plans.json + dataset.json of a CT model at 1.5 mm isotropic (the network is the stand-in)."""
+    folder = tmp_path_factory.mktemp("lesion_size_model")
+    bench = load_script("benchmark_session")
+    bench.write_model_folder(folder, "tiny", (SPACING,) * 3, bench.INTENSITY, (CROP,) * 3)
+    return folder
+
+
+def stand_in_model(folder: Path) -> LoadedModel:
+    plans = PlansManager(json.loads((folder / "plans.json").read_text()))
+    cm = plans.get_configuration("3d_fullres")
+    return LoadedModel(folder, plans, cm, json.loads((folder / "dataset.json").read_text()), SCHEMA,
+                       BrightLesionStandIn((CROP,) * 3, SCHEMA), [0], torch.device("cpu"), dict(cm.configuration["isrg"]))
+
+
+def ct_image(lesion: np.ndarray, spacing_zyx=(SPACING,) * 3) -> sitk.Image:
+    img = sitk.GetImageFromArray(np.where(lesion, LESION_HU, BACKGROUND_HU).astype(np.float32))
+    img.SetSpacing(tuple(float(s) for s in reversed(spacing_zyx)))
+    img.SetOrigin((-20.0, 35.5, 7.0))
+    return img
+
+
+def test_session_validation_and_isrg_predict_give_the_same_mask(plans_folder, tmp_path, monkeypatch):
+    from nnunet_isrg.inference import predict_cli
+    import nnunet_isrg.inference.session as session_module
+
+    shape = (3 * CROP + 24, 56, 52)
+    lesion = ellipsoid(shape, (35.5, 27.5, 25.5), (24, 17, 14))
+    image = ct_image(lesion)
+    model = stand_in_model(plans_folder)
+    click = first_click_deterministic(lesion, (SPACING,) * 3)
+
+    session = ISRGSession(model)
+    session.set_image(image)
+    state = session.add_click(click)
+    assert state.zoom > 1 and not state.truncated and dice(state.mask, lesion) >= 0.95
+
+    # the validation path: nnU-Net's own preprocessing of the case, then protocol_with_network
+    data, _, _ = DefaultPreprocessor(verbose=False).run_case_npy(
+        sitk.GetArrayFromImage(image)[None], None, {"spacing": [SPACING] * 3}, model.plans_manager,
+        model.configuration_manager, model.dataset_json)
+    result, _ = protocol_with_network(model.network, SCHEMA, torch.from_numpy(data), lesion, [SPACING] * 3, 1)
+    assert result.clicks[0]["point"] == list(click)
+    assert np.array_equal(result.final_mask, state.mask)
+
+    # isrg predict, the stand-in in place of the model folder's network
+    monkeypatch.setattr(session_module, "load_trained_model", lambda *a, **k: stand_in_model(plans_folder))
+    sitk.WriteImage(image, str(tmp_path / "case.nii.gz"))
+    (tmp_path / "clicks.json").write_text(json.dumps({"space": "voxel", "lesions": [
+        {"clicks": [{"point": list(map(int, click)), "positive": True}]}]}))
+    args = predict_cli.add_predict_arguments(__import__("argparse").ArgumentParser()).parse_args(
+        ["-i", str(tmp_path / "case.nii.gz"), "-m", str(plans_folder), "-c", str(tmp_path / "clicks.json"),
+         "-o", str(tmp_path / "out")])
+    predict_cli.run_predict_from_args(args)
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "case" / "mask.nii.gz"))) == 1
+    assert np.array_equal(written, state.mask)
+    report = json.loads((tmp_path / "out" / "case" / "report.json").read_text())["lesions"][0]
+    assert report["truncated"] is False and report["truncated_faces"] == []
+
+
+def test_session_reports_a_truncated_lesion_with_its_faces(plans_folder):
+    shape = (5 * CROP + 24, 56, 52)
+    lesion = ellipsoid(shape, (51.5, 27.5, 25.5), (40, 20, 17))
+    session = ISRGSession(stand_in_model(plans_folder))
+    session.set_image(ct_image(lesion))
+    state = session.add_click((52, 27, 25))
+    assert state.truncated and state.truncated_faces == ["z-", "z+"] and state.zoom == 4.0
+    report = session.report()
+    d = report.to_dict()
+    validate_report(d)
+    assert d["truncated"] is True and d["truncated_faces"] == ["z-", "z+"]
+    # undo and a further click keep the state of the click they belong to
+    session.add_click((52, 27, 25), positive=True)
+    assert session.undo().truncated_faces == ["z-", "z+"]
+
+
+def test_session_zooms_out_on_a_resampled_image(plans_folder):
+    """An image at 3 x 1 x 1 mm (separate-z resampling to the plans' 1.5 mm): the crops and the zoomed
+    views come from the original voxels on nnU-Net's grid, the mask goes back to the original grid."""
+    spacing = (3.0, 1.0, 1.0)
+    shape = (40, 84, 78)
+    zz, yy, xx = np.indices(shape, dtype=np.float64)
+    radii_mm = (40.0, 26.0, 22.0)      # 53 x 35 x 29 voxels at 1.5 mm: the 4x view (64) holds it
+    centre = (19.5, 41.5, 38.5)
+    lesion = sum(((g - c) * s / r) ** 2 for g, c, s, r in zip((zz, yy, xx), centre, spacing, radii_mm)) <= 1
+    session = ISRGSession(stand_in_model(plans_folder))
+    session.set_image(ct_image(lesion, spacing))
+    state = session.add_click((20, 41, 38))
+    assert state.zoom > 1 and not state.truncated
+    assert dice(state.mask, lesion) >= 0.95
+    n = session.encode_calls
+    assert session.add_click((21, 43, 38), positive=False).mask.any() and session.encode_calls == n
