@@ -86,6 +86,17 @@ def _wait_idle(page, extra: str = "true") -> None:
     page.wait_for_function(f"document.body.dataset.busy === undefined && ({extra})", timeout=60_000)
 
 
+def _open_and_click(page, rel: str, point, then: str = "refreshLesions()") -> None:
+    """Opens the case ``rel`` from the data folder in a ready page and sends one positive click at
+    ``point`` (z, y, x) through the page's own API helper, then runs ``then`` in the page."""
+    page.select_option("#file-select", value=json.dumps([0, rel], separators=(",", ":")))
+    page.click("#open-btn")
+    page.wait_for_function(f"document.body.dataset.image === {json.dumps(rel)}", timeout=60_000)
+    _wait_idle(page, "document.body.dataset.revision !== undefined")
+    sid = page.evaluate("state.sid")
+    page.evaluate(f"api('POST', 'sessions/{sid}/clicks', {{point: {list(point)}, positive: true}}).then(() => {then})")
+
+
 def test_viewer_click_report_override_export(server, browser, viewer_data, tmp_path):
     rel, mask, (z, y, x) = _lesion_case(viewer_data[1])
     page = browser.new_page(viewport={"width": 1600, "height": 960}, accept_downloads=True)
@@ -232,13 +243,7 @@ def test_viewer_with_a_token_keeps_it_out_of_urls_and_logs(viewer_data, browser,
             page.goto(f"{url}/#token={token}")
             page.wait_for_selector("body[data-ready='1']", timeout=30_000)
             assert token not in page.url  # taken out of the address bar
-            page.select_option("#file-select", value=json.dumps([0, rel], separators=(",", ":")))
-            page.click("#open-btn")
-            page.wait_for_function(f"document.body.dataset.image === {json.dumps(rel)}", timeout=60_000)
-            _wait_idle(page, "document.body.dataset.revision !== undefined")
-            sid = page.evaluate("state.sid")
-            page.evaluate(f"api('POST', 'sessions/{sid}/clicks', {{point: {[z, y, x]}, positive: true}})"
-                          f".then(() => refreshLesions())")
+            _open_and_click(page, rel, (z, y, x))
             page.wait_for_function("!document.getElementById('exp-json').disabled", timeout=60_000)
             with page.expect_download() as dl:
                 page.click("#exp-json")
@@ -271,13 +276,7 @@ def test_viewer_greys_out_attributes_the_model_did_not_learn(viewer_data, browse
         page = browser.new_page(viewport={"width": 1600, "height": 960})
         page.goto(url + "/")
         page.wait_for_selector("body[data-ready='1']", timeout=30_000)
-        page.select_option("#file-select", value=json.dumps([0, rel], separators=(",", ":")))
-        page.click("#open-btn")
-        page.wait_for_function(f"document.body.dataset.image === {json.dumps(rel)}", timeout=60_000)
-        _wait_idle(page, "document.body.dataset.revision !== undefined")
-        sid = page.evaluate("state.sid")
-        page.evaluate(f"api('POST', 'sessions/{sid}/clicks', {{point: {[z, y, x]}, positive: true}})"
-                      f".then(() => refreshLesions()).then(() => loadReport())")
+        _open_and_click(page, rel, (z, y, x), then="refreshLesions().then(() => loadReport())")
         page.wait_for_selector("#report-panel[data-lesion='1']", timeout=60_000)
         _wait_idle(page)
         rows = {name: page.locator(f"#attr-table tr[data-attribute='{name}']") for name in support}
