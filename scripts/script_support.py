@@ -98,7 +98,15 @@ class StepLog:
         """Runs ``cmd`` (raising on failure) unless ``done``; returns the step's record."""
         if done:
             return self._skip(key, " ".join(map(str, cmd)), info)
-        return self._ran(key, " ".join(map(str, cmd)), run_command([str(c) for c in cmd], self.env), info)
+        import resource
+
+        # CPU seconds of the command, beside its wall time: on a shared machine the wall time of a step
+        # grows with whatever else runs; its CPU time does not.
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall_s = run_command([str(c) for c in cmd], self.env)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        return self._ran(key, " ".join(map(str, cmd)), wall_s, {**info, "cpu_s": round(cpu_s, 1)})
 
     def call(self, key: str, what: str, fn, done: bool = False, **info):
         """An in-process step (``fn()``), echoed as ``what`` and timed like a command; returns fn's result."""
@@ -115,7 +123,7 @@ class StepLog:
         before = self.earlier.get(key, {})
         print(f"\n(skipped, output exists) {command}", flush=True)
         step = {"key": key, "command": command, "skipped": True, "wall_s": before.get("wall_s"),
-                "ran_at": before.get("ran_at"), **info}
+                "ran_at": before.get("ran_at"), **({"cpu_s": before["cpu_s"]} if "cpu_s" in before else {}), **info}
         self.steps.append(step)
         return step
 
@@ -126,7 +134,7 @@ class StepLog:
         step = {"key": key, "command": command, "skipped": False, "wall_s": round(wall_s, 1),
                 "ran_at": datetime.datetime.now().isoformat(timespec="seconds"), **info}
         self.steps.append(step)
-        self.earlier[key] = {k: step[k] for k in ("command", "wall_s", "ran_at")}
+        self.earlier[key] = {k: step[k] for k in ("command", "wall_s", "ran_at", "cpu_s") if k in step}
         if self.ledger is not None:
             from nnunet_isrg.files import write_json_atomic
 

@@ -11,8 +11,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from nnunet_isrg.files import current_umask
 from nnunet_isrg.inference.predict_cli import (ClicksFileError, add_predict_arguments, image_name, load_clicks,
                                                run_predict_from_args)
+
+from stand_ins import ClickSpheresStandIn
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -30,27 +33,6 @@ def two_images(phantom_raw, tmp_path_factory) -> list[Path]:
     return out
 
 
-class _ClickSpheres(torch.nn.Module):
-    """Stand-in network: mask = ball of radius 5.5 crop voxels around positive clicks (the debug model's
-    masks after a few training iterations may be empty, which would leave nothing to write)."""
-
-    def __init__(self, crop_size, schema):
-        super().__init__()
-        self.crop_size, self.schema = tuple(crop_size), schema
-
-    def encode_image(self, image):
-        return image
-
-    def decode(self, embedding, points, labels, mask_prompt=None):
-        grid = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in self.crop_size],
-                                          indexing="ij"), -1).reshape(-1, 3)
-        d = torch.cdist(grid, points[0][labels[0] == 1].float()).min(-1).values.reshape(self.crop_size)
-        logits = ((d <= 5.5).float() * 20 - 10)[None, None]
-        return {"mask_logits": logits, "low_res_logits": logits[..., ::4, ::4, ::4], "iou_pred": torch.ones(1, 1),
-                "attribute_logits": {k: torch.arange(len(v), 0, -1, dtype=torch.float32)[None]
-                                     for k, v in self.schema.items()}}
-
-
 @pytest.fixture(params=["debug", "stand-in"])
 def network(request, monkeypatch):
     """The real debug network, or the stand-in swapped in where the session loads the model folder."""
@@ -61,7 +43,7 @@ def network(request, monkeypatch):
 
         def load(*args, **kwargs):
             m = real(*args, **kwargs)
-            m.network = _ClickSpheres(m.crop_size, m.schema)
+            m.network = ClickSpheresStandIn(m.crop_size, m.schema)
             return m
 
         monkeypatch.setattr(session_module, "load_trained_model", load)
@@ -175,3 +157,131 @@ def test_predict_user_errors_exit_with_message(debug_model, two_images, tmp_path
         run_predict_from_args(_args(["-i", str(two_images[0]), "-m", str(debug_model), "-f", "4", "-c", str(cfile),
                                      "-o", str(tmp_path / "o")]))
 
+
+
+# ----------------------------------------------------------------------------------------------- one folder, whole
+def _clicks_file(tmp_path, image: Path, centres: list) -> Path:
+    f = tmp_path / f"clicks_{len(centres)}.json"
+    f.write_text(json.dumps({"space": "voxel", "lesions": [{"clicks": [{"point": c}]} for c in centres]}))
+    return f
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def _modes(folder: Path) -> tuple[set, set]:
+    import stat
+
+    entries = [folder, *folder.rglob("*")]
+    return ({stat.S_IMODE(e.stat().st_mode) for e in entries if e.is_file()},
+            {stat.S_IMODE(e.stat().st_mode) for e in entries if e.is_dir()})
+
+
+CENTRES = [[24, 24, 24], [12, 12, 12]]
+
+
+def test_a_rerun_replaces_the_folder_whole_with_one_permission_mode(debug_model, two_images, tmp_path):
+    """A second run with fewer lesions leaves no file of the first (key image, SEG segment); every file
+    and folder gets the mode a plain open/mkdir would (0644/0755 under umask 022), not tempfile's 0600."""
+    from nnunet_isrg.inference.session import ISRGSession
+    from nnunet_isrg.inference.predict_cli import predict_image
+
+    torch.set_num_threads(1)
+    session = ISRGSession(debug_model)
+    session.model.network = ClickSpheresStandIn(session.model.crop_size, session.model.schema)
+    spec = json.loads(_clicks_file(tmp_path, two_images[0], CENTRES).read_text())
+    out = tmp_path / "out" / "case"
+    predict_image(session, str(two_images[0]), spec, out, dicom=True)
+    assert {"key_lesion_1.png", "key_lesion_2.png"} <= set(_snapshot(out))
+    umask = current_umask()
+    assert _modes(out) == ({0o666 & ~umask}, {0o777 & ~umask})
+
+    paths = predict_image(session, str(two_images[0]), {"space": "voxel", "lesions": spec["lesions"][:1]}, out,
+                          dicom=True)
+    files = set(_snapshot(out))
+    assert "key_lesion_1.png" in files and "key_lesion_2.png" not in files
+    assert paths["mask"] == str(out / "mask.nii.gz") and paths["dicom"]["seg"] == str(out / "dicom" / "seg.dcm")
+    assert len(json.loads((out / "report.json").read_text())["lesions"]) == 1
+    assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "mask.nii.gz"))))) == {0, 1}
+    import pydicom
+
+    assert len(pydicom.dcmread(out / "dicom" / "seg.dcm").SegmentSequence) == 1
+    assert _modes(out) == ({0o666 & ~umask}, {0o777 & ~umask})
+    assert [p.name for p in out.parent.iterdir()] == ["case"]          # no temporary folder left
+
+    # a run that fails while writing leaves the previous folder as it was
+    before = _snapshot(out)
+    import nnunet_isrg.inference.predict_cli as predict_module
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    real = predict_module.write_key_image
+    predict_module.write_key_image = broken
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            predict_image(session, str(two_images[0]), spec, out, dicom=True)
+    finally:
+        predict_module.write_key_image = real
+    assert _snapshot(out) == before and [p.name for p in out.parent.iterdir()] == ["case"]
+
+
+KILLABLE_PREDICT = """
+import sys
+sys.path.insert(0, {tests!r})
+import nnunet_isrg.inference.session as session_module
+from stand_ins import ClickSpheresStandIn
+real = session_module.load_trained_model
+def load(*args, **kwargs):
+    m = real(*args, **kwargs)
+    m.network = ClickSpheresStandIn(m.crop_size, m.schema)
+    return m
+session_module.load_trained_model = load
+from nnunet_isrg.inference.predict_cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_killed_run_leaves_the_previous_folder_intact(debug_model, two_images, tmp_path):
+    """``isrg predict`` killed (SIGKILL) while it writes an image's outputs: the folder is the previous
+    run's, whole; the next run removes the killed run's temporary folder and replaces the old one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "predict_with_stand_in.py"
+    script.write_text(KILLABLE_PREDICT.format(tests=str(Path(__file__).parent)))
+    out = tmp_path / "out"
+    image = two_images[0]
+    base = [sys.executable, str(script), "-i", str(image), "-m", str(debug_model), "-o", str(out), "--dicom"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(base + ["-c", str(_clicks_file(tmp_path, image, CENTRES[:1]))], check=True, env=env,
+                   capture_output=True, timeout=300)
+    folder = out / image_name(image)
+    before = _snapshot(folder)
+    assert "key_lesion_1.png" in before and "key_lesion_2.png" not in before
+
+    proc = subprocess.Popen(base + ["-c", str(_clicks_file(tmp_path, image, CENTRES))], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_while_writing = False
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        partial = list(out.glob(f".{folder.name}.*.partial/dicom/ct/*.dcm"))
+        if partial:                   # halfway: the CT series of the DICOM export is being written
+            proc.send_signal(signal.SIGKILL)
+            killed_while_writing = True
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=60)
+    assert killed_while_writing, "the run ended before its outputs were half written; nothing was tested"
+    assert _snapshot(folder) == before
+    assert list(out.glob(".*.partial"))                               # the killed run's leftovers...
+
+    subprocess.run(base + ["-c", str(_clicks_file(tmp_path, image, CENTRES))], check=True, env=env,
+                   capture_output=True, timeout=300)
+    assert not list(out.glob(".*"))                                    # ...removed by the next run
+    after = _snapshot(folder)
+    assert "key_lesion_2.png" in after and len(json.loads(after["report.json"])["lesions"]) == 2

@@ -32,6 +32,7 @@ CLIENT_HEADERS = {"X-ISRG-Client": "tests"}
 TOKEN = "s3cret-t0ken-in-no-log"
 PHANTOM_CHARGE = ImageFootprint((48, 48, 48), 2).charge  # the phantom cases: 48^3 int16
 MIB = 2**20
+CACHE = 4 * MIB   # each test server session's embedding cache
 
 
 def _zero_nifti_gz(path: Path, shape_xyz: tuple[int, int, int]) -> Path:
@@ -94,8 +95,10 @@ def data(tmp_path_factory, case) -> Path:
 
 @pytest.fixture(scope="module")
 def app(model, data):
-    # 40 MiB a session: a 128^3 image (32 MiB charged) fits; 100 MiB in all: three of them do, a fourth does not
-    return create_app(model, data_dirs=[data], session_memory_bytes=40 * MIB, total_memory_bytes=100 * MIB)
+    # 40 MiB a session: a 128^3 image (32 MiB charged) and 4 MiB of embedding cache fit; 116 MiB in all:
+    # three of them do, a fourth does not
+    return create_app(model, data_dirs=[data], session_memory_bytes=40 * MIB, total_memory_bytes=116 * MIB,
+                      embedding_cache_bytes=CACHE)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +132,7 @@ def test_a_small_upload_that_decompresses_to_512_cubed_is_refused_before_it_is_r
     assert r.status_code == 413, r.text
     detail = r.json()["detail"]
     for figure in ("bomb.nii.gz", "512 x 512 x 512 voxels", "256 MiB decompressed", "2.00 GiB", "40 MiB",
-                   "per-session memory budget"):
+                   "+ 4 MiB of embedding cache", "per-session memory budget"):
         assert figure in detail, (figure, detail)
     assert elapsed < 10, f"refusing took {elapsed:.1f} s: were the voxels read?"
     assert client.get(f"/sessions/{sid}").json()["status"] == "empty"  # the session is as it was
@@ -142,25 +145,30 @@ def test_a_small_upload_that_decompresses_to_512_cubed_is_refused_before_it_is_r
 
 
 def test_the_total_budget_refuses_with_503_and_a_closed_session_gives_its_charge_back(model, data):
-    app = create_app(model, data_dirs=[data], session_memory_bytes=40 * MIB, total_memory_bytes=100 * MIB)
-    charge = ImageFootprint((128, 128, 128), 2).charge
-    assert charge == 32 * MIB
+    app = create_app(model, data_dirs=[data], session_memory_bytes=40 * MIB, total_memory_bytes=116 * MIB,
+                     embedding_cache_bytes=CACHE)
+    charge = ImageFootprint((128, 128, 128), 2).charge + CACHE   # the image and the session's embedding cache
+    assert charge == 36 * MIB
     with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=120, headers=CLIENT_HEADERS) as c:
         sids = [_session(c, f"medium{k}.nii.gz") for k in range(3)]
         assert c.get("/info").json()["memory"]["used_bytes"] == 3 * charge
         last = _session(c)
         r = c.post(f"/sessions/{last}/open", params={"wait": True}, json={"path": "medium3.nii.gz"})
         assert r.status_code == 503, r.text
-        assert "96 MiB" in r.json()["detail"] and "100 MiB" in r.json()["detail"] and "32 MiB" in r.json()["detail"]
+        detail = r.json()["detail"]
+        assert "108 MiB" in detail and "116 MiB" in detail and "32 MiB" in detail and "+ 4 MiB" in detail
         # opening another image in a session replaces its charge (the former image goes first)
         r = c.post(f"/sessions/{sids[0]}/open", params={"wait": True}, json={"path": "case.nii.gz"})
-        assert r.status_code == 200 and app.state.server.budget.used_bytes == 2 * charge + PHANTOM_CHARGE
+        assert r.status_code == 200 and app.state.server.budget.used_bytes == 2 * charge + PHANTOM_CHARGE + CACHE
         assert c.post(f"/sessions/{last}/open", params={"wait": True},
                       json={"path": "medium3.nii.gz"}).status_code == 200
         assert c.delete(f"/sessions/{sids[1]}").status_code == 204
-        assert app.state.server.budget.used_bytes == 2 * charge + PHANTOM_CHARGE
+        assert app.state.server.budget.used_bytes == 2 * charge + PHANTOM_CHARGE + CACHE
         info = c.get("/info").json()["memory"]
-        assert info["session_bytes"] == 40 * MIB and info["total_bytes"] == 100 * MIB
+        assert info["session_bytes"] == 40 * MIB and info["total_bytes"] == 116 * MIB
+        assert info["embedding_cache_bytes"] == CACHE
+        # what is charged is what the session's cache is bounded by
+        assert app.state.store.get(sids[2]).session._predictor.cache.max_bytes == CACHE
         assert info["bytes_per_voxel"] == 4 * WORKING_FACTOR
 
 

@@ -20,6 +20,10 @@ or, for several images, a mapping from image name (file or folder name, with or 
 A lesion larger than the largest field of view the model sees (4 crops per axis) is cut there and
 says so: a warning, ``truncated_lesions`` in ``report.json`` and ``truncated`` with the faces in its
 report.
+
+Each image's folder is written whole or not at all: its outputs go to a temporary folder beside it
+that then replaces it (:func:`~nnunet_isrg.files.atomic_folder`), so a run killed midway leaves the
+previous outputs as they were, and a run with fewer lesions leaves no file of the earlier one.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_isrg.attributes import AttributeLabelError
-from nnunet_isrg.files import atomic_path, write_json_atomic, write_text_atomic
+from nnunet_isrg.files import atomic_folder, atomic_path, write_json_atomic, write_text_atomic
 from nnunet_isrg.report.dicom_export import export_dicom
 from nnunet_isrg.report.key_image import write_key_image
 from nnunet_isrg.report.render_text import render_markdown_document, render_text
@@ -116,7 +120,27 @@ def _write_nifti_atomic(image: sitk.Image, path: Path) -> None:
 
 
 def predict_image(session, image: str, spec: Mapping, out_dir: Path, dicom: bool = False) -> dict:
-    """Runs the clicks of ``spec`` on ``image`` in ``session`` and writes every output; returns the paths."""
+    """Runs the clicks of ``spec`` on ``image`` in ``session`` and writes every output into ``out_dir``,
+    replacing the folder whole; returns the paths."""
+    name, space, empty, truncated = _run_clicks(session, image, spec)
+    with atomic_folder(out_dir) as tmp:
+        paths = _write_outputs(session, image, name, space, empty, truncated, tmp, dicom)
+    return _moved(paths, str(tmp), str(out_dir))
+
+
+def _moved(paths: Any, old: str, new: str) -> Any:
+    """The paths (a dict, list or str of them) of files written under ``old``, as they are under ``new``."""
+    if isinstance(paths, Mapping):
+        return {k: _moved(v, old, new) for k, v in paths.items()}
+    if isinstance(paths, list):
+        return [_moved(v, old, new) for v in paths]
+    if isinstance(paths, str) and (paths == old or paths.startswith(old + os.sep)):
+        return new + paths[len(old):]
+    return paths
+
+
+def _run_clicks(session, image: str, spec: Mapping) -> tuple[str, str, list, dict]:
+    """Every lesion of ``spec`` clicked in ``session``; returns (name, space, empty lesions, truncated ones)."""
     session.set_image(image)
     name = image_name(image)
     space = spec.get("space", "voxel")
@@ -136,7 +160,11 @@ def predict_image(session, image: str, spec: Mapping, out_dir: Path, dicom: bool
             warnings.warn(f"{image}: lesion {lid} goes on beyond the largest field of view the model sees (faces "
                           f"{faces}); its mask is cut there (report: truncated)")
             truncated[lid] = faces
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return name, space, empty, truncated
+
+
+def _write_outputs(session, image: str, name: str, space: str, empty: list, truncated: dict, out_dir: Path,
+                   dicom: bool) -> dict:
     labels = session.label_image()
     paths = {"mask": str(out_dir / "mask.nii.gz")}
     _write_nifti_atomic(labels, out_dir / "mask.nii.gz")

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -42,6 +42,7 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_isrg.attributes import AttributeLabelError, normalise_class, untrained_attributes
+from nnunet_isrg.inference.embedding_cache import DEFAULT_MAX_BYTES, EmbeddingCache
 from nnunet_isrg.inference.lesion_predictor import (DEFAULT_MAX_TILES, DEFAULT_ZOOM_FACTORS, LesionPrediction,
                                                     LesionPredictor, PromptState)
 from nnunet_isrg.inference.model_loading import Folds, LoadedModel, load_trained_model
@@ -52,6 +53,10 @@ from nnunet_isrg.report.structured import build_lesion_report
 
 ImageInput = Union[str, os.PathLike, sitk.Image]
 SPACES = ("voxel", "world")
+#: clicks (and resets) per lesion that ``undo`` can take back; older ones are forgotten, so a lesion's
+#: history holds at most this many masks (each the size of the lesion's bounding box, about 1 MiB for a
+#: 10 cm lesion on a 0.8 mm grid) and prompt states
+DEFAULT_UNDO_DEPTH = 32
 
 
 class SessionError(ValueError):
@@ -139,7 +144,7 @@ class _Lesion:
     clicks: list = field(default_factory=list)
     outcome: _Outcome = field(default_factory=_Outcome)
     overrides: dict = field(default_factory=dict)
-    history: list = field(default_factory=list)   # (clicks, outcome) before each click or reset
+    history: list = field(default_factory=list)   # (clicks, outcome) before each click or reset, oldest first
     version: int = 0
     report_cache: tuple | None = None         # (version, overrides, report)
 
@@ -153,6 +158,11 @@ class _Lesion:
 
     def snapshot(self) -> tuple[list, _Outcome]:
         return list(self.clicks), self.outcome
+
+    def remember(self, depth: int) -> None:
+        """Keeps the present state for ``undo``, forgetting what lies more than ``depth`` steps back."""
+        self.history.append(self.snapshot())
+        del self.history[:-depth]
 
     def restore(self, snapshot: tuple[list, _Outcome]) -> None:
         self.clicks, self.outcome = list(snapshot[0]), snapshot[1]
@@ -235,6 +245,10 @@ class ISRGSession:
             every prediction to the crop at the clicks.
         max_tiles: at most this many full-resolution refinement crops along a zoomed-out lesion's
             border per click (None: all of them).
+        undo_depth: clicks and resets per lesion that :meth:`undo` can take back (older ones are
+            forgotten, which bounds the memory a long correction holds).
+        embedding_cache_bytes: the most memory the image embeddings of the current image may hold
+            (least recently used views are dropped beyond it).
 
     ``set_image`` also takes an optional organ label map (SimpleITK image or (Z, Y, X) array on the
     image grid) and organ names, for the reports' location.
@@ -242,7 +256,10 @@ class ISRGSession:
 
     def __init__(self, model: Union[str, os.PathLike, LoadedModel], folds: Folds = (0,),
                  checkpoint: str = "checkpoint_final.pth", device: str | torch.device = "cpu",
-                 zoom_factors: Sequence[float] = DEFAULT_ZOOM_FACTORS, max_tiles: int | None = DEFAULT_MAX_TILES):
+                 zoom_factors: Sequence[float] = DEFAULT_ZOOM_FACTORS, max_tiles: int | None = DEFAULT_MAX_TILES,
+                 undo_depth: int = DEFAULT_UNDO_DEPTH, embedding_cache_bytes: int = DEFAULT_MAX_BYTES):
+        if int(undo_depth) < 1:
+            raise SessionError(f"undo_depth must be at least 1, got {undo_depth!r}")
         self.model = model if isinstance(model, LoadedModel) else load_trained_model(model, folds, checkpoint, device)
         self.schema = self.model.schema
         # labelled training cases per attribute; None (not recorded) counts every attribute as trained
@@ -250,6 +267,8 @@ class ISRGSession:
         self.device = torch.device(self.model.device)
         self.zoom_factors = tuple(zoom_factors)
         self.max_tiles = max_tiles
+        self.undo_depth = int(undo_depth)
+        self.embedding_cache_bytes = int(embedding_cache_bytes)
         self.crop_size = self.model.crop_size
         self.image: sitk.Image | None = None
         self.image_name: str | None = None
@@ -279,7 +298,9 @@ class ISRGSession:
         volume = ImageVolume(self._array, self.spacing_zyx, self.model.plans_manager, self.model.configuration_manager)
         self._predictor = LesionPredictor(self.model.network, self.schema, volume, self.device,
                                           untrained_attributes=untrained_attributes(self.attribute_support),
-                                          zoom_factors=self.zoom_factors, max_tiles=self.max_tiles)
+                                          zoom_factors=self.zoom_factors, max_tiles=self.max_tiles,
+                                          cache=EmbeddingCache(self.model.network.encode_image,
+                                                               self.embedding_cache_bytes))
         self.organ_map, self.organ_names = organ_map, organ_names
         self._lesions = OrderedDict()
         self._current = None
@@ -391,7 +412,7 @@ class ISRGSession:
         if not lesion.clicks and not positive:
             raise SessionError("the first click on a lesion must be positive (it places the lesion)")
         click = SessionClick(tuple(float(v) for v in zyx), tuple(float(v) for v in self.to_world(zyx)), bool(positive))
-        lesion.history.append(lesion.snapshot())
+        lesion.remember(self.undo_depth)
         try:
             lesion.clicks.append(click)
             lesion.outcome = self._predict(lesion)
@@ -435,18 +456,28 @@ class ISRGSession:
         return out
 
     def undo(self) -> LesionState:
-        """Takes back the last click (or reset) of the current lesion; its previous mask comes back exactly."""
+        """Takes back the last click (or reset) of the current lesion (up to ``undo_depth`` of them).
+
+        Its previous mask comes back exactly, less any voxels another lesion has claimed since (a
+        lesion reset, then a second lesion drawn over its place): lesions never overlap."""
         lesion = self._lesion()
         if not lesion.history:
-            raise SessionError(f"lesion {lesion.lesion_id} has nothing to undo")
+            raise SessionError(f"lesion {lesion.lesion_id} has nothing to undo"
+                               + (f" (the last {self.undo_depth} steps are kept)" if lesion.clicks else ""))
         lesion.restore(lesion.history.pop())
+        if lesion.slices is not None:
+            claimed = self._claimed(lesion.slices, exclude=lesion.lesion_id) & lesion.mask
+            if claimed.any():
+                kept = _shrink(lesion.slices, lesion.mask & ~claimed)
+                slices, mask = kept if kept is not None else (None, None)
+                lesion.outcome = replace(lesion.outcome, slices=slices, mask=mask)
         return LesionState(self, lesion)
 
     def reset(self) -> LesionState:
         """Clears the current lesion's clicks and mask (undo brings them back)."""
         lesion = self._lesion()
         if lesion.clicks:
-            lesion.history.append(lesion.snapshot())
+            lesion.remember(self.undo_depth)
             lesion.clicks, lesion.outcome = [], _Outcome()
             lesion.version += 1
         return LesionState(self, lesion)

@@ -45,7 +45,8 @@ from nnunet_isrg.inference.model_loading import Folds, LoadedModel, load_trained
 from nnunet_isrg.inference.session import ISRGSession
 from nnunet_isrg.server.auth import declare_client_header, require_token
 from nnunet_isrg.server.errors import add_error_handlers
-from nnunet_isrg.server.memory import DEFAULT_SESSION_BYTES, DEFAULT_TOTAL_BYTES, MemoryBudget
+from nnunet_isrg.server.memory import (DEFAULT_SESSION_BYTES, DEFAULT_SESSION_CACHE_BYTES, DEFAULT_TOTAL_BYTES,
+                                      MemoryBudget)
 from nnunet_isrg.server.request_guard import RequestGuard, allowed_host_names
 from nnunet_isrg.server.routes import exports, images, info, lesions, page, sessions
 from nnunet_isrg.server.running import serve_in_background
@@ -73,7 +74,8 @@ def create_app(model_folder: str | os.PathLike | LoadedModel, data_dirs: Sequenc
                folds: Folds = (0,), device: str = "cpu", checkpoint: str = "checkpoint_final.pth",
                max_sessions: int = 64, torch_threads: int | None = None,
                session_memory_bytes: int = DEFAULT_SESSION_BYTES, total_memory_bytes: int = DEFAULT_TOTAL_BYTES,
-               host: str = "127.0.0.1", allowed_hosts: Sequence[str] = ()) -> FastAPI:
+               host: str = "127.0.0.1", allowed_hosts: Sequence[str] = (),
+               embedding_cache_bytes: int = DEFAULT_SESSION_CACHE_BYTES) -> FastAPI:
     """The FastAPI app: API + page. Loads the model once; every session shares it.
 
     Args:
@@ -87,9 +89,12 @@ def create_app(model_folder: str | os.PathLike | LoadedModel, data_dirs: Sequenc
         folds, device, checkpoint: passed to ``load_trained_model``.
         max_sessions: most sessions open at once; one more gets 503.
         torch_threads: ``torch.set_num_threads`` for the process, if given.
-        session_memory_bytes, total_memory_bytes: the memory budget (bytes) of one session's image and
-            of all sessions' images, estimated from the image header before it is read (see
-            :mod:`~nnunet_isrg.server.memory`); over it: 413 (one session) or 503 (all).
+        session_memory_bytes, total_memory_bytes: the memory budget (bytes) of one session and of all
+            sessions: the image, estimated from its header before it is read (see
+            :mod:`~nnunet_isrg.server.memory`), plus the session's embedding cache; over it: 413 (one
+            session) or 503 (all).
+        embedding_cache_bytes: the most each session's cached image embeddings may hold; charged to
+            every session with an image.
         host: the address the server is bound to; requests must name it (or localhost, 127.0.0.1,
             [::1], or one of ``allowed_hosts``; ``*`` there accepts any) in their Host header.
 
@@ -98,11 +103,12 @@ def create_app(model_folder: str | os.PathLike | LoadedModel, data_dirs: Sequenc
     """
     if torch_threads:
         torch.set_num_threads(int(torch_threads))
-    budget = MemoryBudget(session_memory_bytes, total_memory_bytes)  # first: it checks its figures
+    # first: it checks its figures
+    budget = MemoryBudget(session_memory_bytes, total_memory_bytes, session_cache_bytes=embedding_cache_bytes)
     model = model_folder if isinstance(model_folder, LoadedModel) else load_trained_model(
         model_folder, folds, checkpoint, device)
     data_roots = _data_roots(data_dirs)  # before the store: it starts a thread and a folder
-    store = SessionStore(lambda: ISRGSession(model), ttl_s=session_ttl_s, max_sessions=max_sessions,
+    store = SessionStore(lambda: ISRGSession(model, embedding_cache_bytes=embedding_cache_bytes), ttl_s=session_ttl_s, max_sessions=max_sessions,
                          on_drop=budget.release)
     state = ServerState(store=store, model=model, data_roots=data_roots, max_upload=int(max_upload_mb * 2**20),
                         token=token, budget=budget)

@@ -65,6 +65,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--total-memory", type=parse_size, default="6GiB",
                         help="memory budget of all sessions' images together; an image that does not fit gets 503 "
                              "(default 6GiB)")
+    parser.add_argument("--embedding-cache", type=parse_size, default="128MiB",
+                        help="most memory each session's cached image embeddings may hold, charged to the session's "
+                             "budget besides its image (default 128MiB)")
     parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                         help="a further name clients reach the server by (Host header; repeatable; '*' for any). "
                              "Always accepted: the --host address, localhost, 127.0.0.1, [::1]")
@@ -95,6 +98,7 @@ def run_serve_from_args(args: argparse.Namespace) -> int:
                          session_ttl_s=args.session_ttl, folds=_parse_folds(args.folds), device=args.device,
                          checkpoint=args.checkpoint, max_sessions=args.max_sessions, torch_threads=args.threads,
                          session_memory_bytes=args.session_memory, total_memory_bytes=args.total_memory,
+                         embedding_cache_bytes=args.embedding_cache,
                          host=args.host, allowed_hosts=args.allowed_host)
         config = uvicorn_config(app, args.host, args.port, "info", args.header_timeout)
     except (ModelFolderError, FileNotFoundError, ValueError) as e:

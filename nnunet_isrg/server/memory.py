@@ -26,6 +26,9 @@ WORKING_FACTOR = 4
 #: default budgets: one session, and all sessions together
 DEFAULT_SESSION_BYTES = 2 * 2**30
 DEFAULT_TOTAL_BYTES = 6 * 2**30
+#: the embedding cache each server session gets (and is charged for besides its image): 36 views of the
+#: ``tiny`` preset (3.5 MB each), a zoomed-out lesion's views and border tiles with room to spare
+DEFAULT_SESSION_CACHE_BYTES = 128 * 2**20
 
 
 class MemoryBudgetError(Exception):
@@ -115,14 +118,21 @@ class MemoryBudget:
     or the session goes (:meth:`release`). Thread-safe.
     """
 
-    def __init__(self, per_session_bytes: int = DEFAULT_SESSION_BYTES, total_bytes: int = DEFAULT_TOTAL_BYTES):
+    def __init__(self, per_session_bytes: int = DEFAULT_SESSION_BYTES, total_bytes: int = DEFAULT_TOTAL_BYTES,
+                 session_cache_bytes: int = 0):
         if per_session_bytes <= 0 or total_bytes <= 0:
             raise ValueError(f"memory budgets must be positive, got per session {per_session_bytes} B and total "
                              f"{total_bytes} B")
         if per_session_bytes > total_bytes:
             raise ValueError(f"the per-session memory budget ({format_bytes(per_session_bytes)}) is larger than the "
                              f"total ({format_bytes(total_bytes)})")
+        if session_cache_bytes < 0 or session_cache_bytes >= per_session_bytes:
+            raise ValueError(f"a session's embedding cache ({format_bytes(session_cache_bytes)}) must be at least 0 "
+                             f"and leave room for an image in the per-session budget "
+                             f"({format_bytes(per_session_bytes)})")
         self.per_session_bytes = int(per_session_bytes)
+        #: what every session holds besides its image, charged with it: its embedding cache at its bound
+        self.session_cache_bytes = int(session_cache_bytes)
         self.total_bytes = int(total_bytes)
         self._charges: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -130,18 +140,22 @@ class MemoryBudget:
     def reserve(self, sid: str, footprint: ImageFootprint, name: str) -> None:
         """Charges session ``sid`` for ``footprint`` (replacing its former charge), or raises
         :class:`ImageTooLargeError` / :class:`ServerMemoryFullError` and leaves its charge as it was."""
-        need = footprint.charge
+        need = footprint.charge + self.session_cache_bytes
         if need > self.per_session_bytes:
-            raise ImageTooLargeError(f"{name}: {footprint.describe()}, more than the per-session memory budget of "
+            raise ImageTooLargeError(f"{name}: {footprint.describe()}{self._cache_text()}, more than the per-session "
+                                     f"memory budget of "
                                      f"{format_bytes(self.per_session_bytes)} (isrg serve --session-memory)")
         with self._lock:
             others = sum(b for s, b in self._charges.items() if s != sid)
             if others + need > self.total_bytes:
                 raise ServerMemoryFullError(
-                    f"{name}: {footprint.describe()}, but the open sessions hold {format_bytes(others)} of the "
+                    f"{name}: {footprint.describe()}{self._cache_text()}, but the open sessions hold {format_bytes(others)} of the "
                     f"server's {format_bytes(self.total_bytes)} (isrg serve --total-memory); close a session "
                     f"(DELETE /sessions/ID), wait until idle ones expire, or try again later")
             self._charges[sid] = need
+
+    def _cache_text(self) -> str:
+        return f" (+ {format_bytes(self.session_cache_bytes)} of embedding cache)" if self.session_cache_bytes else ""
 
     def release(self, sid: str) -> None:
         """Drops session ``sid``'s charge (its image is gone, or the session is)."""

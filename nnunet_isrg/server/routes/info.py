@@ -18,7 +18,8 @@ router = APIRouter()
 def info(state: ServerStateDep):
     budget = state.budget
     memory = {"session_bytes": budget.per_session_bytes, "total_bytes": budget.total_bytes,
-              "used_bytes": budget.used_bytes, "bytes_per_voxel": WORKING_BYTES_PER_VOXEL * WORKING_FACTOR}
+              "used_bytes": budget.used_bytes, "bytes_per_voxel": WORKING_BYTES_PER_VOXEL * WORKING_FACTOR,
+              "embedding_cache_bytes": budget.session_cache_bytes}
     return json_safe({"schema": state.schema, "windows": window_presets(), "window_names": list(WINDOW_NAMES),
                       "planes": list(PLANES), "max_upload_mb": state.max_upload / 2**20,
                       "upload_suffixes": list(UPLOAD_SUFFIXES), "session_ttl_s": state.store.ttl_s,
