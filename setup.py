@@ -25,6 +25,7 @@ setup(
         "scikit-image",
         "connected-components-3d",
         "SimpleITK>=2.2",
+        "nibabel",
         "pydicom>=2.4",
         "highdicom>=0.22",
         "matplotlib",

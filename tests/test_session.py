@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -317,3 +318,21 @@ def test_errors_are_clear(loaded, phantom_case, tmp_path):
         s.set_image(bad)
     with pytest.raises(SessionError, match="no such file"):
         s.set_image(tmp_path / "missing.nii.gz")
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".mha", ".nrrd"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_voxels_in_any_file_format_are_refused_naming_the_file(loaded, tmp_path, suffix, value):
+    """The outside tester's NIfTI with NaN voxels arrived as 0 HU while the same image as .mha was
+    refused: every format is read as written and refused the same way, with the file and the count."""
+    arr = np.full((6, 8, 8), 40.0, dtype=np.float32)
+    arr[2, 3, 4] = arr[4, 1, 1] = value
+    path = tmp_path / f"bad_ct{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    # the file holds them (SimpleITK reads a NIfTI's as 0, hence nibabel there)
+    written = np.asanyarray(nibabel.load(str(path)).dataobj) if "nii" in suffix else \
+        sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert int((~np.isfinite(written)).sum()) == 2
+    s = ISRGSession(loaded)
+    with pytest.raises(SessionError, match=rf"bad_ct{suffix.replace('.', '[.]')}: 2 voxel\(s\) are NaN or infinite"):
+        s.set_image(path)

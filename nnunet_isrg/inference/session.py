@@ -88,6 +88,9 @@ def read_image(source: ImageInput) -> tuple[sitk.Image, list | None, str]:
                 msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                 raise SessionError(f"{path}: not a readable image ({msg}); give a NIfTI file, a DICOM series "
                                    f"folder or a SimpleITK image") from None
+            bad = _nifti_non_finite_voxels(path)
+            if bad:
+                raise SessionError(f"{name}: {bad} voxel(s) are NaN or infinite; the CT must hold finite HU values")
         else:
             raise SessionError(f"{path}: no such file or folder (expected a NIfTI file or a DICOM series folder)")
     if image.GetDimension() != 3:
@@ -105,6 +108,21 @@ def read_image(source: ImageInput) -> tuple[sitk.Image, list | None, str]:
         bad = int(np.size(arr) - np.isfinite(arr).sum())
         raise SessionError(f"{name}: {bad} voxel(s) are NaN or infinite; the CT must hold finite HU values")
     return image, datasets, name
+
+
+def _nifti_non_finite_voxels(path: Path) -> int:
+    """NaN and infinite voxels of a floating-point NIfTI file, read as written: SimpleITK's NIfTI
+    reader turns them into 0 (an image of 0 HU where the file has no value), so they are counted with
+    nibabel. 0 for other formats and integer NIfTI, which cannot hold them."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return 0
+    import nibabel
+
+    nifti = nibabel.load(str(path))
+    if nifti.get_data_dtype().kind not in "fc":
+        return 0
+    data = np.asanyarray(nifti.dataobj)
+    return int(data.size - np.count_nonzero(np.isfinite(data)))
 
 
 # ---------------------------------------------------------------------------------------------------
