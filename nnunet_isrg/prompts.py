@@ -1,0 +1,142 @@
+"""The prompts a reader gives beside clicks: boxes, scribbles and lassos, as voxel geometry.
+
+Coordinates are voxel indices (z, y, x) of one image grid (numpy / ``GetArrayFromImage`` order),
+continuous, voxel ``i`` centred at ``i``. What each prompt covers:
+
+- :class:`Box`: the voxels holding two opposite corners and every voxel between them (a reader drags
+  from one corner voxel to the other). A box one voxel thick along an axis is a 2D box drawn
+  on that slice (:attr:`Box.slice_axis`); the CVPR 2025 challenge's 3D box is the lesion's bounding
+  box, and :func:`jittered_box` draws one the way its simulator does.
+- a scribble: a polyline through voxel points; :func:`scribble_voxels` are the voxels it passes
+  through (sampled every half voxel, so a diagonal stroke has no gaps in 26-connectivity).
+- a lasso: a closed polygon drawn on one slice; :func:`lasso_mask` is the slice's voxels whose
+  centres lie inside it or on its outline (scikit-image's ``polygon`` filling plus the outline).
+
+A prompt is positive ("this is lesion") or negative ("this is not").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+AXES = "zyx"
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be placed: outside the image, too few points, a lasso off its slice."""
+
+
+def _point(p: Sequence[float], what: str) -> np.ndarray:
+    a = np.asarray(p, dtype=float).ravel()
+    if a.shape != (3,) or not np.isfinite(a).all():
+        raise PromptError(f"{what} needs three finite coordinates (z, y, x), got {p!r}")
+    return a
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box between two corners (z, y, x), the voxels holding them included; ``lo <= hi``."""
+
+    lo: tuple[float, float, float]
+    hi: tuple[float, float, float]
+    positive: bool = True
+
+    @classmethod
+    def from_corners(cls, corner_a: Sequence[float], corner_b: Sequence[float], positive: bool = True) -> "Box":
+        a, b = _point(corner_a, "a box corner"), _point(corner_b, "a box corner")
+        return cls(tuple(np.minimum(a, b).tolist()), tuple(np.maximum(a, b).tolist()), bool(positive))
+
+    @property
+    def slice_axis(self) -> int | None:
+        """The axis (0 z, 1 y, 2 x) a 2D box is drawn across (its two corners on one slice), else None."""
+        flat = [i for i in range(3) if round(self.lo[i]) == round(self.hi[i])]
+        return flat[0] if len(flat) == 1 else None
+
+    def voxel_slices(self, shape: Sequence[int]) -> tuple[slice, slice, slice]:
+        """The box's voxels as slices of an array of ``shape``, clipped to it (PromptError if none)."""
+        lo = np.maximum(np.ceil(np.asarray(self.lo) - 0.5), 0).astype(int)
+        hi = np.minimum(np.floor(np.asarray(self.hi) + 0.5), np.asarray(shape) - 1).astype(int)
+        if np.any(hi < lo):
+            raise PromptError(f"box {list(self.lo)}-{list(self.hi)} lies outside the image of shape (z, y, x) "
+                              f"{tuple(shape)}")
+        return tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))
+
+    def mask(self, shape: Sequence[int]) -> np.ndarray:
+        out = np.zeros(tuple(shape), dtype=bool)
+        out[self.voxel_slices(shape)] = True
+        return out
+
+    @property
+    def centre(self) -> np.ndarray:
+        return (np.asarray(self.lo) + np.asarray(self.hi)) / 2
+
+
+def bounding_box(mask: np.ndarray) -> Box:
+    """The tight box of a mask's voxels (PromptError for an empty mask)."""
+    idx = np.argwhere(mask)
+    if not len(idx):
+        raise PromptError("an empty mask has no bounding box")
+    return Box(tuple(idx.min(0).astype(float).tolist()), tuple(idx.max(0).astype(float).tolist()))
+
+
+def jittered_box(mask: np.ndarray, rng: np.random.Generator, max_shift_fraction: float = 0.1,
+                 max_shift_voxels: int = 5) -> Box:
+    """The lesion's bounding box with each face moved outwards by a random amount, as the CVPR 2025
+    interactive challenge draws its first prompt: up to ``max_shift_fraction`` of the box's extent on
+    that axis and at most ``max_shift_voxels``, clipped to the image. It always holds the lesion."""
+    tight = bounding_box(mask)
+    lo, hi = np.asarray(tight.lo), np.asarray(tight.hi)
+    limit = np.minimum(np.floor((hi - lo + 1) * max_shift_fraction), max_shift_voxels)
+    lo = np.maximum(lo - rng.integers(0, limit + 1), 0)
+    hi = np.minimum(hi + rng.integers(0, limit + 1), np.asarray(mask.shape) - 1)
+    return Box(tuple(lo.astype(float).tolist()), tuple(hi.astype(float).tolist()))
+
+
+def scribble_voxels(points: Sequence[Sequence[float]], shape: Sequence[int]) -> np.ndarray:
+    """(M, 3) int voxels (z, y, x) a polyline through ``points`` passes through, in drawing order without
+    repeats, inside ``shape``. One point is a one-voxel scribble."""
+    pts = np.asarray(points, dtype=float)
+    if pts.ndim != 2 or pts.shape[1] != 3 or not len(pts) or not np.isfinite(pts).all():
+        raise PromptError(f"a scribble needs a list of finite (z, y, x) points, got {points!r}")
+    samples = [pts[:1]]
+    for a, b in zip(pts[:-1], pts[1:]):
+        n = max(int(np.ceil(2 * np.abs(b - a).max())), 1)          # every half voxel along the segment
+        samples.append(a + (b - a) * (np.arange(1, n + 1)[:, None] / n))
+    vox = np.rint(np.concatenate(samples)).astype(int)
+    inside = np.all((vox >= 0) & (vox < np.asarray(shape)), axis=1)
+    if not inside.any():
+        raise PromptError(f"the scribble lies outside the image of shape (z, y, x) {tuple(shape)}")
+    vox = vox[inside]
+    _, first = np.unique(vox, axis=0, return_index=True)
+    return vox[np.sort(first)]
+
+
+def lasso_mask(slice_axis: int, slice_index: int, polygon: Sequence[Sequence[float]],
+               shape: Sequence[int]) -> np.ndarray:
+    """Bool mask of ``shape``: on slice ``slice_index`` of axis ``slice_axis`` (0 z, 1 y, 2 x), the voxels
+    inside the closed ``polygon`` or on its outline. ``polygon`` is (K, 2): in-plane coordinates in the
+    order of the two remaining axes (for an axial lasso, ``slice_axis=0``: (y, x))."""
+    from skimage.draw import polygon as fill_polygon
+
+    if slice_axis not in (0, 1, 2):
+        raise PromptError(f"slice_axis must be 0 (z), 1 (y) or 2 (x), got {slice_axis!r}")
+    if not 0 <= int(slice_index) < shape[slice_axis]:
+        raise PromptError(f"lasso slice {slice_index} is outside axis {AXES[slice_axis]} of the image "
+                          f"(0-{shape[slice_axis] - 1})")
+    poly = np.asarray(polygon, dtype=float)
+    if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3 or not np.isfinite(poly).all():
+        raise PromptError(f"a lasso needs at least three finite in-plane points, got {polygon!r}")
+    plane = tuple(s for i, s in enumerate(shape) if i != slice_axis)
+    inside = np.zeros(plane, dtype=bool)
+    rr, cc = fill_polygon(poly[:, 0], poly[:, 1], shape=plane)
+    inside[rr, cc] = True
+    closed = np.concatenate([poly, poly[:1]])
+    outline = scribble_voxels(np.insert(closed, 0, 0.0, axis=1), (1, *plane))[:, 1:]
+    inside[tuple(outline.T)] = True
+    out = np.zeros(tuple(shape), dtype=bool)
+    index = [slice(None)] * 3
+    index[slice_axis] = int(slice_index)
+    out[tuple(index)] = inside
+    return out

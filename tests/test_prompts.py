@@ -1,0 +1,90 @@
+"""Boxes, scribbles and lassos as voxels, against expectations drawn by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnunet_isrg.prompts import Box, PromptError, bounding_box, jittered_box, lasso_mask, scribble_voxels
+
+
+def test_box_from_any_two_opposite_corners_covers_the_voxels_between_them():
+    box = Box.from_corners((4, 1, 7), (2, 3, 5))
+    assert box.lo == (2.0, 1.0, 5.0) and box.hi == (4.0, 3.0, 7.0) and box.slice_axis is None
+    m = box.mask((6, 6, 9))
+    assert m.sum() == 3 * 3 * 3 and m[2:5, 1:4, 5:8].all()
+    # fractional corners: the voxels holding them and all between (3.5, on a voxel face, takes voxel 4)
+    assert Box.from_corners((1.4, 1.6, 0), (3.5, 2.4, 0.49)).voxel_slices((9, 9, 9)) == (slice(1, 5), slice(2, 3),
+                                                                                        slice(0, 1))
+    # a 2D box: both corners on axial slice 3
+    flat = Box.from_corners((3, 2, 2), (3, 5, 6))
+    assert flat.slice_axis == 0 and flat.mask((6, 8, 8)).sum() == 4 * 5
+    # clipped to the image; wholly outside it is an error naming the shape
+    assert Box.from_corners((-3, -3, -3), (1, 1, 1)).mask((4, 4, 4)).sum() == 8
+    with pytest.raises(PromptError, match=r"outside the image of shape \(z, y, x\) \(4, 4, 4\)"):
+        Box.from_corners((5, 5, 5), (7, 7, 7)).mask((4, 4, 4))
+    with pytest.raises(PromptError, match="three finite coordinates"):
+        Box.from_corners((1, 2), (3, 4, 5))
+
+
+def test_bounding_and_jittered_boxes_hold_the_lesion_within_the_stated_jitter():
+    mask = np.zeros((30, 40, 40), bool)
+    mask[10:20, 12:32, 5:15] = True                  # extents 10, 20, 10 voxels
+    tight = bounding_box(mask)
+    assert tight.lo == (10, 12, 5) and tight.hi == (19, 31, 14)
+    rng = np.random.default_rng(0)
+    grew = []
+    for _ in range(200):
+        box = jittered_box(mask, rng)
+        lo, hi = np.asarray(box.lo), np.asarray(box.hi)
+        assert np.all(lo <= tight.lo) and np.all(hi >= tight.hi)                  # the lesion inside
+        # 10 % of the extent: at most 1, 2 and 1 voxels per face
+        assert np.all(np.asarray(tight.lo) - lo <= [1, 2, 1]) and np.all(hi - tight.hi <= [1, 2, 1])
+        grew.append(np.concatenate([tight.lo - lo, hi - tight.hi]))
+    assert np.asarray(grew).max(0).tolist() == [1, 2, 1, 1, 2, 1]                # every face does move
+    # a lesion at the image border: the box stays inside the image
+    edge = np.zeros((8, 8, 8), bool)
+    edge[0:3, 5:8, 0:8] = True
+    for _ in range(20):
+        box = jittered_box(edge, rng)
+        assert box.lo[0] == 0 and box.hi[1] == 7 and box.lo[2] == 0 and box.hi[2] == 7
+    with pytest.raises(PromptError, match="empty mask"):
+        bounding_box(np.zeros((3, 3, 3), bool))
+
+
+def test_scribble_voxels_follow_the_stroke_without_gaps():
+    shape = (10, 10, 10)
+    assert scribble_voxels([(2, 3, 1), (2, 3, 5)], shape).tolist() == [[2, 3, x] for x in range(1, 6)]
+    # a diagonal: one voxel per step, no gap in 26-connectivity
+    assert scribble_voxels([(0, 0, 0), (0, 3, 3)], shape).tolist() == [[0, k, k] for k in range(4)]
+    # a polyline with a corner, and a stroke leaving the image (cut at its border)
+    assert scribble_voxels([(1, 1, 1), (1, 1, 3), (1, 3, 3)], shape).tolist() == [
+        [1, 1, 1], [1, 1, 2], [1, 1, 3], [1, 2, 3], [1, 3, 3]]
+    assert scribble_voxels([(5, 5, 8), (5, 5, 12)], shape).tolist() == [[5, 5, 8], [5, 5, 9]]
+    assert scribble_voxels([(4, 4, 4)], shape).tolist() == [[4, 4, 4]]
+    vox = scribble_voxels([(0, 0, 0), (9, 2, 7)], shape)                          # any direction: 26-connected
+    assert np.abs(np.diff(vox, axis=0)).max() == 1
+    with pytest.raises(PromptError, match="outside the image"):
+        scribble_voxels([(20, 20, 20), (30, 30, 30)], shape)
+    with pytest.raises(PromptError, match="list of finite"):
+        scribble_voxels([(1, 2)], shape)
+
+
+def test_lasso_fills_the_polygon_on_its_slice_only():
+    shape = (5, 8, 8)
+    # a square with corners (y, x) (1, 1) and (4, 4) on axial slice 2: the 4 x 4 voxels, outline included
+    square = lasso_mask(0, 2, [(1, 1), (1, 4), (4, 4), (4, 1)], shape)
+    expected = np.zeros(shape, bool)
+    expected[2, 1:5, 1:5] = True
+    assert np.array_equal(square, expected)
+    # a right triangle (y, x): (0, 0), (0, 4), (4, 0) drawn on a coronal slice (axis y = 3): plane (z, x)
+    tri = lasso_mask(1, 3, [(0, 0), (0, 4), (4, 0)], shape)
+    hand = np.array([[1, 1, 1, 1, 1, 0, 0, 0],
+                     [1, 1, 1, 1, 0, 0, 0, 0],
+                     [1, 1, 1, 0, 0, 0, 0, 0],
+                     [1, 1, 0, 0, 0, 0, 0, 0],
+                     [1, 0, 0, 0, 0, 0, 0, 0]], bool)
+    assert np.array_equal(tri[:, 3, :], hand) and tri.sum() == hand.sum()
+    with pytest.raises(PromptError, match=r"lasso slice 9 is outside axis z of the image \(0-4\)"):
+        lasso_mask(0, 9, [(1, 1), (1, 4), (4, 4)], shape)
+    with pytest.raises(PromptError, match="at least three"):
+        lasso_mask(0, 1, [(1, 1), (1, 4)], shape)
