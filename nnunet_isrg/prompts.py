@@ -22,6 +22,10 @@ from typing import Sequence
 import numpy as np
 
 AXES = "zyx"
+#: the kinds of prompt a model may have been trained with; a checkpoint states its own under
+#: :data:`PROMPT_KINDS_KEY` (one without the entry was trained with clicks only)
+PROMPT_KINDS = ("clicks", "boxes", "scribbles", "lassos")
+PROMPT_KINDS_KEY = "isrg_prompt_kinds"
 
 
 class PromptError(ValueError):

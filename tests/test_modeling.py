@@ -144,8 +144,10 @@ def test_bad_inputs_are_clear_errors():
         model(torch.randn(1, 1, 32, 32, 24), pts, lab)
     with pytest.raises(ValueError, match="mask_prompt must have shape"):
         model(torch.randn(1, 1, 32, 32, 32), pts, lab, mask_prompt=torch.zeros(1, 1, 32, 32, 32))
-    with pytest.raises(ValueError, match="labels must be 1"):
-        model(torch.randn(1, 1, 32, 32, 32), pts, torch.tensor([[1, 2, 0]]))
+    with pytest.raises(ValueError, match=r"labels must be 1 .* or 2 and 3 \(a box's lower and higher corner\)"):
+        model(torch.randn(1, 1, 32, 32, 32), pts, torch.tensor([[1, 4, 0]]))
+    with pytest.raises(ValueError, match=r"scribbles must have shape \(1, 2, 32, 32, 32\)"):
+        model(torch.randn(1, 1, 32, 32, 32), pts, lab, scribbles=torch.zeros(1, 1, 32, 32, 32))
     with pytest.raises(ValueError, match="labels"):
         model(torch.randn(1, 1, 32, 32, 32), pts, None)
     with pytest.raises(ValueError, match="finite"):
@@ -192,7 +194,13 @@ def test_every_parameter_gets_a_gradient_and_disabled_modules_are_absent(name):
     x = torch.randn(2, 1, 32, 32, 32)
     target = torch.cat([_sphere((32,) * 3, (10, 12, 14), 6), _sphere((32,) * 3, (20, 20, 20), 8)])
     mask_prompt = torch.randn(2, 1, *model.low_res_size)
-    _loss(model(x, pts, lab, mask_prompt), target).backward()
+    # every kind of prompt: clicks, a box (corner labels 2 and 3), positive and negative scribbles
+    box = torch.tensor([[[4.0, 6.0, 8.0], [16.0, 18.0, 20.0]]] * 2)
+    scribbles = torch.zeros(2, 2, 32, 32, 32)
+    scribbles[:, 0, 10, 12, 8:20] = 1
+    scribbles[:, 1, 25, 5:15, 5] = 1
+    _loss(model(x, torch.cat([pts, box], 1), torch.cat([lab, torch.tensor([[2, 3]] * 2)], 1), mask_prompt,
+                scribbles), target).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"parameters without a (non-zero) gradient in {name}: {missing}"
 
@@ -527,3 +535,50 @@ def test_untrained_model_predicts_a_blob_at_a_positive_click_and_a_hole_at_a_neg
     assert only_pos[16, 16, 16] > 0 and only_pos[16, 16, 19] > 0
     assert (only_pos[:4] < 0).all() and (only_pos[:, :, 28:] < 0).all()
     assert with_neg[16, 16, 22] < 0 < with_neg[16, 16, 16]
+
+
+# --- boxes and region maps ------------------------------------------------------------------------
+
+def test_box_and_scribble_region_maps_match_the_prompt_geometry():
+    from nnunet_isrg.modeling.prompt_encoder import region_maps
+    from nnunet_isrg.prompts import Box
+
+    crop = (16, 16, 16)
+    corners = torch.tensor([[[9.6, 2.0, 3.4], [3.0, 7.5, 12.0], [1.0, 1.0, 1.0]],     # corners in any order
+                            [[5.0, 5.0, 5.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    labels = torch.tensor([[3, 2, 1], [1, -1, -1]])                                    # sample 2: no box
+    scribbles = torch.zeros(2, 2, *crop)
+    scribbles[1, 1, 4, 4, 2:9] = 1
+    full = region_maps(corners, labels, scribbles, crop, crop)
+    expected = Box.from_corners((9.6, 2.0, 3.4), (3.0, 7.5, 12.0)).mask(crop)
+    assert torch.equal(full[0, 0].bool(), torch.from_numpy(expected)) and not full[1, 0].any()
+    assert torch.equal(full[:, 1:], scribbles)
+    # at the low-res grid (stride 2): a cell is set when any of its voxels is
+    low = region_maps(corners, labels, scribbles, crop, (8, 8, 8))
+    assert torch.equal(low, F.max_pool3d(full, 2))
+    assert low[1, 2, 2, 2, 1:5].all() and low[1, 2].sum() == 4
+
+
+def test_clicks_give_the_same_outputs_whatever_the_box_and_region_weights():
+    """What lets a checkpoint from before boxes load: with clicks only, the parameters added for boxes
+    and region maps have no influence (the region maps are zero and their branches have no bias; the
+    box corner embeddings only enter for labels 2 and 3)."""
+    from nnunet_isrg.modeling.isrg_model import PROMPT_EXTENSION_PARAMETERS
+
+    model = small_model(32).eval()
+    pts, lab = clicks(2)
+    x = torch.randn(2, 1, 32, 32, 32)
+    prompt = torch.randn(2, 1, *model.low_res_size)
+    with torch.no_grad():
+        before = model(x, pts, lab, prompt)
+        params = dict(model.named_parameters())
+        assert set(PROMPT_EXTENSION_PARAMETERS) <= set(params)
+        for name in PROMPT_EXTENSION_PARAMETERS:
+            params[name].normal_()
+        after = model(x, pts, lab, prompt)
+        # ...while a box does change the prediction
+        boxed = model(x, torch.cat([pts, torch.tensor([[[4.0, 4, 4], [20, 20, 20]]] * 2)], 1),
+                      torch.cat([lab, torch.tensor([[2, 3]] * 2)], 1), prompt)
+    for key in ("mask_logits", "low_res_logits", "iou_pred"):
+        assert torch.equal(before[key], after[key]), key
+    assert not torch.allclose(boxed["mask_logits"], after["mask_logits"])

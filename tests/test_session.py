@@ -336,3 +336,36 @@ def test_non_finite_voxels_in_any_file_format_are_refused_naming_the_file(loaded
     s = ISRGSession(loaded)
     with pytest.raises(SessionError, match=rf"bad_ct{suffix.replace('.', '[.]')}: 2 voxel\(s\) are NaN or infinite"):
         s.set_image(path)
+
+
+def test_a_checkpoint_from_before_boxes_loads_and_takes_clicks(debug_model, loaded, phantom_case, tmp_path):
+    """Its weights lack the parameters added for boxes and region maps: it loads, states that it was
+    trained with clicks only, and answers clicks exactly as the same weights do in the current network.
+    A checkpoint missing any other parameter is refused, naming it."""
+    from nnunet_isrg.modeling.isrg_model import PROMPT_EXTENSION_PARAMETERS
+
+    saved = torch.load(debug_model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    old = tmp_path / "old_model"
+    (old / "fold_0").mkdir(parents=True)
+    for name in ("plans.json", "dataset.json"):
+        shutil.copy(debug_model / name, old / name)
+    saved["network_weights"] = {k: v for k, v in saved["network_weights"].items()
+                                if k not in PROMPT_EXTENSION_PARAMETERS}
+    saved.pop("isrg_prompt_kinds", None)
+    torch.save(saved, old / "fold_0" / "checkpoint_final.pth")
+    model = load_trained_model(old, folds=(0,))
+    assert model.prompt_kinds == ("clicks",)
+    img, lesion = phantom_case
+    p = _interior_point(lesion)
+    masks = []
+    for m in (loaded, model):
+        s = ISRGSession(m)
+        s.set_image(img)
+        s.add_click(p)
+        masks.append(s.add_click(tuple(min(v + 2, n - 1) for v, n in zip(p, lesion.shape)), positive=False).mask)
+    assert np.array_equal(masks[0], masks[1])
+
+    del saved["network_weights"]["mask_head.click_prior.weight"]
+    torch.save(saved, old / "fold_0" / "checkpoint_final.pth")
+    with pytest.raises(ModelFolderError, match=r"weights do not fit .* missing \['mask_head.click_prior.weight'\]"):
+        load_trained_model(old, folds=(0,))

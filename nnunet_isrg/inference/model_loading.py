@@ -23,6 +23,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
 from nnunet_isrg.attributes import ATTRIBUTE_SUPPORT_KEY, untrained_attributes, validate_schema
+from nnunet_isrg.modeling.isrg_model import PROMPT_EXTENSION_PARAMETERS
+from nnunet_isrg.prompts import PROMPT_KINDS, PROMPT_KINDS_KEY
 from nnunet_isrg.modeling.from_plans import build_isrg_network, isrg_block_of
 
 CONFIGURATION = "3d_fullres"
@@ -64,10 +66,10 @@ class ISRGEnsemble(nn.Module):
         return [m.encode_image(image) for m in self.members]
 
     def decode(self, embedding: Sequence[Any], points: torch.Tensor, labels: torch.Tensor,
-               mask_prompt: torch.Tensor | None = None) -> dict[str, Any]:
+               mask_prompt: torch.Tensor | None = None, scribbles: torch.Tensor | None = None) -> dict[str, Any]:
         if len(embedding) != len(self.members):
             raise ValueError(f"expected {len(self.members)} embeddings (one per member), got {len(embedding)}")
-        outs = [m.decode(e, points, labels, mask_prompt) for m, e in zip(self.members, embedding)]
+        outs = [m.decode(e, points, labels, mask_prompt, scribbles) for m, e in zip(self.members, embedding)]
         mean = lambda key: torch.stack([o[key] for o in outs]).mean(0)  # noqa: E731
         attrs = OrderedDict()
         for name in outs[0]["attribute_logits"]:
@@ -76,8 +78,8 @@ class ISRGEnsemble(nn.Module):
         return {"mask_logits": mean("mask_logits"), "low_res_logits": mean("low_res_logits"),
                 "iou_pred": mean("iou_pred"), "attribute_logits": attrs}
 
-    def forward(self, image, points=None, labels=None, mask_prompt=None):
-        return self.decode(self.encode_image(image), points, labels, mask_prompt)
+    def forward(self, image, points=None, labels=None, mask_prompt=None, scribbles=None):
+        return self.decode(self.encode_image(image), points, labels, mask_prompt, scribbles)
 
 
 @dataclass
@@ -96,6 +98,8 @@ class LoadedModel:
     #: attribute -> labelled training cases (the fewest over the folds); None for a checkpoint
     #: written before the trainer recorded it: every attribute then counts as trained
     attribute_support: Optional[dict] = None
+    #: the prompts every fold was trained with (``clicks`` only for a checkpoint from before boxes)
+    prompt_kinds: tuple[str, ...] = ("clicks",)
 
     @property
     def untrained_attributes(self) -> list[str]:
@@ -198,7 +202,7 @@ def load_trained_model(model_folder: str | Path, folds: Folds = (0,), checkpoint
 
     device = torch.device(device)
     fold_list = _resolve_folds(folder, folds, checkpoint)
-    networks, supports = [], []
+    networks, supports, kinds = [], [], []
     for f in fold_list:
         ckpt = folder / _fold_name(f) / checkpoint
         if not ckpt.is_file():
@@ -215,19 +219,30 @@ def load_trained_model(model_folder: str | Path, folds: Folds = (0,), checkpoint
         if not isinstance(saved, dict) or "network_weights" not in saved:
             raise ModelFolderError(f"{ckpt} has no 'network_weights'; it is not an nnU-Net checkpoint")
         supports.append(saved.get(ATTRIBUTE_SUPPORT_KEY))
-        net = build_isrg_network(block, n_channels)
-        try:
-            net.load_state_dict(_clean_state_dict(saved["network_weights"]))
-        except RuntimeError as e:
-            detail = " ".join(line.strip() for line in str(e).splitlines()[1:])
-            detail = detail if len(detail) < 400 else detail[:400] + "..."
-            raise ModelFolderError(f"{ckpt}: weights do not fit the network described by {folder / 'plans.json'} "
-                                   f"(trained with another version of the network?): {detail}") from None
-        networks.append(net.to(device).eval())
+        kinds.append(tuple(saved.get(PROMPT_KINDS_KEY) or ("clicks",)))
+        networks.append(_load_weights(build_isrg_network(block, n_channels), saved["network_weights"], ckpt,
+                                      folder).to(device).eval())
     network = networks[0] if len(networks) == 1 else ISRGEnsemble(networks).to(device).eval()
     return LoadedModel(folder=folder, plans_manager=plans_manager, configuration_manager=configuration_manager,
                        dataset_json=dataset_json, schema=schema, network=network, folds=fold_list, device=device,
-                       isrg_block=dict(block), attribute_support=_fewest_labels(supports, schema))
+                       isrg_block=dict(block), attribute_support=_fewest_labels(supports, schema),
+                       prompt_kinds=tuple(k for k in PROMPT_KINDS if all(k in fold for fold in kinds)))
+
+
+def _load_weights(net: nn.Module, weights: dict, ckpt: Path, folder: Path) -> nn.Module:
+    """``weights`` into ``net``; a checkpoint from before boxes and region maps may lack their
+    parameters (they keep their initial values, which leave clicks' outputs as they were)."""
+    try:
+        missing, unexpected = net.load_state_dict(_clean_state_dict(weights), strict=False)
+        missing = [k for k in missing if k not in PROMPT_EXTENSION_PARAMETERS]
+        detail = f"missing {missing[:6]}, unexpected {unexpected[:6]}" if missing or unexpected else None
+    except RuntimeError as e:           # a parameter of another shape
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:])
+        detail = detail if len(detail) < 400 else detail[:400] + "..."
+    if detail:
+        raise ModelFolderError(f"{ckpt}: weights do not fit the network described by {folder / 'plans.json'} "
+                               f"(trained with another version of the network?): {detail}")
+    return net
 
 
 def _fewest_labels(supports: list, schema) -> Optional[dict]:

@@ -125,3 +125,15 @@ class ConvTranspose3dK2(nn.ConvTranspose3d):
         y = x.permute(0, 2, 3, 4, 1).reshape(-1, c) @ self.weight.reshape(c, o * 8)
         y = y.view(b, d, h, w, o, 2, 2, 2).permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, o, 2 * d, 2 * h, 2 * w)
         return y + self.bias.view(1, o, 1, 1, 1)
+
+
+def zero_conv(in_chans: int, out_chans: int, kernel_size: int = 1, stride: int = 1) -> nn.Conv3d:
+    """A bias-free conv whose weights start at zero, without drawing from the global random generator.
+
+    For a branch added to an existing layer (the region maps beside the mask prompt and click maps):
+    starting at zero it adds nothing until trained, a checkpoint from before the branch existed
+    computes what it did, and a seeded build draws the same initial weights as before it existed.
+    """
+    conv = nn.Conv3d(in_chans, out_chans, kernel_size, stride=stride, bias=False, device="meta")
+    conv.weight = nn.Parameter(torch.zeros(conv.weight.shape))
+    return conv

@@ -5,13 +5,14 @@ Forward contract::
 
     image (B, 1, D, H, W) nnU-Net-normalised ROI crop of size ``crop_size``
     points (B, N, 3) continuous voxel coordinates (z, y, x) in the crop
-    labels (B, N) long: 1 positive, 0 negative, -1 padding
+    labels (B, N) long: 1 positive, 0 negative, -1 padding; 2 and 3 a box's lower and higher corner
     mask_prompt (B, 1, d, h, w) previous ``low_res_logits`` or None
+    scribbles (B, 2, D, H, W) positive / negative scribble and lasso voxels of the crop, or None
     -> {"mask_logits": (B, 1, D, H, W), "low_res_logits": (B, 1, d, h, w), "iou_pred": (B, 1) in [0, 1],
         "attribute_logits": {name: (B, C_name)} in schema order}
 
 Split API for interactive use: ``emb = encode_image(image)`` once per crop, then
-``decode(emb, points, labels, mask_prompt)`` per click, equal to the full forward. ``emb`` is an
+``decode(emb, points, labels, mask_prompt, scribbles)`` per prompt, equal to the full forward. ``emb`` is an
 :class:`~nnunet_isrg.modeling.image_embedding.ImageEmbedding`, the one object a caller caches per crop.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .image_encoder import HighResolutionSkip, ImageEncoderViT3D
 from .lesion_pooling import LesionPooling
 from .mask_head import IoUHead, MaskHead
 from .point_refinement import PointRefinement
-from .prompt_encoder import PromptEncoder3D
+from .prompt_encoder import BOX_LOW, PromptEncoder3D
 from .subvoxel_refiner import SubvoxelRefiner
 from .transformer import TwoWayTransformer3D
 
@@ -42,6 +43,13 @@ NO_CLICK_MESSAGE = (
     "predictor and validation call network(x) without prompts, which this network cannot answer; "
     "predict with `isrg predict` (or the interactive session) instead of nnUNetv2_predict."
 )
+
+
+#: parameters added with boxes and region maps (scribbles, lassos); a checkpoint trained before them
+#: lacks them and, with these at their initial values, computes what it did for clicks
+PROMPT_EXTENSION_PARAMETERS = ("prompt_encoder.box_corner_embeddings.weight",
+                               "prompt_encoder.region_downscaling.weight", "mask_head.region_projection.weight",
+                               "mask_head.region_prior.weight", "subvoxel_refiner.region_input.weight")
 
 
 @dataclass
@@ -140,19 +148,19 @@ class ISRGModel(nn.Module):
         return max(1, self.patch_size[0] // 4)
 
     def forward(self, image: torch.Tensor, points: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                mask_prompt: torch.Tensor | None = None) -> dict[str, Any]:
+                mask_prompt: torch.Tensor | None = None, scribbles: torch.Tensor | None = None) -> dict[str, Any]:
         if points is None:
             raise RuntimeError(NO_CLICK_MESSAGE)
-        self._check_prompts(image.shape[0], points, labels, mask_prompt)
-        return self.decode(self.encode_image(image), points, labels, mask_prompt)
+        self._check_prompts(image.shape[0], points, labels, mask_prompt, scribbles)
+        return self.decode(self.encode_image(image), points, labels, mask_prompt, scribbles)
 
     def decode(self, embedding: ImageEmbedding, points: torch.Tensor | None, labels: torch.Tensor | None,
-               mask_prompt: torch.Tensor | None = None) -> dict[str, Any]:
+               mask_prompt: torch.Tensor | None = None, scribbles: torch.Tensor | None = None) -> dict[str, Any]:
         """Prompts + cached :meth:`encode_image` embedding -> outputs (see module docstring)."""
         if points is None:
             raise RuntimeError(NO_CLICK_MESSAGE)
         b = embedding.batch_size
-        self._check_prompts(b, points, labels, mask_prompt)
+        self._check_prompts(b, points, labels, mask_prompt, scribbles)
         grid, high_res = embedding.grid, embedding.skip_features
         labels = labels.long()
         # At least float32 for coordinates, also when the embedding comes out of autocast in half precision.
@@ -160,14 +168,16 @@ class ISRGModel(nn.Module):
         # Padding coordinates are arbitrary (even NaN); zero them so masked tokens stay finite.
         points = torch.where(labels[..., None] < 0, torch.zeros_like(points), points)
         clicks, click_labels = points, labels
-        if self.point_refiner is not None:
-            ref_points, ref_labels = self.point_refiner(grid, points, labels, self.patch_size)
+        regions = self.prompt_encoder.region_maps(points, labels, scribbles, dtype=grid.dtype)
+        if self.point_refiner is not None:   # refines clicks; box corners are no place to look around
+            only_clicks = torch.where(labels >= BOX_LOW, torch.full_like(labels, -1), labels)
+            ref_points, ref_labels = self.point_refiner(grid, points, only_clicks, self.patch_size)
             points = torch.cat([points, ref_points], dim=1)
             labels = torch.cat([labels, ref_labels], dim=1)
         sparse, sparse_valid = self.prompt_encoder.embed_points(points, labels)
         click_maps = self.prompt_encoder.click_maps(clicks, click_labels, dtype=grid.dtype)
         dense_input = self.prompt_encoder.dense_input(mask_prompt, b, grid.dtype, grid.device, click_maps)
-        dense = self.prompt_encoder.mask_downscaling(dense_input)
+        dense = self.prompt_encoder.dense_embedding(dense_input, regions)
 
         out_tokens = torch.cat([self.iou_token.weight, self.mask_token.weight, self.attribute_tokens.weight], 0)
         tokens = torch.cat([out_tokens[None].expand(b, -1, -1), sparse], dim=1)
@@ -180,20 +190,20 @@ class ISRGModel(nn.Module):
         a = self.attribute_head.encode(z, token_valid, start=2)
         if self.synergy is not None:
             m, a = self.synergy(m, a)
-        low_res = self.mask_head.predict(m, image_tokens, self.grid_size, high_res, dense_input)
+        low_res = self.mask_head.predict(m, image_tokens, self.grid_size, high_res, dense_input, regions)
         if self.lesion_pooling is not None:
             intensities = embedding.intensities
             pooled = intensities if high_res is None else torch.cat([high_res, intensities], dim=1)
             a = a + self.lesion_pooling(low_res, pooled)
         if self.subvoxel_refiner is not None:
-            mask_logits = self.subvoxel_refiner(low_res, embedding.refiner_features, dense_input)
+            mask_logits = self.subvoxel_refiner(low_res, embedding.refiner_features, dense_input, regions)
         else:
             mask_logits = F.interpolate(low_res, size=self.crop_size, mode="trilinear", align_corners=False)
         return {"mask_logits": mask_logits, "low_res_logits": low_res, "iou_pred": iou_pred,
                 "attribute_logits": self.attribute_head.classify(a)}
 
     def _check_prompts(self, batch: int, points: torch.Tensor, labels: torch.Tensor | None,
-                       mask_prompt: torch.Tensor | None) -> None:
+                       mask_prompt: torch.Tensor | None, scribbles: torch.Tensor | None = None) -> None:
         if labels is None:
             raise ValueError("labels (B, N) are required with points: 1 positive, 0 negative, -1 padding")
         if points.dim() != 3 or points.shape[-1] != 3 or points.shape[0] != batch:
@@ -203,12 +213,15 @@ class ISRGModel(nn.Module):
             raise ValueError(f"labels must have shape {tuple(points.shape[:2])} to match points, got {tuple(labels.shape)}")
         if labels.is_floating_point() or labels.is_complex():
             raise ValueError(f"labels must be an integer tensor (1 positive, 0 negative, -1 padding), got {labels.dtype}")
-        if labels.numel() and (labels.min() < -1 or labels.max() > 1):
-            raise ValueError(f"labels must be 1 (positive), 0 (negative) or -1 (padding), got values "
-                             f"{sorted(set(labels.unique().tolist()))}")
+        if labels.numel() and (labels.min() < -1 or labels.max() > 3):
+            raise ValueError(f"labels must be 1 (positive), 0 (negative), -1 (padding), or 2 and 3 (a box's "
+                             f"lower and higher corner), got values {sorted(set(labels.unique().tolist()))}")
         if not bool(torch.isfinite(points[labels >= 0]).all()):
-            raise ValueError("points of real clicks (label 0 or 1) must have finite coordinates; only padding "
+            raise ValueError("points of real prompts (label 0 to 3) must have finite coordinates; only padding "
                              "(label -1) may hold NaN")
+        if scribbles is not None and tuple(scribbles.shape) != (batch, 2, *self.crop_size):
+            raise ValueError(f"scribbles must have shape {(batch, 2, *self.crop_size)} (positive and negative "
+                             f"voxels of the crop), got {tuple(scribbles.shape)}")
         if mask_prompt is not None:
             want = (batch, 1, *self.low_res_size)
             if tuple(mask_prompt.shape) != want:

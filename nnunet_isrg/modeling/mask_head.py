@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import MLP, Attention, Conv3d, ConvTranspose3dK2, LayerNorm3d, MLPBlock
+from .common import MLP, Attention, Conv3d, ConvTranspose3dK2, LayerNorm3d, MLPBlock, zero_conv
+from .prompt_encoder import REGION_CHANNELS
 
 
 class TokenRefineLayer(nn.Module):
@@ -53,6 +54,12 @@ class MaskHead(nn.Module):
         with torch.no_grad():
             self.click_prior.weight.copy_(torch.tensor([0.0, 0.0, 4.0, -4.0]).view(1, 4, 1, 1, 1))
             self.click_prior.bias.fill_(-2.0)
+        # the same two terms for the region maps (box, positive and negative scribbles): a projection
+        # from zero, and a prior of +-4 on scribbled voxels like the clicks' (the box's is learnt)
+        self.region_projection = zero_conv(REGION_CHANNELS, dim // 8)
+        self.region_prior = zero_conv(REGION_CHANNELS, 1)
+        with torch.no_grad():
+            self.region_prior.weight.copy_(torch.tensor([0.0, 4.0, -4.0]).view(1, REGION_CHANNELS, 1, 1, 1))
 
     def refine(self, mask_tokens: torch.Tensor, hybrid_tokens: torch.Tensor, token_valid: torch.Tensor) -> torch.Tensor:
         """mask_tokens (B, 1, C), hybrid tokens Z (B, T, C) -> mask features M (B, 1, C)."""
@@ -67,11 +74,13 @@ class MaskHead(nn.Module):
         return self.output_upscaling(image_tokens.transpose(1, 2).reshape(b, c, *grid_size))
 
     def predict(self, mask_features: torch.Tensor, image_tokens: torch.Tensor, grid_size,
-                high_res: torch.Tensor | None = None, prompt_maps: torch.Tensor | None = None) -> torch.Tensor:
+                high_res: torch.Tensor | None = None, prompt_maps: torch.Tensor | None = None,
+                region_maps: torch.Tensor | None = None) -> torch.Tensor:
         """M (B, 1, C), image tokens (B, d*h*w, C) -> low-res logits (B, 1, 4d, 4h, 4w).
 
         Optional voxel-level terms at the logits' resolution: ``high_res`` skip features of the
-        image (B, C/8, ...) and ``prompt_maps`` (B, 4, ...) (previous logits, presence, click maps).
+        image (B, C/8, ...), ``prompt_maps`` (B, 4, ...) (previous logits, presence, click maps) and
+        ``region_maps`` (B, 3, ...) (box, positive and negative scribbles).
 
         Equals ``hypernetwork(M) @ upscale(image_tokens)``, but the last transposed conv, its GELU
         and the dot product are done per 2x2x2 output block before the voxel shuffle, so only the
@@ -89,12 +98,17 @@ class MaskHead(nn.Module):
         lr = lr.reshape(b, d, h, w, 2, 2, 2).permute(0, 1, 4, 2, 5, 3, 6).reshape(b, 1, 2 * d, 2 * h, 2 * w)
         # the dot product is linear, so the voxel-level features (B, C/8, 4d, 4h, 4w) add their own term
         fine = None if prompt_maps is None else self.prompt_projection(prompt_maps)
+        if region_maps is not None:
+            regions = self.region_projection(region_maps.to(lr.dtype))
+            fine = regions if fine is None else fine + regions
         if high_res is not None:
             fine = high_res if fine is None else fine + high_res
         if fine is not None:
             lr = lr + torch.einsum("bcdhw,bc->bdhw", fine, hyper)[:, None]
         if prompt_maps is not None:
             lr = lr + self.click_prior(prompt_maps)
+        if region_maps is not None:
+            lr = lr + self.region_prior(region_maps.to(lr.dtype))
         return lr
 
 

@@ -1,4 +1,8 @@
-"""Prompt encoder E_P: random-Fourier positional encoding of 3D clicks, label embeddings, dense mask prompt.
+"""Prompt encoder E_P: random-Fourier positional encoding of 3D clicks and box corners, label
+embeddings, dense mask prompt and region maps (box, scribbles and lassos).
+
+Point labels: 1 positive click, 0 negative click, -1 padding, and SAM's 2 and 3 for the two corners
+of a box (the corner with the lower and the higher coordinates).
 
 Coordinate convention: points are continuous voxel coordinates of the crop in (z, y, x) order, with
 voxel ``i`` centred at ``i`` (so a crop axis of size S spans [-0.5, S - 0.5]). They are normalised to
@@ -14,7 +18,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .common import Conv3d, LayerNorm3d
+from .common import Conv3d, LayerNorm3d, zero_conv
+
+#: point labels of a box's two corners (SAM's convention): the lower and the higher corner
+BOX_LOW, BOX_HIGH = 2, 3
+#: region maps beside the mask prompt and the click maps: inside the box, positive and negative
+#: scribble/lasso voxels
+REGION_CHANNELS = 3
 
 
 class PositionEmbeddingRandom3D(nn.Module):
@@ -60,6 +70,10 @@ class PromptEncoder3D(nn.Module):
       training iterations this grounding is what lets the mask follow the clicks. Without a mask
       prompt the mask channels are zero, so both paths use the same parameters and DDP never sees
       an unused one.
+    - Box corners (labels 2 and 3) are tokens like clicks, with their own two learned embeddings
+      (SAM's), and the box is also a region map: 1 in the low-res cells the box covers.
+    - Region maps (B, 3, 4d, 4h, 4w): the box, and positive / negative scribble and lasso voxels (the
+      cells holding any), each a branch added to the first dense layer (:func:`zero_conv`).
     """
 
     def __init__(self, embed_dim: int, grid_size: Sequence[int], crop_size: Sequence[int],
@@ -84,6 +98,10 @@ class PromptEncoder3D(nn.Module):
             nn.GELU(),
             Conv3d(mask_in_chans, embed_dim, kernel_size=1),
         )
+        # after every layer above, and from a generator of their own: see zero_conv
+        corners = torch.randn(2, embed_dim, generator=torch.Generator().manual_seed(BOX_LOW))
+        self.box_corner_embeddings = nn.Embedding(2, embed_dim, _weight=corners)
+        self.region_downscaling = zero_conv(REGION_CHANNELS, mask_in_chans // 4, kernel_size=2, stride=2)
 
     def get_dense_pe(self, device=None, dtype=torch.float32) -> torch.Tensor:
         """(1, C, d, h, w) positional encoding of the image embedding grid."""
@@ -93,7 +111,10 @@ class PromptEncoder3D(nn.Module):
         """points (B, N, 3), labels (B, N) -> tokens (B, N + 1, C) and valid (B, N + 1) bool."""
         b = points.shape[0]
         valid = labels >= 0
-        emb = self.pe_layer.points(points, self.crop_size) + self.point_embeddings(labels.clamp(min=0))
+        is_corner = (labels >= BOX_LOW)[..., None]
+        label_emb = torch.where(is_corner, self.box_corner_embeddings((labels - BOX_LOW).clamp(0, 1)),
+                                self.point_embeddings(labels.clamp(0, 1)))
+        emb = self.pe_layer.points(points, self.crop_size) + label_emb
         emb = torch.where(valid[..., None], emb, torch.zeros_like(emb))
         nap = self.not_a_point_embed.weight[None].expand(b, -1, -1).to(emb.dtype)
         tokens = torch.cat([emb, nap], dim=1)
@@ -102,6 +123,19 @@ class PromptEncoder3D(nn.Module):
     def click_maps(self, points: torch.Tensor, labels: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
         """points (B, N, 3) crop voxels (z, y, x), labels (B, N) -> (B, 2, 4d, 4h, 4w) positive/negative blobs."""
         return gaussian_click_maps(points, labels, self.crop_size, self.mask_input_size, self.click_sigma, dtype)
+
+    def region_maps(self, points: torch.Tensor, labels: torch.Tensor, scribbles: torch.Tensor | None = None,
+                    dtype=torch.float32) -> torch.Tensor:
+        """(B, 3, 4d, 4h, 4w): the box of the corner points (labels 2 and 3; none: zeros) and the
+        positive / negative ``scribbles`` (B, 2, D, H, W) crop voxels (None: zeros), each cell 1 where
+        any voxel of it is covered."""
+        return region_maps(points, labels, scribbles, self.crop_size, self.mask_input_size, dtype)
+
+    def dense_embedding(self, dense_input: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+        """The dense prompt (B, C, d, h, w) added to the image embedding, from :meth:`dense_input` and
+        :meth:`region_maps`."""
+        x = self.mask_downscaling[0](dense_input) + self.region_downscaling(regions.to(dense_input.dtype))
+        return self.mask_downscaling[1:](x)
 
     def dense_input(self, mask_prompt: torch.Tensor | None, batch_size: int, dtype=torch.float32, device=None,
                     click_maps: torch.Tensor | None = None) -> torch.Tensor:
@@ -139,3 +173,30 @@ def gaussian_click_maps(points: torch.Tensor, labels: torch.Tensor, crop_size: S
         sel = (labels == value).to(dtype)[..., None, None, None]
         out.append((blobs * sel).amax(dim=1) if labels.shape[1] else blobs.new_zeros((points.shape[0], *map_size)))
     return torch.stack(out, dim=1)
+
+
+def region_maps(points: torch.Tensor, labels: torch.Tensor, scribbles: torch.Tensor | None,
+                crop_size: Sequence[int], map_size: Sequence[int], dtype=torch.float32) -> torch.Tensor:
+    """Box and scribble maps (B, 3, *map_size) of a crop of ``crop_size`` (see
+    :meth:`PromptEncoder3D.region_maps`). A sample's box spans its corner points (labels 2, 3; the
+    voxels holding them included); a sample without both corners has an empty box map."""
+    b, dev = points.shape[0], points.device
+    maps = torch.zeros(b, REGION_CHANNELS, *crop_size, dtype=dtype, device=dev)
+    low, high = labels == BOX_LOW, labels == BOX_HIGH
+    has_box = low.any(1) & high.any(1)
+    if bool(has_box.any()):
+        big = torch.finfo(torch.float32).max
+        pts = points.float()
+        lo = torch.where(low[..., None], pts, torch.full_like(pts, big)).amin(1)          # (B, 3)
+        hi = torch.where(high[..., None], pts, torch.full_like(pts, -big)).amax(1)
+        lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
+        first, last = torch.ceil(lo - 0.5), torch.floor(hi + 0.5)     # the voxels holding the corners
+        inside = [(torch.arange(n, device=dev)[None] >= first[:, i:i + 1])
+                  & (torch.arange(n, device=dev)[None] <= last[:, i:i + 1]) for i, n in enumerate(crop_size)]
+        box = inside[0][:, :, None, None] & inside[1][:, None, :, None] & inside[2][:, None, None, :]
+        maps[:, 0] = (box & has_box[:, None, None, None]).to(dtype)
+    if scribbles is not None:
+        maps[:, 1:] = scribbles.to(dtype)
+    if tuple(map_size) == tuple(crop_size):
+        return maps
+    return torch.nn.functional.adaptive_max_pool3d(maps, tuple(map_size))

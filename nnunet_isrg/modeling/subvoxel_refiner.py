@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import Conv3d
+from .common import Conv3d, zero_conv
+from .prompt_encoder import REGION_CHANNELS
 
 
 def space_to_depth(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -65,6 +66,7 @@ class SubvoxelRefiner(nn.Module):
         # layers before it get a gradient from the first step); training learns the corrections
         nn.init.normal_(self.prompt_net[-1].weight, std=1e-3)
         nn.init.zeros_(self.prompt_net[-1].bias)
+        self.region_input = zero_conv(REGION_CHANNELS, 2 * hidden)   # box and scribble maps, added to layer 1
 
     def image_features(self, image: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
         """crop (B, 1, d*s, h*s, w*s), skip features (B, c, d, h, w) or None -> (B, hidden, d, h, w)."""
@@ -74,11 +76,15 @@ class SubvoxelRefiner(nn.Module):
         return self.image_net(torch.cat(parts, dim=1))
 
     def forward(self, low_res_logits: torch.Tensor, image_features: torch.Tensor,
-                prompt_maps: torch.Tensor) -> torch.Tensor:
+                prompt_maps: torch.Tensor, region_maps: torch.Tensor | None = None) -> torch.Tensor:
         """low-res logits (B, 1, d, h, w), :meth:`image_features` (B, hidden, d, h, w), prompt maps
-        (B, 4, d, h, w) -> logits at the crop's resolution (B, 1, d*s, h*s, w*s)."""
+        (B, 4, d, h, w), region maps (B, 3, d, h, w) or None -> logits at the crop's resolution
+        (B, 1, d*s, h*s, w*s)."""
         dtype = low_res_logits.dtype
         size = tuple(n * self.stride for n in low_res_logits.shape[2:])
         coarse = F.interpolate(low_res_logits, size=size, mode="trilinear", align_corners=False)
         x = torch.cat([image_features.to(dtype), low_res_logits, prompt_maps.to(dtype)], dim=1)
-        return coarse + depth_to_space(self.prompt_net(x), 1, self.stride)
+        x = self.prompt_net[0](x)
+        if region_maps is not None:
+            x = x + self.region_input(region_maps.to(dtype))
+        return coarse + depth_to_space(self.prompt_net[1:](x), 1, self.stride)
