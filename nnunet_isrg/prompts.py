@@ -26,6 +26,9 @@ AXES = "zyx"
 #: :data:`PROMPT_KINDS_KEY` (one without the entry was trained with clicks only)
 PROMPT_KINDS = ("clicks", "boxes", "scribbles", "lassos")
 PROMPT_KINDS_KEY = "isrg_prompt_kinds"
+#: a scribble is sampled every half voxel; longer strokes than this many samples are refused (a
+#: request of a few KB must not allocate gigabytes)
+MAX_SCRIBBLE_SAMPLES = 2_000_000
 
 
 class PromptError(ValueError):
@@ -104,9 +107,12 @@ def scribble_voxels(points: Sequence[Sequence[float]], shape: Sequence[int]) -> 
     pts = np.asarray(points, dtype=float)
     if pts.ndim != 2 or pts.shape[1] != 3 or not len(pts) or not np.isfinite(pts).all():
         raise PromptError(f"a scribble needs a list of finite (z, y, x) points, got {points!r}")
+    steps = [max(int(np.ceil(2 * np.abs(b - a).max())), 1) for a, b in zip(pts[:-1], pts[1:])]  # every half voxel
+    if sum(steps) > MAX_SCRIBBLE_SAMPLES:
+        raise PromptError(f"the scribble is {sum(steps) // 2} voxels long; at most {MAX_SCRIBBLE_SAMPLES // 2} are "
+                          f"taken")
     samples = [pts[:1]]
-    for a, b in zip(pts[:-1], pts[1:]):
-        n = max(int(np.ceil(2 * np.abs(b - a).max())), 1)          # every half voxel along the segment
+    for (a, b), n in zip(zip(pts[:-1], pts[1:]), steps):
         samples.append(a + (b - a) * (np.arange(1, n + 1)[:, None] / n))
     vox = np.rint(np.concatenate(samples)).astype(int)
     inside = np.all((vox >= 0) & (vox < np.asarray(shape)), axis=1)

@@ -87,12 +87,18 @@ def _stats(values: list[float]) -> dict:
     return {"n": len(v), "median": statistics.median(v), "p95": v[min(len(v) - 1, int(round(0.95 * (len(v) - 1))))]}
 
 
+def model_fold(folder: Path) -> int | str:
+    """The fold a model folder is measured with: 0, else ``all`` (a model trained on every case, as
+    ``scripts/train_realdata_model.py`` makes)."""
+    return 0 if (Path(folder) / "fold_0" / "checkpoint_final.pth").is_file() else "all"
+
+
 def default_models() -> list[Path]:
-    """The phantom model, and the first trained sarcoma model (fold 0), when they exist."""
+    """The phantom model, and the first trained sarcoma model (fold 0 or all), when they exist."""
     found = [PHANTOM_MODEL] if (PHANTOM_MODEL / "fold_0" / "checkpoint_final.pth").is_file() else []
     if SARCOMA_RESULTS.is_dir():
         found += sorted(f for f in SARCOMA_RESULTS.iterdir() if f.name.startswith("ISRG")
-                        and (f / "fold_0" / "checkpoint_final.pth").is_file())[:1]
+                        and any((f / d / "checkpoint_final.pth").is_file() for d in ("fold_0", "fold_all")))[:1]
     return found
 
 
@@ -200,7 +206,7 @@ def child_sarcomas(args) -> dict:
     ideal = model == IDEAL
     if ideal:
         model = oracle_model(Path(args.model_folder), IDEAL_SPACING_ZYX, IDEAL_BAND_HU)
-    session = session_module.ISRGSession(model, folds=(0,))
+    session = session_module.ISRGSession(model, folds=(model_fold(model),) if not ideal else (0,))
     probe = RegionProbe(session_module, session)
     cases = sorted(p for p in SARCOMAS.iterdir() if (p / "CT_image.nii.gz").is_file())[:args.cases or None]
     t = time.perf_counter()

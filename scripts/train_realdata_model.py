@@ -64,7 +64,7 @@ def check_model(folder: Path, raw: Path) -> dict:
     label_file = sorted((raw / "labelsTr").glob("*.nii.gz"))[0]
     case = label_file.name[: -len(".nii.gz")]
     image_file = raw / "imagesTr" / f"{case}_0000.nii.gz"
-    truth = largest_lesion_component(sitk.GetArrayFromImage(sitk.ReadImage(str(label_file))) > 0)
+    truth, _ = largest_lesion_component(sitk.GetArrayFromImage(sitk.ReadImage(str(label_file))), (1,))
     deepest = np.unravel_index(np.argmax(distance_transform_edt(truth)), truth.shape)
     t0 = time.time()
     session = ISRGSession(folder, folds=("all",))
@@ -73,9 +73,12 @@ def check_model(folder: Path, raw: Path) -> dict:
     seconds = time.time() - t0
     mask = state.mask
     dice = 2 * float((mask & truth).sum()) / max(float(mask.sum() + truth.sum()), 1.0)
-    report = render_text(state.report) if mask.any() else "(empty mask: no report)"
+    report = state.report if mask.any() else None
     return {"case": case, "click_zyx": [int(v) for v in deepest], "dice": round(dice, 4),
-            "seconds_to_first_mask": round(seconds, 2), "report": report}
+            "seconds_to_first_mask": round(seconds, 2),
+            "volume_ml": None if report is None else round(report.measurements["volume_ml"], 1),
+            "true_volume_ml": round(float(truth.sum()) * float(np.prod(session.image.GetSpacing())) / 1000, 1),
+            "report": render_text(report) if report is not None else "(empty mask: no report)"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{name}: model in {folder} (all steps {log.total_s() / 60:.0f} min; this run "
           f"{(time.time() - t0) / 60:.0f} min)")
     print(f"check on {check['case']}: one click, Dice {check['dice']:.3f} (a training case: not a measure of "
-          f"quality), first mask in {check['seconds_to_first_mask']:.1f} s\n{check['report']}\n")
+          f"quality), {check['volume_ml']} mL against {check['true_volume_ml']} mL, first mask in "
+          f"{check['seconds_to_first_mask']:.1f} s\n{check['report']}\n")
     print("Use it:")
     print(f"  isrg serve -m {folder} -f all --data {spec.source}")
     print(f"  isrg predict -m {folder} -f all -i IMAGE.nii.gz -c clicks.json -o out/")

@@ -17,9 +17,11 @@ from nnunet_isrg.inference.model_loading import LoadedModel, load_trained_model
 
 class ClickSpheresStandIn(nn.Module):
     """Deterministic stand-in for the network: the mask is every voxel within ``radius`` crop voxels of a
-    positive click and not within ``radius / 2`` of a negative one; fixed attribute probabilities. It
-    makes the session's geometry (regions, crops, paste-back, undo, lesion exclusivity) testable with
-    masks that are known to be non-empty, whatever the debug model learnt in its few iterations."""
+    positive click, inside a box (corner labels 2 and 3: the voxels holding them and all between) or
+    on a positive scribble, and not within ``radius / 2`` of a negative click nor on a negative
+    scribble; fixed attribute probabilities. It makes the session's geometry (regions, crops,
+    paste-back, undo, lesion exclusivity, prompts) testable with masks that are known to be
+    non-empty, whatever the debug model learnt in its few iterations."""
 
     def __init__(self, crop_size, schema, radius: float = 5.5):
         super().__init__()
@@ -32,12 +34,19 @@ class ClickSpheresStandIn(nn.Module):
         self.encodes += 1
         return image
 
-    def decode(self, embedding, points, labels, mask_prompt=None):
+    def decode(self, embedding, points, labels, mask_prompt=None, scribbles=None):
         grid = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in self.crop_size],
                                           indexing="ij"), -1)
         d = torch.cdist(grid.reshape(-1, 3), points[0].float()).reshape(*self.crop_size, -1)
         pos, neg = labels[0] == 1, labels[0] == 0
         inside = (d[..., pos] <= self.radius).any(-1) if pos.any() else torch.zeros(self.crop_size, dtype=torch.bool)
+        if (labels[0] == 2).any() and (labels[0] == 3).any():
+            lo = torch.ceil(points[0][labels[0] == 2][0] - 0.5)
+            hi = torch.floor(points[0][labels[0] == 3][0] + 0.5)
+            inside |= ((grid >= lo) & (grid <= hi)).all(-1)
+        if scribbles is not None:
+            inside |= scribbles[0, 0] > 0
+            inside &= ~(scribbles[0, 1] > 0)
         if neg.any():
             inside &= ~(d[..., neg] <= self.radius / 2).any(-1)
         logits = (inside.float() * 20 - 10)[None, None]
@@ -48,7 +57,8 @@ class ClickSpheresStandIn(nn.Module):
 
 def with_network(loaded: LoadedModel, network: nn.Module) -> LoadedModel:
     return LoadedModel(loaded.folder, loaded.plans_manager, loaded.configuration_manager, loaded.dataset_json,
-                       loaded.schema, network, [0], torch.device("cpu"), loaded.isrg_block)
+                       loaded.schema, network, [0], torch.device("cpu"), loaded.isrg_block,
+                       attribute_support=loaded.attribute_support, prompt_kinds=loaded.prompt_kinds)
 
 
 def stand_in_model(model_folder, radius: float = 5.5) -> LoadedModel:

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nnunet_isrg"
 #: the package's layers, bottom first; a module may import its own layer and the layers below it
 LAYERS: dict[str, int] = {
     # neutral base: schema, clicks, prompt geometry, files, lesion helpers, environment
-    "attributes": 0, "clicks": 0, "prompts": 0, "files": 0, "lesions": 0, "environment": 0,
+    "attributes": 0, "clicks": 0, "prompts": 0, "prompt_sampling": 0, "files": 0, "lesions": 0, "environment": 0,
     "data": 1, "modeling": 1, "report": 1,
     "inference": 2,
     "evaluation": 3,

@@ -285,3 +285,55 @@ def test_a_killed_run_leaves_the_previous_folder_intact(debug_model, two_images,
     assert not list(out.glob(".*"))                                    # ...removed by the next run
     after = _snapshot(folder)
     assert "key_lesion_2.png" in after and len(json.loads(after["report.json"])["lesions"]) == 2
+
+
+def test_prompts_file_with_boxes_scribbles_and_lassos(debug_model, two_images, tmp_path, monkeypatch):
+    """Each prompt of the file becomes the session call of its kind, in order: the mask equals the
+    session's for the same calls, and the report lists the prompts."""
+    from nnunet_isrg.inference.session import ISRGSession
+    import nnunet_isrg.inference.session as session_module
+
+    real = session_module.load_trained_model
+
+    def load(*args, **kwargs):
+        m = real(*args, **kwargs)
+        m.network = ClickSpheresStandIn(m.crop_size, m.schema)
+        m.prompt_kinds = ("clicks", "boxes", "scribbles", "lassos")
+        return m
+
+    monkeypatch.setattr(session_module, "load_trained_model", load)
+    prompts = [{"kind": "box", "corners": [[20, 18, 18], [26, 28, 30]]},
+               {"kind": "click", "point": [23, 22, 24], "positive": False},
+               {"kind": "scribble", "points": [[23, 30, 20], [23, 30, 28]]},
+               {"kind": "lasso", "slice_axis": "z", "slice_index": 22, "polygon": [[19, 19], [19, 23], [23, 23]],
+                "positive": False}]
+    cfile = tmp_path / "prompts.json"
+    cfile.write_text(json.dumps({"space": "voxel", "lesions": [{"prompts": prompts}]}))
+    out = tmp_path / "out"
+    run_predict_from_args(_args(["-i", str(two_images[0]), "-m", str(debug_model), "-c", str(cfile), "-o", str(out)]))
+    s = ISRGSession(debug_model)
+    s.set_image(str(two_images[0]))
+    s.add_box([20, 18, 18], [26, 28, 30])
+    s.add_click([23, 22, 24], positive=False)
+    s.add_scribble([[23, 30, 20], [23, 30, 28]])
+    expected = s.add_lasso("z", 22, [[19, 19], [19, 23], [23, 23]], positive=False).mask
+    folder = out / image_name(two_images[0])
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "mask.nii.gz"))) == 1, expected)
+    doc = json.loads((folder / "report.json").read_text())
+    assert [p["kind"] for p in doc["lesions"][0]["prompts"]] == ["box", "scribble", "lasso"]
+    assert len(doc["lesions"][0]["clicks"]) == 1
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ({"kind": "circle"}, r"prompts\[0\]: \"kind\" must be one of \['click', 'box', 'scribble', 'lasso'\]"),
+    ({"kind": "box", "corners": [[1, 2, 3]]}, r"\"corners\" must be two points of three numbers"),
+    ({"kind": "scribble", "points": []}, r"\"points\" must be a non-empty list"),
+    ({"kind": "lasso", "slice_axis": "w", "slice_index": 1, "polygon": [[1, 1], [1, 2], [2, 2]]},
+     r"a lasso needs \"slice_axis\" \(z, y or x\)"),
+    ({"kind": "click", "point": [1, 2, 3], "positive": "yes"}, r"\"positive\" must be true or false"),
+])
+def test_prompts_file_errors_name_the_prompt(tmp_path, prompt, message):
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"lesions": [{"prompts": [prompt]}]}))
+    with pytest.raises(ClicksFileError, match=message):
+        load_clicks(f, ["a.nii.gz"])

@@ -88,3 +88,71 @@ def test_lasso_fills_the_polygon_on_its_slice_only():
         lasso_mask(0, 9, [(1, 1), (1, 4), (4, 4)], shape)
     with pytest.raises(PromptError, match="at least three"):
         lasso_mask(0, 1, [(1, 1), (1, 4)], shape)
+
+
+# ----------------------------------------------------------------------------------------------- training
+def _balls(shape=(24, 24, 24)):
+    """Two targets; predictions that miss a part of the first (FN) and add a blob beside the second (FP)."""
+    import torch
+
+    zz, yy, xx = np.indices(shape)
+    ball = lambda c, r: (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= r * r  # noqa: E731
+    target = np.stack([ball((12, 12, 12), 7), ball((8, 10, 12), 4)])[:, None]
+    pred = target.copy()
+    pred[0, 0, 12:] = False                                     # the lower half of target 0 missed
+    pred[1, 0] |= ball((18, 18, 18), 3)                         # a false blob beside target 1
+    return torch.from_numpy(pred), torch.from_numpy(target)
+
+
+def test_training_boxes_hold_the_target_within_the_challenge_jitter():
+    import torch
+
+    from nnunet_isrg.prompt_sampling import sample_box_prompts
+
+    _, target = _balls()
+    target = torch.cat([target, torch.zeros_like(target[:1])])            # a third sample without lesion
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        points, labels = sample_box_prompts(target, g)
+        assert points.shape == (3, 2, 3) and labels.tolist()[:2] == [[2, 3], [2, 3]] and labels[2].tolist() == [-1, -1]
+        for b in range(2):
+            tight = bounding_box(target[b, 0].numpy())
+            lo, hi = points[b, 0].numpy(), points[b, 1].numpy()
+            extent = np.asarray(tight.hi) - np.asarray(tight.lo) + 1
+            limit = np.minimum(np.floor(0.1 * extent), 5)
+            assert np.all(lo <= tight.lo) and np.all(hi >= tight.hi)
+            assert np.all(tight.lo - lo <= limit) and np.all(hi - tight.hi <= limit)
+    again = sample_box_prompts(target, torch.Generator().manual_seed(0))
+    first = sample_box_prompts(target, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], first[0])                                 # seeded: reproducible
+
+
+def test_training_scribbles_and_lassos_lie_inside_one_error_region():
+    import torch
+    from scipy import ndimage
+
+    from nnunet_isrg.prompt_sampling import simulate_correction_lasso, simulate_correction_scribble
+
+    pred, target = _balls()
+    fn, fp = (target & ~pred).numpy()[:, 0], (pred & ~target).numpy()[:, 0]
+    g = torch.Generator().manual_seed(1)
+    for simulate in (simulate_correction_scribble, simulate_correction_lasso):
+        for _ in range(10):
+            strokes = simulate(pred, target, g).bool().numpy()
+            assert strokes.shape == (2, 2, 24, 24, 24)
+            # sample 0 only misses voxels: a positive stroke inside the false negatives
+            assert strokes[0, 0].any() and not strokes[0, 1].any() and not (strokes[0, 0] & ~fn[0]).any()
+            # sample 1 only has a false blob: a negative stroke inside it
+            assert strokes[1, 1].any() and not strokes[1, 0].any() and not (strokes[1, 1] & ~fp[1]).any()
+            if simulate is simulate_correction_lasso:   # on one slice of one axis
+                assert any((strokes[0, 0].any(axis=tuple(a for a in range(3) if a != k)).sum() == 1)
+                           for k in range(3))
+            assert ndimage.label(fn[0])[1] == 1
+    perfect = simulate_correction_scribble(target, target, g)
+    assert not perfect.any()                                               # no error: no stroke
+
+
+def test_a_scribble_too_long_to_rasterise_is_refused_before_it_is_drawn():
+    corners = [(0, 0, 0), (511, 511, 511)] * 3000                 # a few KB of points, 3 million voxels long
+    with pytest.raises(PromptError, match=r"the scribble is \d+ voxels long; at most 1000000 are taken"):
+        scribble_voxels(corners, (512, 512, 512))

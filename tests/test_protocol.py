@@ -176,3 +176,31 @@ def test_model_without_attributes_is_counted_not_scored():
     sh = s["attributes"]["per_attribute"]["shape"]
     assert sh["n"] == 0 and sh["n_without_prediction"] == 1 and sh["accuracy"] is None
     assert s["attributes"]["mean_accuracy"] is None
+
+
+def test_cvpr25_protocol_gives_the_box_first_then_clicks_against_hand_computed_figures():
+    """The challenge's protocol on a hand-made example: a 4 x 4 x 4 cube lesion; the box prediction
+    is the whole box (over-segmented by a 1-voxel shell on two faces), the first click's prediction the
+    cube itself. Dice by hand: box 2*64/(64+100) = 0.7805, then 1.0; AUC over the 6 interactions."""
+    gt = np.zeros((10, 10, 10), bool)
+    gt[2:6, 2:6, 2:6] = True
+    over = np.zeros_like(gt)
+    over[2:6, 2:7, 2:7] = True                       # 4 x 5 x 5 = 100 voxels
+    calls = []
+
+    def predict(clicks, box=None):
+        calls.append((list(clicks), box))
+        return (over if not clicks else gt), None
+
+    r = run_interactive_protocol(predict, gt, (1.0, 1.0, 1.0), n_clicks=5, first_prompt="box")
+    assert r.box == [[2, 2, 2], [5, 5, 5]] and r.first_prompt == "box"
+    assert calls[0] == ([], ((2, 2, 2), (5, 5, 5)))           # interaction 1: the box alone
+    # the error is the shell in y and x beyond the cube: a negative click inside it, with the box
+    (point, positive), = calls[1][0]
+    assert not positive and over[point] and not gt[point] and calls[1][1] == ((2, 2, 2), (5, 5, 5))
+    assert r.dice == pytest.approx([128 / 164, 1, 1, 1, 1, 1]) and len(r.nsd) == 6
+    assert r.n_clicks_used == 1 and len(calls) == 2             # perfect after the first click
+    assert r.auc["dice"] == pytest.approx((128 / 164 / 2 + 1 / 2 + 4) / 5)
+    assert r.noc["85"] == {"clicks": 2, "failed": False}        # 2 interactions: the box and one click
+    with pytest.raises(ValueError, match=r"first_prompt must be one of \('click', 'box'\)"):
+        run_interactive_protocol(predict, gt, (1.0, 1.0, 1.0), first_prompt="lasso")

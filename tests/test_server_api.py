@@ -432,3 +432,33 @@ def test_serve_refuses_exposed_host_without_token(capsys, debug_model):
     args.token = None  # independent of an ISRG_TOKEN in the environment
     assert run_serve_from_args(args) == 2
     assert "refusing to bind to 0.0.0.0 without a token" in capsys.readouterr().err
+
+
+def test_boxes_scribbles_and_lassos_through_the_api(client, cases):
+    """POST /sessions/{sid}/prompts takes the three kinds (a discriminated body), the lesion lists them,
+    undo takes the last back, and a malformed prompt is a 422 naming the field."""
+    case = cases[0]
+    sid = _open(client, case["rel"])
+    z, y, x = case["point"]
+    r = client.post(f"/sessions/{sid}/prompts", json={"kind": "box", "corners": [[z - 3, y - 4, x - 4],
+                                                                                  [z + 3, y + 4, x + 4]]})
+    assert r.status_code == 200, r.text
+    lesion = r.json()["lesion"]
+    assert lesion["prompts"][0]["kind"] == "box" and lesion["n_voxels"] >= 7 * 9 * 9
+    r = client.post(f"/sessions/{sid}/prompts", json={"kind": "scribble", "points": [[z, y, x - 8], [z, y, x + 8]],
+                                                      "positive": False})
+    assert r.status_code == 200, r.text
+    r = client.post(f"/sessions/{sid}/prompts", json={"kind": "lasso", "slice_axis": "z", "slice_index": z,
+                                                      "polygon": [[y - 2, x - 2], [y - 2, x + 2], [y + 2, x + 2]]})
+    assert r.status_code == 200
+    assert [p["kind"] for p in r.json()["lesion"]["prompts"]] == ["box", "scribble", "lasso"]
+    undone = client.post(f"/sessions/{sid}/undo").json()["lesion"]
+    assert [p["kind"] for p in undone["prompts"]] == ["box", "scribble"]
+    for body, field in [({"kind": "box", "corners": [[1, 2, 3]]}, "corners"),
+                        ({"kind": "lasso", "slice_axis": "w", "slice_index": 1, "polygon": [[1, 1]] * 3}, "slice_axis"),
+                        ({"kind": "circle"}, "kind")]:
+        r = client.post(f"/sessions/{sid}/prompts", json=body)
+        assert r.status_code == 422 and field in r.text, r.text
+    r = client.post(f"/sessions/{sid}/prompts", json={"kind": "lasso", "slice_axis": "z", "slice_index": 999,
+                                                      "polygon": [[1, 1], [1, 3], [3, 3]]})
+    assert r.status_code == 422 and "lasso slice 999 is outside axis z" in r.json()["detail"]

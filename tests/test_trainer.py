@@ -54,6 +54,16 @@ def test_debug_training_writes_nnunet_and_interactive_outputs(debug_model):
     assert abs(nnunet_summary["foreground_mean"]["Dice"] - summary["mean_per_click"]["dice"][-1]) < 0.05
     log = (debug_model / "train_stdout.txt").read_text()
     assert "seg loss" in log and "attribute loss" in log
+    # trained with the prompt mix, stated, drawn, and recorded in the checkpoint
+    assert "Prompt mix: first prompt a box (ground truth, CVPR 2025 jitter) in 50% of iterations" in log
+    import re
+    lines = re.findall(r"prompts this epoch: (\d+) clicks, (\d+) boxes, (\d+) scribbles, (\d+) lassos", log)
+    assert len(lines) == 2                                     # one per epoch
+    for counts in lines:                                       # a first prompt per iteration, and corrections
+        assert sum(map(int, counts)) >= 2
+    from nnunet_isrg.inference.model_loading import load_trained_model
+
+    assert load_trained_model(debug_model, folds=(0,)).prompt_kinds == ("clicks", "boxes", "scribbles", "lassos")
     # a small CPU augments in the training process and gives torch every core
     import re
     threads, workers, cores = map(int, re.search(r"CPU training: (\d+) torch thread\(s\) beside (\d+) "

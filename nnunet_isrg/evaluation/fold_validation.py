@@ -57,20 +57,22 @@ def protocol_with_network(network: torch.nn.Module, schema: Schema, volume: torc
                           case_id: str | None = None, lesion_type: str | None = None,
                           device: torch.device | str = "cpu", keep_final_mask: bool = True,
                           untrained_attributes: Sequence[str] = (),
-                          on_prediction: Callable[[LesionPrediction], None] | None = None) -> tuple[CaseResult, int]:
+                          on_prediction: Callable[[LesionPrediction], None] | None = None,
+                          first_prompt: str = "click") -> tuple[CaseResult, int]:
     """The click protocol on one lesion with an ISRG network through :class:`LesionPredictor`, the
     predictor of the interactive session (zooming out for a lesion larger than the crop).
 
     ``volume``: (C, z, y, x) preprocessed image; ``gt``: bool mask of the target lesion on that grid;
     ``untrained_attributes``: attributes the network never had a label for, neither predicted nor
-    scored; ``on_prediction``: called with every prediction (its zoom, field of view, truncation).
+    scored; ``on_prediction``: called with every prediction (its zoom, field of view, truncation);
+    ``first_prompt``: "box" runs the CVPR 2025 protocol (the lesion's box, then clicks).
     Returns the case result and the number of image encodings the predictor needed.
     """
     predictor = LesionPredictor(network, schema, volume, device=device, untrained_attributes=untrained_attributes)
     attribute_truth = {a: v for a, v in (attribute_truth or {}).items() if a not in set(untrained_attributes)}
 
-    def predict_fn(clicks):
-        p = predictor.predict(clicks)  # continues from the previous click's mask prompts
+    def predict_fn(clicks, box=None):
+        p = predictor.predict(clicks, box=box)  # continues from the previous interaction's mask prompts
         if on_prediction is not None:
             on_prediction(p)
         return p.mask, p.attribute_probs
@@ -78,7 +80,8 @@ def protocol_with_network(network: torch.nn.Module, schema: Schema, volume: torc
     with torch.no_grad():
         result = run_interactive_protocol(predict_fn, gt, spacing_zyx, n_clicks=n_clicks,
                                           attribute_truth=attribute_truth or None, case_id=case_id,
-                                          lesion_type=lesion_type, keep_final_mask=keep_final_mask)
+                                          lesion_type=lesion_type, keep_final_mask=keep_final_mask,
+                                          first_prompt=first_prompt)
     return result, predictor.encode_calls
 
 

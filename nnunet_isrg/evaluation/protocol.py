@@ -11,6 +11,13 @@ missed, negative if over-segmented); up to ``n_clicks``. After each click: Dice,
 to click: the protocol stops asking the model and carries that prediction's values forward, so
 every case has a curve of ``n_clicks`` values (``n_clicks_used`` says how many were real).
 
+``first_prompt="box"`` is the CVPR 2025 interactive challenge's protocol: interaction 1 is the
+lesion's tight 3D bounding box (``predict_fn(clicks, box=(lower corner, higher corner))``, both
+corner voxels inside, clicks still empty), then up to ``n_clicks`` clicks, each at the centre of the
+largest error component as above, every call with the box and all clicks so far. The curves then
+have ``n_clicks + 1`` values (the box first); ``auc`` is the area under the Dice curve over all
+interactions and the last value is the final Dice.
+
 :func:`summarise_cases` aggregates cases: mean/std per click, AUC over clicks, NoC@85/90 with
 failure counts, attribute accuracy and confusion matrices, optionally per lesion type. Output is
 JSON-serialisable (NaN written as null).
@@ -35,9 +42,11 @@ from .metrics import auc_over_clicks, noc_at, segmentation_metrics, summarise_va
 
 Click = tuple[tuple[int, int, int], bool]
 AttributeProbs = Mapping[str, Any]  # name -> {class: prob} (or name -> class string)
-PredictFn = Callable[[list[Click]], tuple[np.ndarray, AttributeProbs | None]]
+PredictFn = Callable[..., tuple[np.ndarray, AttributeProbs | None]]   # (clicks[, box=...]) -> mask, probs
 
 METRICS = ("dice", "nsd", "hd95")
+#: the protocols: clicks only (DESIGN.md section 7), or the CVPR 2025 challenge's box then clicks
+FIRST_PROMPTS = ("click", "box")
 NOC_THRESHOLDS = (0.85, 0.90)
 
 
@@ -62,7 +71,8 @@ def _predicted_classes(probs: AttributeProbs | None) -> dict[str, str] | None:
 
 @dataclass
 class CaseResult:
-    """One case under the interactive protocol. Lists have one entry per click (1..n_clicks)."""
+    """One case under the interactive protocol. Lists have one entry per interaction: per click
+    (1..n_clicks), or with ``first_prompt == "box"`` the box and then each click."""
 
     case_id: str | None
     spacing_zyx: list[float]
@@ -81,6 +91,8 @@ class CaseResult:
     attributes_pred_per_click: list[dict | None] = field(default_factory=list)
     attribute_truth: dict[str, str] | None = None
     lesion_type: str | None = None
+    first_prompt: str = "click"
+    box: list | None = None  # [[z, y, x] lower, [z, y, x] higher corner] with first_prompt "box"
     final_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
@@ -114,21 +126,29 @@ class CaseResult:
 def run_interactive_protocol(predict_fn: PredictFn, gt: np.ndarray, spacing_zyx: Sequence[float], n_clicks: int = 5,
                              attribute_truth: Mapping[str, str] | None = None, case_id: str | None = None,
                              nsd_tolerance_mm: float = 2.0, lesion_type: str | None = None,
-                             keep_final_mask: bool = True) -> CaseResult:
+                             keep_final_mask: bool = True, first_prompt: str = "click") -> CaseResult:
     """Runs the deterministic click protocol on one lesion.
 
     ``gt``: 3D bool z,y,x mask of the lesion to segment (one connected lesion; with several
     components the first click goes to the thickest and later clicks chase the others);
     ``spacing_zyx`` in mm (z,y,x order).
     ``attribute_truth``: the case's attribute classes (missing = unknown); a ``lesion_type`` entry in
-    it is used as the case's lesion type unless ``lesion_type`` is given.
+    it is used as the case's lesion type unless ``lesion_type`` is given. ``first_prompt``: "click",
+    or "box" for the CVPR 2025 protocol (see the module docstring).
     """
     gt = np.asarray(gt).astype(bool, copy=False)
     if not 1 <= int(n_clicks):
         raise ValueError(f"n_clicks must be >= 1, got {n_clicks}")
+    if first_prompt not in FIRST_PROMPTS:
+        raise ValueError(f"first_prompt must be one of {FIRST_PROMPTS}, got {first_prompt!r}")
     name = case_id or "case"
     if not gt.any():
         raise ValueError(f"{name}: the ground-truth mask is empty; the interactive protocol needs a lesion")
+    box = None
+    if first_prompt == "box":
+        idx = np.argwhere(gt)
+        box = (tuple(int(v) for v in idx.min(0)), tuple(int(v) for v in idx.max(0)))
+    call = (lambda c: predict_fn(c)) if box is None else (lambda c: predict_fn(c, box=box))
     clicks: list[Click] = []
     per_click: dict[str, list] = {m: [] for m in METRICS}
     pred_empty: list[bool] = []
@@ -136,15 +156,16 @@ def run_interactive_protocol(predict_fn: PredictFn, gt: np.ndarray, spacing_zyx:
     last_probs = None
     pred = None
     next_click = (first_click_deterministic(gt, spacing_zyx), True)
-    for _ in range(int(n_clicks)):
+    for k in range(int(n_clicks) + (box is not None)):
         if next_click is None:  # perfect: no error left to click, carry the last values forward
             for m in METRICS:
                 per_click[m].append(per_click[m][-1])
             pred_empty.append(pred_empty[-1])
             attrs_per_click.append(attrs_per_click[-1])
             continue
-        clicks.append(next_click)
-        out = predict_fn(list(clicks))
+        if box is None or k > 0:   # with a box, the first interaction is the box alone
+            clicks.append(next_click)
+        out = call(list(clicks))
         if not (isinstance(out, tuple) and len(out) == 2):
             raise ValueError(f"{name}: predict_fn must return (pred_mask, attribute_probs or None), got {type(out).__name__}")
         pred, last_probs = np.asarray(out[0]), out[1]
@@ -163,7 +184,7 @@ def run_interactive_protocol(predict_fn: PredictFn, gt: np.ndarray, spacing_zyx:
         lesion_type = truth.get("lesion_type")
     nocs = {}
     for t in NOC_THRESHOLDS:
-        r = noc_at(per_click["dice"], t, int(n_clicks))
+        r = noc_at(per_click["dice"], t, len(per_click["dice"]))
         nocs[_noc_key(t)] = {"clicks": r.clicks, "failed": r.failed}
     probs = None
     if last_probs is not None:
@@ -175,7 +196,8 @@ def run_interactive_protocol(predict_fn: PredictFn, gt: np.ndarray, spacing_zyx:
         dice=per_click["dice"], nsd=per_click["nsd"], hd95=per_click["hd95"], pred_empty=pred_empty,
         auc={k: auc_over_clicks(v) for k, v in per_click.items()}, noc=nocs, nsd_tolerance_mm=float(nsd_tolerance_mm),
         attributes_pred=attrs_per_click[-1], attributes_prob=probs, attributes_pred_per_click=attrs_per_click,
-        attribute_truth=truth, lesion_type=lesion_type, final_mask=pred if keep_final_mask else None,
+        attribute_truth=truth, lesion_type=lesion_type, first_prompt=first_prompt,
+        box=None if box is None else [list(box[0]), list(box[1])], final_mask=pred if keep_final_mask else None,
     )
 
 

@@ -44,6 +44,8 @@ from nnunet_isrg.inference.tile_refinement import LogitCanvas, border_tiles, mas
 from nnunet_isrg.inference.views import DEFAULT_ZOOM_FACTORS, BoxT, View, centred_bbox
 
 Click = tuple[Sequence[float], bool]  # ((z, y, x) voxel of the preprocessed volume, positive?)
+Stroke = tuple[np.ndarray, bool]       # ((M, 3) voxels (z, y, x) of the preprocessed volume, positive?)
+BOX_LOW, BOX_HIGH = 2, 3               # the network's point labels of a box's corners
 CONTINUE = "continue"
 #: full-resolution refinement crops per prediction at most: every cell of a lesion up to twice the
 #: crop (8) and most of one up to three times it; about 1.6 s of encoding for the ``tiny`` preset
@@ -160,26 +162,34 @@ class LesionPredictor:
         self._last_state = None
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, clicks: Sequence[Click], state: Union[PromptState, None, Literal["continue"]] = CONTINUE
+    def predict(self, clicks: Sequence[Click], state: Union[PromptState, None, Literal["continue"]] = CONTINUE,
+                box: tuple[Sequence[float], Sequence[float]] | None = None, strokes: Sequence[Stroke] = ()
                 ) -> LesionPrediction:
-        """The lesion given all its clicks so far (the first click places the crop).
+        """The lesion given all its prompts so far: clicks, a 3D box (its lower and higher corner) and
+        strokes (scribbles and lassos as voxels). The first click places the crop (without clicks:
+        the box's centre, else the first stroke's first voxel).
 
-        ``state``: the ``state`` of the lesion's previous prediction, None for its first click, or
+        ``state``: the ``state`` of the lesion's previous prediction, None for its first prompt, or
         ``"continue"`` (default) for this predictor's last prediction (None after :meth:`reset`).
         """
-        if not clicks:
-            raise ValueError("predict needs at least one click")
+        if not clicks and box is None and not strokes:
+            raise ValueError("predict needs at least one prompt (a click, a box or a stroke)")
         prompts = (self._last_state if state == CONTINUE else state) or PromptState()
         points = np.array([c[0] for c in clicks], dtype=float).reshape(-1, 3)
-        positive = np.array([bool(c[1]) for c in clicks])
+        labels = np.array([int(bool(c[1])) for c in clicks], dtype=np.int64)
+        if box is not None:
+            corners = np.sort(np.asarray(box, dtype=float).reshape(2, 3), axis=0)
+            points, labels = np.concatenate([points, corners]), np.concatenate([labels, [BOX_LOW, BOX_HIGH]])
+        strokes = [(np.asarray(v, dtype=float).reshape(-1, 3), bool(p)) for v, p in strokes]
+        anchor = points[0] if len(clicks) else (points[-2:].mean(0) if box is not None else strokes[0][0][0])
         encodes_before = self.encode_calls
-        home = View.around(points[0], self.crop_size, self.shape)
-        ladder, part, truncated = self._zoom_ladder(home, points, positive, prompts)
+        home = View.around(anchor, self.crop_size, self.shape)
+        ladder, part, truncated = self._zoom_ladder(home, points, labels, strokes, prompts)
         view, out = ladder[-1]
         if view is home:
             canvas, tiles = LogitCanvas([home.box], self.shape), []
         else:
-            canvas, tiles = self._refine(view, out, part, home, ladder[0][1], points, positive)
+            canvas, tiles = self._refine(view, out, part, home, ladder[0][1], points, labels, strokes)
         canvas.paste(home.box, ladder[0][1]["mask_logits"][0, 0].float().cpu())
         self._last_state = PromptState({v: o["low_res_logits"] for v, o in ladder})
         return LesionPrediction(
@@ -189,23 +199,23 @@ class LesionPredictor:
             field_of_view=[list(b) for b in view.box], tiles=[[list(b) for b in t] for t in tiles],
             truncated_faces=truncated, state=self._last_state)
 
-    def _zoom_ladder(self, home: View, points: np.ndarray, positive: np.ndarray, prompts: PromptState
-                     ) -> tuple[list[tuple[View, dict[str, Any]]], np.ndarray, list[str]]:
+    def _zoom_ladder(self, home: View, points: np.ndarray, labels: np.ndarray, strokes: Sequence[Stroke],
+                     prompts: PromptState) -> tuple[list[tuple[View, dict[str, Any]]], np.ndarray, list[str]]:
         """The views predicted for this click, the crop at the clicks first, each next one zoomed out
-        while the lesion leaves the last one (or a click lies outside it); with the lesion in the last
-        view and the faces of that view it goes on beyond."""
+        while the lesion leaves the last one (or a click or box corner lies outside it); with the
+        lesion in the last view and the faces of that view it goes on beyond."""
         view = home
-        ladder = [(home, self._decode(home, points, positive, prompts.get(home)))]
-        part, faces = self._lesion_in(home, ladder[-1][1], points, positive)
+        ladder = [(home, self._decode(home, points, labels, strokes, prompts.get(home)))]
+        part, faces = self._lesion_in(home, ladder[-1][1], points, labels)
         for factor in self.zoom_factors:
             if not faces and view.contains(points):
                 break
             view = View.around(self._lesion_centre(view, part, points), self.crop_size, self.shape, factor)
-            ladder.append((view, self._decode(view, points, positive, prompts.get(view))))
-            part, faces = self._lesion_in(view, ladder[-1][1], points, positive, always=True)
+            ladder.append((view, self._decode(view, points, labels, strokes, prompts.get(view))))
+            part, faces = self._lesion_in(view, ladder[-1][1], points, labels, always=True)
         return ladder, part, faces
 
-    def _lesion_in(self, view: View, out: dict, points: np.ndarray, positive: np.ndarray, always: bool = False
+    def _lesion_in(self, view: View, out: dict, points: np.ndarray, labels: np.ndarray, always: bool = False
                    ) -> tuple[np.ndarray, list[str]]:
         """The lesion in a view's mask (:func:`lesion_part`) and the faces of the view it reaches that are
         not the volume's border. Unless ``always``, the mask itself when it reaches none (the common
@@ -214,7 +224,7 @@ class LesionPredictor:
         faces = view.cut_faces(mask, self.shape)
         if not faces and not always:
             return mask.numpy(), faces
-        part = lesion_part(mask, view.to_view(points), positive)
+        part = lesion_part(mask, view.to_view(points), labels == 1)
         return part, view.cut_faces(torch.from_numpy(part), self.shape)
 
     def _lesion_centre(self, view: View, part: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -227,7 +237,7 @@ class LesionPredictor:
         return np.round((lo + hi) / 2 / self._centre_step) * self._centre_step
 
     def _refine(self, view: View, out: dict, part: np.ndarray, home: View, home_out: dict, points: np.ndarray,
-                positive: np.ndarray) -> tuple[LogitCanvas, list[BoxT]]:
+                labels: np.ndarray, strokes: Sequence[Stroke]) -> tuple[LogitCanvas, list[BoxT]]:
         """The zoomed view's logits at full resolution, re-predicted in the crops along the lesion's border."""
         tiles = [t for t in border_tiles(part, view, self.crop_size, self.shape, snap=self._centre_step)
                  if not _inside(t, home.box)][:self.max_tiles]  # the crop at the clicks is predicted anyway
@@ -238,22 +248,34 @@ class LesionPredictor:
         for box in tiles:  # all prompted from the coarse mask, so the order of the tiles does not matter
             tile = View(box, self.crop_size)
             prompt = mask_prompt_from(canvas.read(box), low_res)
-            refined.append((box, self._decode(tile, points, positive, prompt)["mask_logits"][0, 0].float().cpu()))
+            refined.append((box, self._decode(tile, points, labels, strokes, prompt)["mask_logits"][0, 0].float().cpu()))
         for box, logits in refined:
             canvas.paste(box, logits, within=view.box)
         return canvas, tiles
 
     @torch.no_grad()
-    def _decode(self, view: View, points: np.ndarray, positive: np.ndarray, mask_prompt: torch.Tensor | None
-                ) -> dict[str, Any]:
-        """The network on one view: cached embedding, clicks in view coordinates (clamped to the view,
-        which keeps their direction: a click beyond a face pulls the mask there)."""
+    def _decode(self, view: View, points: np.ndarray, labels: np.ndarray, strokes: Sequence[Stroke],
+                mask_prompt: torch.Tensor | None) -> dict[str, Any]:
+        """The network on one view: cached embedding, clicks and box corners in view coordinates
+        (clamped to the view, which keeps their direction: a click beyond a face pulls the mask there,
+        a box larger than the view covers it on that axis), strokes as the view's voxels they cross."""
         embedding = self.cache.get(view, lambda: self._view_image(view)[None].to(self.device))
         pts = np.clip(view.to_view(points), 0, np.asarray(self.crop_size) - 1).astype(np.float32)
         pts_t = torch.from_numpy(pts)[None].to(self.device)
-        labels = torch.from_numpy(positive.astype(np.int64))[None].to(self.device)
+        labels_t = torch.from_numpy(labels.astype(np.int64))[None].to(self.device)
         prompt = mask_prompt.to(self.device) if mask_prompt is not None else None
-        return self.model.decode(embedding, pts_t, labels, prompt)
+        if not strokes:
+            return self.model.decode(embedding, pts_t, labels_t, prompt)
+        return self.model.decode(embedding, pts_t, labels_t, prompt, self._stroke_maps(view, strokes))
+
+    def _stroke_maps(self, view: View, strokes: Sequence[Stroke]) -> torch.Tensor:
+        """(1, 2, *crop) positive / negative voxels of the view that the strokes cross."""
+        maps = np.zeros((1, 2, *self.crop_size), dtype=np.float32)
+        for voxels, positive in strokes:
+            idx = np.rint(view.to_view(voxels)).astype(int)
+            idx = idx[np.all((idx >= 0) & (idx < np.asarray(self.crop_size)), axis=1)]
+            maps[(0, 0 if positive else 1, *idx.T)] = 1
+        return torch.from_numpy(maps).to(self.device)
 
     def _view_image(self, view: View) -> torch.Tensor:
         """(C, *crop_size) image of a view: the crop itself, or its box averaged down."""

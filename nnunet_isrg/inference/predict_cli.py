@@ -10,7 +10,16 @@
      "lesions": [{"clicks": [{"point": [40, 120, 98], "positive": true},
                              {"point": [44, 120, 98], "positive": false}],
                   "attributes": {"density": "Hypodense"}},        # optional reader overrides
+                 {"prompts": [                                    # any prompts, applied in this order
+                     {"kind": "box", "corners": [[30, 100, 80], [52, 140, 118]]},
+                     {"kind": "click", "point": [41, 120, 99], "positive": false},
+                     {"kind": "scribble", "points": [[40, 118, 90], [40, 122, 104]], "positive": true},
+                     {"kind": "lasso", "slice_axis": "z", "slice_index": 40,
+                      "polygon": [[110, 85], [110, 110], [135, 110]], "positive": false}]},
                  ...]}
+
+A lesion's ``clicks`` (if any) come first, then its ``prompts``. Box corners and scribble points are
+in ``space``; a lasso's polygon is in voxels of its slice, in the order of the two other axes.
 
 or, for several images, a mapping from image name (file or folder name, with or without
 ``.nii.gz``, or the path as given) to such an object. Per image, into ``OUT_DIR/<name>/``:
@@ -71,18 +80,48 @@ def _check_spec(spec: Any, where: str) -> dict:
         raise ClicksFileError(f"{where}: \"lesions\" must be a non-empty list")
     for i, lesion in enumerate(lesions):
         w = f"{where}: lesions[{i}]"
-        clicks = lesion.get("clicks") if isinstance(lesion, Mapping) else None
-        if not isinstance(clicks, list) or not clicks:
-            raise ClicksFileError(f"{w} needs a non-empty \"clicks\" list")
+        clicks = lesion.get("clicks", []) if isinstance(lesion, Mapping) else None
+        prompts = lesion.get("prompts", []) if isinstance(lesion, Mapping) else None
+        if not isinstance(clicks, list) or not isinstance(prompts, list) or not (clicks or prompts):
+            raise ClicksFileError(f"{w} needs a non-empty \"clicks\" or \"prompts\" list")
         for j, c in enumerate(clicks):
-            pt = c.get("point") if isinstance(c, Mapping) else None
-            if not isinstance(pt, list) or len(pt) != 3 or not all(isinstance(v, (int, float)) for v in pt):
-                raise ClicksFileError(f"{w}.clicks[{j}]: \"point\" must be three numbers, got {pt!r}")
-            if not isinstance(c.get("positive", True), bool):
-                raise ClicksFileError(f"{w}.clicks[{j}]: \"positive\" must be true or false")
+            _check_prompt({**c, "kind": "click"} if isinstance(c, Mapping) else c, f"{w}.clicks[{j}]")
+        for j, p in enumerate(prompts):
+            _check_prompt(p, f"{w}.prompts[{j}]")
         if not isinstance(lesion.get("attributes", {}), Mapping):
             raise ClicksFileError(f"{w}: \"attributes\" must map attribute -> class")
     return dict(spec)
+
+
+def _numbers(v: Any, n: int | None = None) -> bool:
+    return (isinstance(v, list) and (n is None or len(v) == n)
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v))
+
+
+def _check_prompt(p: Any, w: str) -> None:
+    """One prompt of a clicks file: a click, box, scribble or lasso with its fields (ClicksFileError)."""
+    kind = p.get("kind") if isinstance(p, Mapping) else None
+    if kind not in PROMPT_FIELDS:
+        raise ClicksFileError(f"{w}: \"kind\" must be one of {list(PROMPT_FIELDS)}, got {kind!r}")
+    if not isinstance(p.get("positive", True), bool):
+        raise ClicksFileError(f"{w}: \"positive\" must be true or false")
+    if kind == "click" and not _numbers(p.get("point"), 3):
+        raise ClicksFileError(f"{w}: \"point\" must be three numbers, got {p.get('point')!r}")
+    if kind == "box" and not (isinstance(p.get("corners"), list) and len(p["corners"]) == 2
+                              and all(_numbers(c, 3) for c in p["corners"])):
+        raise ClicksFileError(f"{w}: \"corners\" must be two points of three numbers, got {p.get('corners')!r}")
+    if kind == "scribble" and not (isinstance(p.get("points"), list) and p["points"]
+                                   and all(_numbers(c, 3) for c in p["points"])):
+        raise ClicksFileError(f"{w}: \"points\" must be a non-empty list of three numbers each")
+    if kind == "lasso" and not (p.get("slice_axis") in ("z", "y", "x", 0, 1, 2) and isinstance(p.get("slice_index"), int)
+                                and isinstance(p.get("polygon"), list) and len(p["polygon"]) >= 3
+                                and all(_numbers(c, 2) for c in p["polygon"])):
+        raise ClicksFileError(f"{w}: a lasso needs \"slice_axis\" (z, y or x), an integer \"slice_index\" and a "
+                              f"\"polygon\" of at least three in-plane points")
+
+
+#: the prompts of a clicks file and the session call each becomes (through ``ISRGSession.add_prompt``)
+PROMPT_FIELDS = {"click": "add_click", "box": "add_box", "scribble": "add_scribble", "lasso": "add_lasso"}
 
 
 def load_clicks(path: str | os.PathLike, images: Sequence[str]) -> dict[str, dict]:
@@ -147,13 +186,14 @@ def _run_clicks(session, image: str, spec: Mapping) -> tuple[str, str, list, dic
     empty, truncated = [], {}
     for lesion in spec["lesions"]:
         lid = session.new_lesion()
-        for c in lesion["clicks"]:
-            session.add_click(c["point"], positive=c.get("positive", True), space=space)
+        for p in [{**c, "kind": "click"} for c in lesion.get("clicks", [])] + list(lesion.get("prompts", [])):
+            session.add_prompt(p, space)
         for attr, value in lesion.get("attributes", {}).items():
             session.set_attribute(lid, attr, value)
         if session.state(lid).mask_in_bbox is None:
             # the model found nothing there (or only voxels of earlier lesions): reported, not fatal
-            warnings.warn(f"{image}: lesion {lid} (clicks {lesion['clicks']}) came out empty; it has no report")
+            warnings.warn(f"{image}: lesion {lid} (prompts {lesion.get('clicks', []) + lesion.get('prompts', [])}) "
+                          f"came out empty; it has no report")
             empty.append(lid)
         elif session.state(lid).truncated:
             faces = session.state(lid).truncated_faces

@@ -5,6 +5,9 @@
     state = session.add_click((40, 120, 98))          # voxel (z, y, x) of the ORIGINAL image
     state = session.add_click((41, 130, 98), positive=False)
     session.undo()
+    session.add_box((30, 100, 80), (52, 140, 118))      # a 3D box (corners on one slice: a 2D box)
+    session.add_scribble([(40, 118, 90), (40, 122, 104)], positive=False)
+    session.add_lasso(0, 40, [(110, 85), (110, 110), (135, 110), (135, 85)])   # axial slice 40, (y, x)
     session.new_lesion()
     session.add_click((-12.5, 40.0, 102.0), space="world")   # (x, y, z) mm, LPS, as SimpleITK
     labels = session.label_map()                      # (Z, Y, X) uint16, label = lesion id
@@ -35,7 +38,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Mapping, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -48,6 +51,7 @@ from nnunet_isrg.inference.lesion_predictor import (DEFAULT_MAX_TILES, DEFAULT_Z
 from nnunet_isrg.inference.model_loading import Folds, LoadedModel, load_trained_model
 from nnunet_isrg.inference.preprocessed_volume import ImageVolume
 from nnunet_isrg.inference.region_preprocessing import bounding_box, paste_mask
+from nnunet_isrg.prompts import AXES, Box, PromptError, lasso_mask, scribble_voxels
 from nnunet_isrg.report.dicom_export import read_dicom_series
 from nnunet_isrg.report.structured import build_lesion_report
 
@@ -142,6 +146,31 @@ class SessionClick:
 
 
 @dataclass(frozen=True)
+class SessionBox:
+    """A box: its lower and higher corner (z, y, x), continuous indices of the original image."""
+
+    lo: tuple[float, float, float]
+    hi: tuple[float, float, float]
+
+    def to_dict(self) -> dict:
+        return {"kind": "box", "positive": True, "corners_voxel_zyx": [list(self.lo), list(self.hi)]}
+
+
+@dataclass(frozen=True)
+class SessionStroke:
+    """A scribble or a lasso (or a negative box): ``voxels`` (M, 3) int (z, y, x) of the original
+    image it covers; ``drawn``: what the reader drew (points, or slice and polygon) for the report."""
+
+    kind: str
+    voxels: np.ndarray = field(compare=False, repr=False)
+    positive: bool = True
+    drawn: dict = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "positive": self.positive, **self.drawn, "n_voxels": int(len(self.voxels))}
+
+
+@dataclass(frozen=True)
 class _Outcome:
     """What a lesion's last prediction left: everything a click changes besides the clicks, so that
     keeping it is enough to undo the click."""
@@ -160,6 +189,8 @@ class _Outcome:
 class _Lesion:
     lesion_id: int
     clicks: list = field(default_factory=list)
+    box: SessionBox | None = None
+    strokes: list = field(default_factory=list)    # SessionStroke: scribbles, lassos, negative boxes
     outcome: _Outcome = field(default_factory=_Outcome)
     overrides: dict = field(default_factory=dict)
     history: list = field(default_factory=list)   # (clicks, outcome) before each click or reset, oldest first
@@ -174,16 +205,25 @@ class _Lesion:
     def mask(self) -> np.ndarray | None:
         return self.outcome.mask
 
-    def snapshot(self) -> tuple[list, _Outcome]:
-        return list(self.clicks), self.outcome
+    @property
+    def has_prompts(self) -> bool:
+        return bool(self.clicks or self.box is not None or self.strokes)
+
+    def prompt_dicts(self) -> list[dict]:
+        """The prompts besides clicks, for the report."""
+        return ([self.box.to_dict()] if self.box is not None else []) + [s.to_dict() for s in self.strokes]
+
+    def snapshot(self) -> tuple:
+        return list(self.clicks), self.box, list(self.strokes), self.outcome
 
     def remember(self, depth: int) -> None:
         """Keeps the present state for ``undo``, forgetting what lies more than ``depth`` steps back."""
         self.history.append(self.snapshot())
         del self.history[:-depth]
 
-    def restore(self, snapshot: tuple[list, _Outcome]) -> None:
-        self.clicks, self.outcome = list(snapshot[0]), snapshot[1]
+    def restore(self, snapshot: tuple) -> None:
+        clicks, self.box, strokes, self.outcome = snapshot
+        self.clicks, self.strokes = list(clicks), list(strokes)
         self.version += 1
 
     @property
@@ -207,6 +247,7 @@ class LesionState:
         self._session = session
         self.lesion_id = lesion.lesion_id
         self.clicks = list(lesion.clicks)
+        self.prompts = lesion.prompt_dicts()   # box, scribbles, lassos (as the report lists them)
         self.bbox = lesion.slices
         self.mask_in_bbox = lesion.mask
         self.attribute_probs = {k: dict(v) for k, v in lesion.outcome.attribute_probs.items()}
@@ -374,8 +415,8 @@ class ISRGSession:
 
     @property
     def lesion_ids(self) -> list[int]:
-        """Ids of lesions that have clicks."""
-        return [i for i, l in self._lesions.items() if l.clicks]
+        """Ids of lesions that have prompts (clicks, a box, scribbles or lassos)."""
+        return [i for i, l in self._lesions.items() if l.has_prompts]
 
     def _lesion(self, lesion_id: int | None = None) -> _Lesion:
         self._require_image()
@@ -387,9 +428,9 @@ class ISRGSession:
 
     def new_lesion(self) -> int:
         """Starts a new lesion (the current one is kept as it is); returns its id. A current lesion
-        without clicks is reused."""
+        without prompts is reused."""
         self._require_image()
-        if self._current is not None and not self._lesions[self._current].clicks:
+        if self._current is not None and not self._lesions[self._current].has_prompts:
             return self._current
         lid = max(self._lesions, default=0) + 1
         self._lesions[lid] = _Lesion(lid)
@@ -401,7 +442,7 @@ class ISRGSession:
         lesion = self._lesion(lesion_id)
         if self._current is not None and self._current != lesion.lesion_id:
             cur = self._lesions[self._current]
-            if not cur.clicks:
+            if not cur.has_prompts:
                 del self._lesions[self._current]
         self._current = lesion.lesion_id
         return LesionState(self, lesion)
@@ -427,12 +468,99 @@ class ISRGSession:
                                "before add_click")
         zyx = self.to_voxel(point, space)
         lesion = self._lesion()
-        if not lesion.clicks and not positive:
+        if not lesion.has_prompts and not positive:
             raise SessionError("the first click on a lesion must be positive (it places the lesion)")
         click = SessionClick(tuple(float(v) for v in zyx), tuple(float(v) for v in self.to_world(zyx)), bool(positive))
+        return self._with_prompt(lesion, lambda: lesion.clicks.append(click))
+
+    def add_box(self, corner_a: Sequence[float], corner_b: Sequence[float], positive: bool = True,
+                space: str = "voxel") -> LesionState:
+        """A box around the current lesion (two opposite corners, in ``space`` as :meth:`add_click`'s
+        point; the voxels holding them are inside). Corners on one slice make a 2D box on that slice.
+        A positive box tells the model where the lesion lies (one per lesion: a new one replaces it);
+        a negative box marks its voxels as not lesion, like a negative scribble."""
+        box = Box.from_corners(self.to_voxel(corner_a, space), self.to_voxel(corner_b, space))
+        lesion = self._lesion()
+        self._check_kind("boxes")
+        if positive:
+            return self._with_prompt(lesion, lambda: setattr(lesion, "box", SessionBox(box.lo, box.hi)))
+        if not lesion.has_prompts:
+            raise SessionError("the first prompt on a lesion must be positive (it places the lesion)")
+        sl = box.voxel_slices(self.image_shape)
+        voxels = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in sl], indexing="ij"), -1).reshape(-1, 3)
+        stroke = SessionStroke("box", voxels, False, {"corners_voxel_zyx": [list(box.lo), list(box.hi)]})
+        return self._with_prompt(lesion, lambda: lesion.strokes.append(stroke))
+
+    def add_scribble(self, points: Sequence[Sequence[float]] | np.ndarray, positive: bool = True,
+                     space: str = "voxel") -> LesionState:
+        """A scribble on the current lesion: a polyline through ``points`` (each in ``space`` as
+        :meth:`add_click`'s point), or a bool (Z, Y, X) mask of the image's voxels."""
+        self._require_image()
+        arr = np.asarray(points)
+        if arr.dtype == bool:
+            if arr.shape != self.image_shape:
+                raise SessionError(f"a scribble mask must have the image's shape (z, y, x) {self.image_shape}, "
+                                   f"got {arr.shape}")
+            voxels, drawn = np.argwhere(arr), {}
+        else:
+            pts = np.array([self.to_voxel(p, space) for p in np.asarray(points, dtype=float).reshape(-1, 3)])
+            voxels = self._rasterised(lambda: scribble_voxels(pts, self.image_shape))
+            drawn = {"points_voxel_zyx": pts.tolist()}
+        if not len(voxels):
+            raise SessionError("the scribble covers no voxel of the image")
+        return self._add_stroke(SessionStroke("scribble", voxels, bool(positive), drawn))
+
+    def add_lasso(self, slice_axis: int | str, slice_index: int, polygon: Sequence[Sequence[float]],
+                  positive: bool = True) -> LesionState:
+        """A lasso on one slice: ``slice_axis`` 0/"z" (axial), 1/"y" (coronal) or 2/"x" (sagittal) of the
+        image's voxel grid, ``slice_index`` on that axis, ``polygon`` (K, 2) in-plane voxel coordinates
+        in the order of the two other axes (axial: (y, x)). The voxels inside and on the outline count."""
+        axis = AXES.index(slice_axis) if isinstance(slice_axis, str) and slice_axis in AXES else slice_axis
+        mask = self._rasterised(lambda: lasso_mask(axis, int(slice_index), polygon, self.image_shape))
+        drawn = {"slice_axis": AXES[axis], "slice_index": int(slice_index),
+                 "polygon": np.asarray(polygon, dtype=float).tolist()}
+        return self._add_stroke(SessionStroke("lasso", np.argwhere(mask), bool(positive), drawn))
+
+    def add_prompt(self, prompt: Mapping, space: str = "voxel") -> LesionState:
+        """One prompt as a mapping (as ``isrg predict``'s prompts file and the HTTP API give it):
+        ``kind`` "click" (``point``), "box" (``corners``), "scribble" (``points``) or "lasso"
+        (``slice_axis``, ``slice_index``, ``polygon``), and ``positive`` (default true)."""
+        kind, positive = prompt.get("kind"), prompt.get("positive", True)
+        if kind == "click":
+            return self.add_click(prompt["point"], positive=positive, space=space)
+        if kind == "box":
+            return self.add_box(*prompt["corners"], positive=positive, space=space)
+        if kind == "scribble":
+            return self.add_scribble(prompt["points"], positive=positive, space=space)
+        if kind == "lasso":
+            return self.add_lasso(prompt["slice_axis"], prompt["slice_index"], prompt["polygon"], positive=positive)
+        raise SessionError(f"unknown prompt kind {kind!r}; allowed: click, box, scribble, lasso")
+
+    def _rasterised(self, draw):
+        self._require_image()
+        try:
+            return draw()
+        except PromptError as e:
+            raise SessionError(str(e)) from None
+
+    def _add_stroke(self, stroke: SessionStroke) -> LesionState:
+        lesion = self._lesion()
+        self._check_kind("lassos" if stroke.kind == "lasso" else "scribbles")
+        if not lesion.has_prompts and not stroke.positive:
+            raise SessionError("the first prompt on a lesion must be positive (it places the lesion)")
+        return self._with_prompt(lesion, lambda: lesion.strokes.append(stroke))
+
+    def _check_kind(self, kind: str) -> None:
+        kinds = getattr(self.model, "prompt_kinds", ("clicks", "boxes", "scribbles", "lassos"))
+        if kind not in kinds:
+            raise SessionError(f"this model was trained with {', '.join(kinds)} only (its checkpoint predates "
+                               f"{kind}); give clicks, or retrain it with the current trainer")
+
+    def _with_prompt(self, lesion: _Lesion, add) -> LesionState:
+        """Adds a prompt (``add()`` changes the lesion's prompts) and predicts again; undone if that fails."""
         lesion.remember(self.undo_depth)
         try:
-            lesion.clicks.append(click)
+            add()
             lesion.outcome = self._predict(lesion)
         except Exception:
             lesion.restore(lesion.history.pop())
@@ -443,11 +571,14 @@ class ISRGSession:
     def _predict(self, lesion: _Lesion) -> _Outcome:
         """The lesion's prediction from all its clicks, on the original grid, minus other lesions' voxels."""
         grid = self._predictor.volume.grid
-        points = grid.original_to_region(np.array([c.voxel_zyx for c in lesion.clicks]))
+        points = grid.original_to_region(np.array([c.voxel_zyx for c in lesion.clicks]).reshape(-1, 3))
         clicks = [(tuple(p), c.positive) for p, c in zip(points, lesion.clicks)]
-        # a lesion's first click starts without mask prompts; later ones from the lesion's own last click
-        previous = lesion.outcome.prompts if len(clicks) > 1 else None
-        pred: LesionPrediction = self._predictor.predict(clicks, state=previous)
+        box = None if lesion.box is None else grid.original_to_region(np.array([lesion.box.lo, lesion.box.hi]))
+        strokes = [(grid.original_to_region(s.voxels.astype(float)), s.positive) for s in lesion.strokes]
+        # a lesion's first prompt starts without mask prompts; later ones from the lesion's own last one
+        first = len(clicks) + (box is not None) + len(strokes) == 1
+        previous = None if first else lesion.outcome.prompts
+        pred: LesionPrediction = self._predictor.predict(clicks, state=previous, box=box, strokes=strokes)
         pasted = paste_mask(grid, pred.logits, pred.bbox, self.model.configuration_manager)
         if pasted is not None:
             slices, mask = pasted
@@ -481,7 +612,7 @@ class ISRGSession:
         lesion = self._lesion()
         if not lesion.history:
             raise SessionError(f"lesion {lesion.lesion_id} has nothing to undo"
-                               + (f" (the last {self.undo_depth} steps are kept)" if lesion.clicks else ""))
+                               + (f" (the last {self.undo_depth} steps are kept)" if lesion.has_prompts else ""))
         lesion.restore(lesion.history.pop())
         if lesion.slices is not None:
             claimed = self._claimed(lesion.slices, exclude=lesion.lesion_id) & lesion.mask
@@ -492,11 +623,11 @@ class ISRGSession:
         return LesionState(self, lesion)
 
     def reset(self) -> LesionState:
-        """Clears the current lesion's clicks and mask (undo brings them back)."""
+        """Clears the current lesion's prompts and mask (undo brings them back)."""
         lesion = self._lesion()
-        if lesion.clicks:
+        if lesion.has_prompts:
             lesion.remember(self.undo_depth)
-            lesion.clicks, lesion.outcome = [], _Outcome()
+            lesion.clicks, lesion.box, lesion.strokes, lesion.outcome = [], None, [], _Outcome()
             lesion.version += 1
         return LesionState(self, lesion)
 
@@ -550,7 +681,8 @@ class ISRGSession:
                                   [c.to_dict() for c in lesion.clicks], lesion_id=f"lesion_{lesion.lesion_id}",
                                   overrides=lesion.overrides, organ_map=self.organ_map, organ_names=self.organ_names,
                                   schema=self.schema, label=lesion.lesion_id, attribute_support=self.attribute_support,
-                                  truncated_faces=list(lesion.outcome.truncated_faces))
+                                  truncated_faces=list(lesion.outcome.truncated_faces),
+                                  prompts=lesion.prompt_dicts())
         lesion.report_cache = (key, rep)
         return rep
 

@@ -162,6 +162,7 @@ class LesionReport:
     evidence_quantities: dict = field(default_factory=dict)
     schema_version: str = SCHEMA_VERSION
     truncated_faces: Optional[list] = None  # faces of the largest view the lesion goes on beyond; None: not recorded
+    prompts: list = field(default_factory=list)  # boxes, scribbles, lassos as dicts (report schema's "prompt")
 
     def to_dict(self) -> dict:
         truncation = {} if self.truncated_faces is None else {"truncated": bool(self.truncated_faces),
@@ -175,6 +176,7 @@ class LesionReport:
             "measurements": self.measurements,
             "location": self.location,
             "clicks": [c.to_dict() for c in self.clicks],
+            **({"prompts": [dict(p) for p in self.prompts]} if self.prompts else {}),
             "evidence_quantities": self.evidence_quantities,
             **truncation,
         })
@@ -196,6 +198,7 @@ class LesionReport:
                 low_support=bool(a.get("low_support", False)), reason=a.get("reason"))
         return cls(lesion_id=d["lesion_id"], attributes=attrs, measurements=dict(d["measurements"]),
                    location=dict(d["location"]), clicks=[Click(**c) for c in d.get("clicks", [])],
+                   prompts=[dict(p) for p in d.get("prompts", [])],
                    label=d.get("label"), lesion_type=d.get("lesion_type"),
                    evidence_quantities=dict(d.get("evidence_quantities") or {}),
                    schema_version=d["schema_version"], truncated_faces=d.get("truncated_faces"))
@@ -453,7 +456,8 @@ def build_lesion_report(image: sitk.Image, mask, attribute_probs: Mapping | None
                         schema: Mapping | None = None, label: int | None = None,
                         measurements: Mapping | None = None,
                         attribute_support: Mapping[str, int] | None = None,
-                        truncated_faces: Sequence[str] | None = None) -> LesionReport:
+                        truncated_faces: Sequence[str] | None = None,
+                        prompts: Sequence[Mapping] = ()) -> LesionReport:
     """The report of one lesion.
 
     ``image``: CT in HU; ``mask``: bool z,y,x array on the image grid; ``attribute_probs``: attribute
@@ -529,7 +533,8 @@ def build_lesion_report(image: sitk.Image, mask, attribute_probs: Mapping | None
     report = LesionReport(lesion_id=str(lesion_id), attributes=attrs, measurements=meas, location=location,
                           clicks=[_as_click(c, geometry, lesion_id) for c in clicks], label=label,
                           lesion_type=lesion_type, evidence_quantities=quantities,
-                          truncated_faces=None if truncated_faces is None else list(truncated_faces))
+                          truncated_faces=None if truncated_faces is None else list(truncated_faces),
+                          prompts=[dict(p) for p in prompts])
     return report
 
 

@@ -21,7 +21,7 @@ def lesion_json(session: ISRGSession, lid: int) -> dict:
     return json_safe({
         "lesion_id": st.lesion_id, "current": st.lesion_id == session.current_lesion_id,
         "colour": "#%02x%02x%02x" % lesion_colour(st.lesion_id, session.current_lesion_id),
-        "n_clicks": len(st.clicks), "clicks": [c.to_dict() for c in st.clicks],
+        "n_clicks": len(st.clicks), "clicks": [c.to_dict() for c in st.clicks], "prompts": st.prompts,
         "n_voxels": st.n_voxels, "volume_ml": st.n_voxels * voxel_ml,
         "bbox_zyx": [[s.start, s.stop] for s in st.bbox] if st.bbox is not None else None,
         "iou_pred": st.iou_pred, "model_attributes": model_attrs,

@@ -1,4 +1,10 @@
-"""ISRGTrainer: nnU-Net's trainer with the ISRG network, simulated clicks and attribute labels.
+"""ISRGTrainer: nnU-Net's trainer with the ISRG network, simulated prompts and attribute labels.
+
+The prompts of an iteration: the first is a 3D box drawn from the ground truth with the CVPR 2025
+challenge's jitter (``first_box_fraction`` of iterations) or a click inside the lesion; then 0 to
+``max_correction_rounds`` corrections without gradient, each a scribble
+(``correction_scribble_fraction``), a lasso on one slice (``correction_lasso_fraction``) or a click in
+the error regions (the rest); the last prediction is the one trained.
 
 Everything that is not about clicks and attributes stays nnU-Net's: plans, preprocessing, the
 data loader and augmentation, logging and the progress plot, checkpoints and ``--c``, DDP, the
@@ -29,6 +35,8 @@ from nnunet_isrg.attributes import (ATTRIBUTE_SUPPORT_FILENAME, ATTRIBUTE_SUPPOR
                                     attribute_support, lesion_labels_from_dataset_json,
                                     read_attribute_table, schema_from_dataset_json)
 from nnunet_isrg.clicks import sample_target_and_first_click, simulate_correction_click
+from nnunet_isrg.prompt_sampling import sample_box_prompts, simulate_correction_lasso, simulate_correction_scribble
+from nnunet_isrg.prompts import PROMPT_KINDS_KEY
 from nnunet_isrg.data.verify import find_attribute_table
 from nnunet_isrg.evaluation.fold_validation import validate_fold
 from nnunet_isrg.evaluation.protocol import CaseResult
@@ -59,6 +67,11 @@ class ISRGTrainer(nnUNetTrainer):
     # component, as RITM / SAM-Med3D train); the rest are random error voxels (paper eq. 4), so the
     # model also answers a user's less central clicks
     protocol_click_fraction: float = 0.5
+    # the prompt mix (see the module docstring): first prompt a box in this share of iterations, else
+    # a click; corrections a scribble or a lasso in these shares, else a click
+    first_box_fraction: float = 0.5
+    correction_scribble_fraction: float = 0.2
+    correction_lasso_fraction: float = 0.1
     learn_lambda: bool = True
     initial_lambda: float = 1.0
     validation_clicks: int = 5
@@ -93,6 +106,7 @@ class ISRGTrainer(nnUNetTrainer):
         self._second_largest_lesion: dict[str, int] = {}
         self.weight_average: WeightAverage | None = None
         self._validation_weights = ExitStack()
+        self._prompt_counts: dict[str, int] = {}    # prompts drawn this epoch, by kind (logged)
         self._click_generator = torch.Generator().manual_seed(12345 + (fold if isinstance(fold, int) else 0))
         self._register_log_keys()
 
@@ -220,6 +234,10 @@ class ISRGTrainer(nnUNetTrainer):
         self._load_attribute_labels()
         super().on_train_start()
         self._measure_lesion_components()
+        self.print_to_log_file(
+            f"Prompt mix: first prompt a box (ground truth, CVPR 2025 jitter) in {self.first_box_fraction:.0%} of "
+            f"iterations, else a click; corrections (0-{self.max_correction_rounds} rounds) a scribble in "
+            f"{self.correction_scribble_fraction:.0%}, a lasso in {self.correction_lasso_fraction:.0%}, else a click")
 
     def _limit_cpu_threads(self) -> None:
         """Leaves one core per augmentation worker: an oversubscribed OpenMP pool slows a step ~10x."""
@@ -273,14 +291,32 @@ class ISRGTrainer(nnUNetTrainer):
         target = target[0] if isinstance(target, list) else target
         return torch.isin(target, torch.tensor(self.lesion_labels, device=target.device, dtype=target.dtype))
 
-    def _simulate_clicks(self, data: torch.Tensor, lesion: torch.Tensor, n_rounds: int):
-        """First click and ``n_rounds`` correction rounds without gradient (paper section 2.3).
+    @property
+    def prompt_kinds(self) -> tuple[str, ...]:
+        """The kinds of prompt this trainer trains with (recorded in its checkpoints)."""
+        shares = {"boxes": self.first_box_fraction, "scribbles": self.correction_scribble_fraction,
+                  "lassos": self.correction_lasso_fraction}
+        return ("clicks",) + tuple(k for k, share in shares.items() if share > 0)
 
-        Returns the target component, all clicks, the previous round's low-res logits (or None) and
-        the image embedding (with gradient) for the final round when it can be reused.
+    def _chance(self, share: float) -> bool:
+        return share > 0 and float(torch.rand(1, generator=self._click_generator)) < share
+
+    def _simulate_prompts(self, data: torch.Tensor, lesion: torch.Tensor, n_rounds: int, mix: bool = True):
+        """First prompt and ``n_rounds`` correction rounds without gradient (paper section 2.3, with
+        the prompt mix of the module docstring; ``mix=False``: clicks only).
+
+        Returns the target component, all point prompts (clicks and box corners), the scribble and
+        lasso voxels (B, 2, D, H, W) or None, the previous round's low-res logits (or None) and the
+        image embedding (with gradient) for the final round when it can be reused.
         """
         targets, points, labels = sample_target_and_first_click(
             lesion, self._click_generator, interior_fraction=self.first_click_interior_fraction)
+        first = "boxes" if mix and self._chance(self.first_box_fraction) else "clicks"
+        if first == "boxes":
+            points, labels = sample_box_prompts(targets, self._click_generator)
+        if mix:   # training's prompts only (validation's single clicks are not the mix)
+            self._prompt_counts[first] = self._prompt_counts.get(first, 0) + 1
+        scribbles = None
         prev = None
         reuse_embedding = not self.is_ddp  # DDP synchronises gradients only through forward()
         embedding = self.model.encode_image(data) if reuse_embedding else None
@@ -288,18 +324,32 @@ class ISRGTrainer(nnUNetTrainer):
             with torch.no_grad():
                 emb = embedding.detach() if embedding is not None else self.model.encode_image(data)
                 for _ in range(n_rounds):
-                    out = self.model.decode(emb, points, labels, prev)
-                    central = float(torch.rand(1, generator=self._click_generator)) < self.protocol_click_fraction
-                    p, l = simulate_correction_click(out["mask_logits"] > 0, targets, self._click_generator,
-                                                     mode="centre" if central else "proportional")
-                    points, labels = torch.cat([points, p], 1), torch.cat([labels, l], 1)
+                    out = self.model.decode(emb, points, labels, prev, scribbles)
+                    pred = out["mask_logits"] > 0
+                    kind = float(torch.rand(1, generator=self._click_generator))
+                    stroke = None
+                    if mix and kind < self.correction_scribble_fraction:
+                        stroke = simulate_correction_scribble(pred, targets, self._click_generator)
+                    elif mix and kind < self.correction_scribble_fraction + self.correction_lasso_fraction:
+                        stroke = simulate_correction_lasso(pred, targets, self._click_generator)
+                    else:
+                        central = self._chance(self.protocol_click_fraction)
+                        p, l = simulate_correction_click(pred, targets, self._click_generator,
+                                                         mode="centre" if central else "proportional")
+                        points, labels = torch.cat([points, p], 1), torch.cat([labels, l], 1)
+                    kind = "clicks" if stroke is None else (
+                        "scribbles" if kind < self.correction_scribble_fraction else "lassos")
+                    if mix:
+                        self._prompt_counts[kind] = self._prompt_counts.get(kind, 0) + 1
+                    if stroke is not None:
+                        scribbles = stroke if scribbles is None else torch.maximum(scribbles, stroke.to(scribbles))
                     prev = out["low_res_logits"]
-        return targets, points, labels, prev, embedding
+        return targets, points, labels, scribbles, prev, embedding
 
-    def _predict_final(self, data, points, labels, prev, embedding):
+    def _predict_final(self, data, points, labels, scribbles, prev, embedding):
         if embedding is not None:
-            return self.model.decode(embedding, points, labels, prev)
-        return self.network(data, points, labels, prev)
+            return self.model.decode(embedding, points, labels, prev, scribbles)
+        return self.network(data, points, labels, prev, scribbles)
 
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
@@ -307,9 +357,9 @@ class ISRGTrainer(nnUNetTrainer):
         n_rounds = int(torch.randint(0, self.max_correction_rounds + 1, (1,), generator=self._click_generator))
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            targets, points, labels, prev, embedding = self._simulate_clicks(data, lesion, n_rounds)
+            targets, points, labels, scribbles, prev, embedding = self._simulate_prompts(data, lesion, n_rounds)
             attr_targets = self._attribute_targets(batch["keys"], targets)
-            out = self._predict_final(data, points, labels, prev, embedding)
+            out = self._predict_final(data, points, labels, scribbles, prev, embedding)
             loss, parts = self.loss(out, targets, attr_targets, self.model.loss_weighting)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -338,6 +388,9 @@ class ISRGTrainer(nnUNetTrainer):
         self.print_to_log_file(f"seg loss {self.logger.get_value('train_seg_loss', -1):.4f}, attribute loss "
                                f"{self.logger.get_value('train_attr_loss', -1):.4f}, lambda "
                                f"{self.logger.get_value('attr_lambda', -1):.3f}")
+        counts = {k: self._prompt_counts.get(k, 0) for k in ("clicks", "boxes", "scribbles", "lassos")}
+        self.print_to_log_file("prompts this epoch: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+        self._prompt_counts = {}
 
     # ------------------------------------------------------------------ averaged weights
     def _averaged_weights(self):
@@ -370,6 +423,7 @@ class ISRGTrainer(nnUNetTrainer):
             if training_weights is not None:
                 checkpoint[TRAINING_WEIGHTS_KEY] = training_weights
             checkpoint[ATTRIBUTE_SUPPORT_KEY] = self.attribute_support
+            checkpoint[PROMPT_KINDS_KEY] = list(self.prompt_kinds)
             torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
@@ -394,9 +448,9 @@ class ISRGTrainer(nnUNetTrainer):
         data = batch["data"].to(self.device, non_blocking=True)
         lesion = self._lesion_mask(batch["target"]).to(self.device)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            targets, points, labels, prev, embedding = self._simulate_clicks(data, lesion, 0)
+            targets, points, labels, scribbles, prev, embedding = self._simulate_prompts(data, lesion, 0, mix=False)
             attr_targets = self._attribute_targets(batch["keys"], targets)
-            out = self._predict_final(data, points, labels, prev, embedding)
+            out = self._predict_final(data, points, labels, scribbles, prev, embedding)
             loss, _ = self.loss(out, targets, attr_targets, self.model.loss_weighting)
         pred = out["mask_logits"] > 0
         has_target = targets.flatten(1).any(1)

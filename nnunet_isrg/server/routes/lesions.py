@@ -1,14 +1,14 @@
-"""A session's lesions: clicks on the current lesion, undo/reset, new and earlier lesions, a lesion's
-report and the reader's attribute overrides."""
+"""A session's lesions: clicks and other prompts (boxes, scribbles, lassos) on the current lesion,
+undo/reset, new and earlier lesions, a lesion's report and the reader's attribute overrides."""
 from __future__ import annotations
 
 import logging
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 import anyio.from_thread
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from nnunet_isrg.inference.session import ISRGSession
 from nnunet_isrg.server.access import known_lesion, ready_session
@@ -34,6 +34,43 @@ class ClickRequest(BaseModel):
     space: Literal["voxel", "world"] = "voxel"
 
 
+Point3 = Annotated[list[StrictFloat], Field(min_length=3, max_length=3)]
+Point2 = Annotated[list[StrictFloat], Field(min_length=2, max_length=2)]
+
+
+class BoxPrompt(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    kind: Literal["box"]
+    corners: list[Point3] = Field(..., min_length=2, max_length=2,
+                                  description="two opposite corners, in `space`; on one slice: a 2D box")
+    positive: StrictBool = Field(True, description="false: the box's voxels are not lesion")
+    space: Literal["voxel", "world"] = "voxel"
+
+
+class ScribblePrompt(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    kind: Literal["scribble"]
+    points: list[Point3] = Field(..., min_length=1, max_length=10000, description="the stroke's points, in `space`")
+    positive: StrictBool = True
+    space: Literal["voxel", "world"] = "voxel"
+
+
+class LassoPrompt(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    kind: Literal["lasso"]
+    slice_axis: Literal["z", "y", "x"] = Field(..., description="z axial, y coronal, x sagittal (image voxel axes)")
+    slice_index: StrictInt
+    polygon: list[Point2] = Field(..., min_length=3, max_length=10000,
+                                  description="in-plane voxel coordinates, in the order of the two other axes")
+    positive: StrictBool = True
+
+
+PromptRequest = Annotated[Union[BoxPrompt, ScribblePrompt, LassoPrompt], Field(discriminator="kind")]
+
+
 class AttributeOverride(BaseModel):
     model_config = ConfigDict(strict=True)
 
@@ -47,14 +84,16 @@ def _changed(entry: SessionEntry, session: ISRGSession, lid: int) -> dict:
     return {"revision": entry.revision, "lesion": lesion_json(session, lid)}
 
 
-def _apply_click(state: ServerState, sid: str, req: ClickRequest, request: Request) -> dict:
-    """Runs in a worker thread: waits for the session, then applies the click unless its client left
+def _apply_prompt(state: ServerState, sid: str, prompt: dict, request: Request) -> dict:
+    """Runs in a worker thread: waits for the session, then applies the prompt unless its client left
     meanwhile (a reader who clicked, then closed the tab, must not find a lesion changed by it)."""
     with ready_session(state.store, sid) as (entry, session):
         if anyio.from_thread.run(request.is_disconnected):
-            log.info("session %s: a click whose client disconnected before it was applied was dropped", sid[:8])
-            raise http_error(CLIENT_GONE, "the client disconnected before the click was applied; it was dropped")
-        st = session.add_click(req.point, positive=req.positive, space=req.space)
+            log.info("session %s: a %s whose client disconnected before it was applied was dropped", sid[:8],
+                     prompt["kind"])
+            raise http_error(CLIENT_GONE, f"the client disconnected before the {prompt['kind']} was applied; "
+                                          f"it was dropped")
+        st = session.add_prompt(prompt, space=prompt.get("space", "voxel"))
         return _changed(entry, session, st.lesion_id)
 
 
@@ -63,7 +102,13 @@ async def add_click(sid: str, req: ClickRequest, request: Request, state: Server
     # asking once now makes the server watch the connection while the click waits for the session's lock
     # (it stops reading a connection whose request is complete), so a client that leaves is noticed
     await request.is_disconnected()
-    return await run_in_threadpool(_apply_click, state, sid, req, request)
+    return await run_in_threadpool(_apply_prompt, state, sid, {"kind": "click", **req.model_dump()}, request)
+
+
+@router.post("/sessions/{sid}/prompts", summary="Add a box, a scribble or a lasso to the current lesion")
+async def add_prompt(sid: str, req: PromptRequest, request: Request, state: ServerStateDep):
+    await request.is_disconnected()   # see add_click
+    return await run_in_threadpool(_apply_prompt, state, sid, req.model_dump(), request)
 
 
 @router.post("/sessions/{sid}/undo", summary="Take back the current lesion's last click (or reset)")

@@ -1,0 +1,130 @@
+"""Boxes, scribbles and lassos through ISRGSession, on the click-driven stand-in network (which
+segments the box, the positive strokes and balls around positive clicks, less negative strokes)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_isrg.inference.model_loading import load_trained_model
+from nnunet_isrg.inference.session import ISRGSession, SessionError
+from nnunet_isrg.prompts import Box
+
+from stand_ins import ClickSpheresStandIn, with_network
+
+SHAPE = (40, 72, 72)        # (z, y, x) voxels at the debug plans' 1.5 mm; the debug crop is 32^3
+
+
+@pytest.fixture(scope="module")
+def stand_in(debug_model):
+    loaded = load_trained_model(debug_model, folds=(0,))
+    model = with_network(loaded, ClickSpheresStandIn(loaded.crop_size, loaded.schema))
+    model.prompt_kinds = ("clicks", "boxes", "scribbles", "lassos")
+    return model
+
+
+@pytest.fixture(scope="module")
+def image() -> sitk.Image:
+    img = sitk.GetImageFromArray(np.random.default_rng(0).normal(40, 20, SHAPE).astype(np.float32))
+    img.SetSpacing((1.5, 1.5, 1.5))
+    img.SetOrigin((-50.0, 20.0, -300.0))
+    img.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))        # rotated in-plane: world != voxel
+    return img
+
+
+def _session(stand_in, image) -> ISRGSession:
+    s = ISRGSession(stand_in)
+    s.set_image(image)
+    return s
+
+
+def test_a_box_in_voxel_or_world_corners_gives_the_box(stand_in, image):
+    s = _session(stand_in, image)
+    a, b = (12, 20, 30), (22, 34, 44)
+    state = s.add_box(a, b)
+    expected = Box.from_corners(a, b).mask(SHAPE)
+    assert np.array_equal(state.mask, expected) and state.zoom == 1
+    assert state.prompts == [{"kind": "box", "positive": True, "corners_voxel_zyx": [[12, 20, 30], [22, 34, 44]]}]
+    # the same corners as world points (x, y, z mm), in the other order: the same crop and mask
+    world = [image.TransformIndexToPhysicalPoint([int(v) for v in p[::-1]]) for p in (b, a)]
+    other = _session(stand_in, image)
+    assert np.array_equal(other.add_box(*world, space="world").mask, expected)
+    # a 2D box on axial slice 17
+    flat = _session(stand_in, image).add_box((17, 20, 30), (17, 34, 44))
+    assert flat.mask.sum() == 15 * 15 and flat.mask[17].sum() == 15 * 15
+
+
+def test_a_box_larger_than_the_crop_is_zoomed_out_to_and_comes_out_whole(stand_in, image):
+    s = _session(stand_in, image)
+    a, b = (4, 6, 10), (35, 66, 60)                              # 32 x 61 x 51 voxels: about 2x the crop
+    state = s.add_box(a, b)
+    expected = Box.from_corners(a, b).mask(SHAPE)
+    dice = 2 * (state.mask & expected).sum() / (state.mask.sum() + expected.sum())
+    assert dice >= 0.95 and state.zoom > 1 and not state.truncated
+
+
+def test_undo_after_a_box_restores_the_previous_mask_and_a_box_in_the_crop_costs_no_encoding(stand_in, image):
+    s = _session(stand_in, image)
+    first = s.add_click((20, 36, 36)).mask
+    encodes = s.encode_calls
+    boxed = s.add_box((16, 32, 32), (24, 42, 40))                  # inside the crop at the click
+    assert s.encode_calls == encodes                               # a decode, not an encode
+    assert boxed.mask.sum() > first.sum()
+    assert np.array_equal(s.undo().mask, first)
+    assert s.state().prompts == []
+    # a second box replaces the first (one per lesion); undo brings the first back
+    s.add_box((16, 32, 32), (24, 42, 40))
+    second = s.add_box((18, 30, 30), (22, 44, 44)).mask
+    assert np.array_equal(s.state().mask, second) and len(s.state().prompts) == 1
+    s.undo()
+    assert s.state().prompts[0]["corners_voxel_zyx"] == [[16, 32, 32], [24, 42, 40]]
+
+
+def test_scribbles_and_lassos_add_and_remove_their_voxels_and_the_report_lists_every_prompt(stand_in, image):
+    s = _session(stand_in, image)
+    base = s.add_click((20, 36, 36)).mask
+    stroke = s.add_scribble([(20, 36, 42), (20, 36, 50)])          # a positive stroke beyond the ball
+    assert stroke.mask[20, 36, 42:51].all() and (stroke.mask & ~base).sum() == 9 - base[20, 36, 42:51].sum()
+    cut = s.add_scribble([(20, 30, 36), (20, 42, 36)], positive=False)
+    assert not cut.mask[20, 30:43, 36].any()
+    lasso = s.add_lasso("z", 26, [(30, 30), (30, 40), (40, 40), (40, 30)])     # axial slice 26, (y, x)
+    assert lasso.mask[26, 30:41, 30:41].all()
+    gone = s.add_lasso(0, 20, [(34, 34), (34, 38), (38, 38), (38, 34)], positive=False)
+    assert not gone.mask[20, 34:39, 34:39].any()
+    kinds = [(p["kind"], p["positive"]) for p in s.report().to_dict()["prompts"]]
+    assert kinds == [("scribble", True), ("scribble", False), ("lasso", True), ("lasso", False)]
+    report = s.report().to_dict()
+    assert report["prompts"][2] == {"kind": "lasso", "positive": True, "slice_axis": "z", "slice_index": 26,
+                                    "polygon": [[30, 30], [30, 40], [40, 40], [40, 30]], "n_voxels": 121}
+    assert len(report["clicks"]) == 1
+    from nnunet_isrg.report.structured import validate_report
+
+    validate_report(report)
+    # a mask as scribble, and reset/undo cover every prompt
+    mask = np.zeros(SHAPE, bool)
+    mask[10, 10, 10:14] = True
+    s.new_lesion()
+    assert s.add_scribble(mask).mask[10, 10, 10:14].all()
+    s.reset()
+    assert not s.state().mask.any()
+    assert s.undo().mask[10, 10, 10:14].all()
+
+
+def test_prompt_errors_are_clear(stand_in, debug_model, image):
+    s = _session(stand_in, image)
+    with pytest.raises(SessionError, match="first prompt on a lesion must be positive"):
+        s.add_scribble([(20, 36, 42), (20, 36, 50)], positive=False)
+    with pytest.raises(SessionError, match=r"lasso slice 99 is outside axis z of the image \(0-39\)"):
+        s.add_lasso("z", 99, [(1, 1), (1, 5), (5, 5)])
+    with pytest.raises(SessionError, match="outside the image"):
+        s.add_box((0, 0, 0), (50, 10, 10))
+    with pytest.raises(SessionError, match=r"scribble mask must have the image's shape"):
+        s.add_scribble(np.zeros((3, 3, 3), bool))
+    # a model whose checkpoint predates boxes (trained with clicks only) refuses them by name
+    old = load_trained_model(debug_model, folds=(0,))
+    old.network = ClickSpheresStandIn(old.crop_size, old.schema)
+    old.prompt_kinds = ("clicks",)
+    s_old = _session(old, image)
+    with pytest.raises(SessionError, match=r"trained with clicks only .* predates boxes"):
+        s_old.add_box((12, 20, 30), (22, 34, 44))
+    assert s_old.add_click((20, 36, 36)).mask.any()
