@@ -58,7 +58,7 @@ class ClickSpheresStandIn(nn.Module):
 def with_network(loaded: LoadedModel, network: nn.Module) -> LoadedModel:
     return LoadedModel(loaded.folder, loaded.plans_manager, loaded.configuration_manager, loaded.dataset_json,
                        loaded.schema, network, [0], torch.device("cpu"), loaded.isrg_block,
-                       attribute_support=loaded.attribute_support, prompt_kinds=loaded.prompt_kinds)
+                       prompt_kinds=loaded.prompt_kinds)
 
 
 def stand_in_model(model_folder, radius: float = 5.5) -> LoadedModel:

@@ -135,8 +135,16 @@ def test_compare_writes_paper_tables_and_plots(trained, phantom_raw, tmp_path, c
     out = tmp_path / "cmp"
     rc = run_compare_from_args(_parse(add_compare_arguments, [
         "-d", str(PHANTOM_ID), "--baseline", BASELINE, "--trainers", VANILLA, FULL, "-f", "0", "--clicks", *CLICKS,
-        "--attribute-baseline", "--classical-baseline", "--zero-shot", "--zero-shot-dir", str(zs), "-o", str(out)]))
+        "--attribute-baseline", "--classical-baseline", "--zero-shot", "--zero-shot-dir", str(zs), "-o", str(out),
+        "--protocol", "cvpr25"]))
     assert rc == 0, capsys.readouterr().err
+    # the CVPR 2025 protocol's table: per ISRG trainer, the box then each click, from reports_cvpr25/
+    doc = json.loads((out / "comparison.json").read_text())
+    assert [r["trainer"] for r in doc["cvpr25"]] == [VANILLA, FULL]
+    for row in doc["cvpr25"]:
+        assert len(row["dice"]) == len(row["click_protocol_dice"]) + 1 and row["final_dice"] == row["dice"][-1]
+        assert row["n_cases"] == doc["n_validation_cases"]
+    assert "**CVPR 2025 interactive protocol (validation)**" in (out / "comparison.md").read_text()
     for name in ("comparison.md", "comparison.json", "comparison_segmentation.csv", "comparison_attributes.csv",
                  "dice_vs_clicks.png", "attribute_accuracy.png"):
         assert (out / name).is_file(), name

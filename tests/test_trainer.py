@@ -29,6 +29,11 @@ def test_debug_training_writes_nnunet_and_interactive_outputs(debug_model):
     assert block["crop_size"] == [32, 32, 32] and block["point_refinement"] and block["feature_synergy"]
 
     summary = json.loads((fold / "validation" / "interactive_summary.json").read_text())
+    # the CVPR 2025 protocol beside the clicks: the box, then the clicks, per validation case
+    boxed = json.loads((fold / "validation" / "interactive_summary_cvpr25.json").read_text())
+    assert boxed["first_prompt"] == "box" and len(boxed["mean_per_click"]["dice"]) == 3 + 1
+    assert summary["cvpr25"]["final_dice"] == boxed["mean_per_click"]["dice"][-1]
+    assert sorted(p.stem for p in (fold / "validation" / "reports_cvpr25").glob("*.json")) == summary["cases"]
     splits = json.loads((debug_model.parents[1].parent / "nnUNet_preprocessed" / debug_model.parent.name /
                          "splits_final.json").read_text())
     val_cases = sorted(splits[0]["val"])

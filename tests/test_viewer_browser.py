@@ -86,30 +86,36 @@ def _wait_idle(page, extra: str = "true") -> None:
     page.wait_for_function(f"document.body.dataset.busy === undefined && ({extra})", timeout=60_000)
 
 
-def _open_and_click(page, rel: str, point, then: str = "refreshLesions()") -> None:
-    """Opens the case ``rel`` from the data folder in a ready page and sends one positive click at
-    ``point`` (z, y, x) through the page's own API helper, then runs ``then`` in the page."""
+def _open_case(page, rel: str) -> None:
+    """Opens the case ``rel`` from the data folder in a ready page; the page polls until it is prepared."""
     page.select_option("#file-select", value=json.dumps([0, rel], separators=(",", ":")))
     page.click("#open-btn")
     page.wait_for_function(f"document.body.dataset.image === {json.dumps(rel)}", timeout=60_000)
     _wait_idle(page, "document.body.dataset.revision !== undefined")
+
+
+def _ready_page(browser, server: str, errors: list, **kwargs):
+    """A new page on the viewer, ready, whose script errors go to ``errors``."""
+    page = browser.new_page(viewport={"width": 1600, "height": 960}, **kwargs)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    return page
+
+
+def _open_and_click(page, rel: str, point, then: str = "refreshLesions()") -> None:
+    """Opens the case ``rel`` from the data folder in a ready page and sends one positive click at
+    ``point`` (z, y, x) through the page's own API helper, then runs ``then`` in the page."""
+    _open_case(page, rel)
     sid = page.evaluate("state.sid")
     page.evaluate(f"api('POST', 'sessions/{sid}/clicks', {{point: {list(point)}, positive: true}}).then(() => {then})")
 
 
 def test_viewer_click_report_override_export(server, browser, viewer_data, tmp_path):
     rel, mask, (z, y, x) = _lesion_case(viewer_data[1])
-    page = browser.new_page(viewport={"width": 1600, "height": 960}, accept_downloads=True)
     errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server + "/")
-    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
-
-    # open the case from the data folder; the page polls until it is prepared
-    page.select_option("#file-select", value=json.dumps([0, rel], separators=(",", ":")))
-    page.click("#open-btn")
-    page.wait_for_function(f"document.body.dataset.image === {json.dumps(rel)}", timeout=60_000)
-    _wait_idle(page, "document.body.dataset.revision !== undefined")
+    page = _ready_page(browser, server, errors, accept_downloads=True)
+    _open_case(page, rel)
     shape = mask.shape
     assert page.inner_text("#views .view[data-plane='axial'] .slice-label") == f"z {shape[0] // 2 + 1}/{shape[0]}"
 
@@ -298,3 +304,55 @@ def test_viewer_greys_out_attributes_the_model_did_not_learn(viewer_data, browse
                                ".textContent === 'reader'", timeout=30_000)
         assert "Homogeneous" in page.inner_text("#report-text")
         page.close()
+
+
+def test_viewer_draws_a_box_a_scribble_and_a_lasso_and_the_mask_appears(server, browser, viewer_data):
+    """Drag on the axial view: a box (the mask appears, the box is drawn and listed), Alt+drag a
+    negative scribble, then the lasso tool; each goes to POST /prompts and comes back in the lesion."""
+    rel, mask, (z, y, x) = _lesion_case(viewer_data[1])
+    errors: list[str] = []
+    page = _ready_page(browser, server, errors)
+    _open_case(page, rel)
+    page.evaluate(f"setSlice('axial', {z})")
+    _wait_idle(page)
+    canvas = page.locator("#canvas-axial")
+    box = canvas.bounding_box()
+    shape = mask.shape
+    sx, sy = box["width"] / shape[2], box["height"] / shape[1]
+    at = lambda yy, xx: (box["x"] + (xx + 0.5) * sx, box["y"] + (yy + 0.5) * sy)  # noqa: E731
+
+    def drag(points, button="left", modifiers=()):
+        for key in modifiers:
+            page.keyboard.down(key)
+        page.mouse.move(*at(*points[0]))
+        page.mouse.down(button=button)
+        for p in points[1:]:
+            page.mouse.move(*at(*p), steps=4)
+        page.mouse.up(button=button)
+        for key in modifiers:
+            page.keyboard.up(key)
+
+    drag([(y - 4, x - 4), (y + 4, x + 4)])                       # a box around the lesion's middle
+    page.wait_for_selector("#report-panel[data-lesion='1']", timeout=60_000)
+    _wait_idle(page)
+    prompts = page.evaluate("state.lesions[0].prompts")
+    assert prompts[0]["kind"] == "box" and prompts[0]["corners_voxel_zyx"] == [[z, y - 4, x - 4], [z, y + 4, x + 4]]
+    rgb = _canvas_rgb(page, "axial")
+    red = (rgb[..., 0].astype(int) - rgb[..., 1] > 40) & (rgb[..., 0].astype(int) - rgb[..., 2] > 40)
+    cy, cx = int((y + 0.5) * sy), int((x + 0.5) * sx)
+    assert red[cy - 3:cy + 4, cx - 3:cx + 4].any()               # the mask under the box
+    green = (rgb[..., 1].astype(int) - rgb[..., 0] > 80) & (rgb[..., 1].astype(int) - rgb[..., 2] > 40)
+    assert green.any()                                           # the box outline
+
+    drag([(y - 2, x - 6), (y - 2, x + 6)], button="right", modifiers=("Alt",))   # a negative scribble
+    page.wait_for_function("state.lesions[0].prompts.length === 2", timeout=60_000)
+    page.click("#lasso-btn")
+    assert page.get_attribute("#lasso-btn", "aria-pressed") == "true"
+    drag([(y + 1, x - 3), (y + 1, x + 3), (y + 5, x + 3), (y + 5, x - 3)])
+    page.wait_for_function("state.lesions[0].prompts.length === 3", timeout=60_000)
+    _wait_idle(page)
+    kinds = page.evaluate("state.lesions[0].prompts.map(p => [p.kind, p.positive])")
+    assert kinds == [["box", True], ["scribble", False], ["lasso", True]]
+    assert not errors, errors
+    assert page.locator("#error").is_hidden()
+    page.close()

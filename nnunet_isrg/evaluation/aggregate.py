@@ -264,14 +264,18 @@ def load_baseline_fold(folder: Path, fold: int, val_cases: Sequence[str], config
     return out
 
 
-def load_interactive_fold(folder: Path, fold: int, val_cases: Sequence[str]) -> list[CaseResult]:
-    """The per-case reports of one fold's interactive validation, in split order."""
-    reports = folder / f"fold_{fold}" / "validation" / "reports"
+def load_interactive_fold(folder: Path, fold: int, val_cases: Sequence[str], reports_folder: str = "reports"
+                          ) -> list[CaseResult]:
+    """The per-case reports of one fold's interactive validation, in split order (``reports_folder``
+    ``reports_cvpr25``: those of the CVPR 2025 protocol)."""
+    reports = folder / f"fold_{fold}" / "validation" / reports_folder
     summary = json.loads((reports.parent / "interactive_summary.json").read_text())
     expected = summary.get("cases", val_cases)  # cases without a lesion have no report
     missing = [k for k in expected if not (reports / f"{k}.json").is_file()]
     if missing:
-        raise MissingResultsError([f"{folder.name} fold {fold}: no report for {missing} in {reports}"])
+        again = (f" (validated before the CVPR 2025 protocol existed: nnUNetv2_train DATASET 3d_fullres {fold} -tr "
+                 f"{folder.name.split('__')[0]} --val runs it)" if reports_folder != "reports" else "")
+        raise MissingResultsError([f"{folder.name} fold {fold}: no report for {missing} in {reports}{again}"])
     return [CaseResult.from_json(reports / f"{k}.json") for k in val_cases if k in set(expected)]
 
 

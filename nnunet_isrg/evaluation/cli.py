@@ -72,6 +72,9 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--zero-shot-dir", default=None,
                         help="folder with imagesTs/labelsTs (+ attributesTs.json) of held-out cases "
                              "(default: the raw dataset)")
+    parser.add_argument("--protocol", choices=["clicks", "cvpr25"], default="clicks",
+                        help="cvpr25: also the CVPR 2025 challenge's protocol (the lesion's 3D box, then up to 5 clicks) "
+                             "of the ISRG trainers, from their validation's reports_cvpr25/ (default: clicks only)")
     parser.add_argument("-o", "--out", default=None,
                         help="output folder (default $nnUNet_results/DatasetX/isrg_comparison__PLANS__CONF)")
     parser.add_argument("-device", "--device", default="cpu", help="device for the zero-shot block (cpu or cuda)")
@@ -88,7 +91,8 @@ def run_compare_from_args(args: argparse.Namespace) -> int:
                             clicks=list(args.clicks), attribute_baseline=args.attribute_baseline,
                             classical_baseline=args.classical_baseline,
                             classical_max_training_cases=args.classical_max_training_cases or None,
-                            zero_shot=args.zero_shot, zero_shot_dir=args.zero_shot_dir, out_dir=args.out, device=args.device)
+                            zero_shot=args.zero_shot, zero_shot_dir=args.zero_shot_dir, out_dir=args.out, device=args.device,
+                            cvpr25=args.protocol == "cvpr25")
     try:
         doc = run_comparison(req)
     except MissingResultsError as e:

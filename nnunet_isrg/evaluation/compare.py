@@ -56,11 +56,12 @@ from ..inference.model_loading import load_trained_model
 from ..lesions import largest_lesion_component
 from .aggregate import (KIND_BASELINE, KIND_INTERACTIVE, MissingResultsError, TrainerEvaluation, csv_text,
                         dataset_name, evaluate_trainer, find_missing, is_interactive, load_splits,
-                        preprocessed_root, results_root, score_no_click_prediction, trainer_folder)
+                        load_interactive_fold, preprocessed_root, results_root, score_no_click_prediction,
+                        trainer_folder)
 from .attribute_baseline import case_features, extract_features, fit_attribute_baseline, predict
 from .classical_baseline import (DEFAULT_SETTINGS, MAX_TRAINING_CASES, ClassicalCase, ClassicalFold,
                                  run_classical_baseline, run_classical_folds)
-from .fold_validation import protocol_with_network
+from .fold_validation import CVPR25_REPORTS_FOLDER, protocol_with_network
 from .plots import curve_from_summary, plot_attribute_accuracy, plot_metric_vs_clicks
 from .protocol import METRICS, CaseResult, score_attribute_pairs, summarise_cases
 
@@ -319,6 +320,7 @@ class ComparisonRequest:
     zero_shot_dir: str | Path | None = None  # default: the raw dataset's imagesTs/labelsTs
     out_dir: str | Path | None = None
     device: str = "cpu"
+    cvpr25: bool = False  # also the CVPR 2025 protocol's table (the box, then clicks) of the ISRG trainers
 
 
 def _check(req: ComparisonRequest) -> tuple[str, list[str]]:
@@ -519,12 +521,39 @@ def run_comparison(req: ComparisonRequest, progress: bool = True) -> dict:
     # ---- files
     doc = _document(req, name, folds, clicks, val_cases, seg_rows, attr_rows, zs_seg_rows, zs_attr_rows, held_info,
                     attr_base, schema, classical, n_clicks)
+    if req.cvpr25:
+        say("the CVPR 2025 protocol (box, then clicks) from the validation's reports_cvpr25/")
+        doc["cvpr25"] = [_cvpr25_row(ev, val_cases) for ev in evals]
     files = _write_outputs(out_dir, doc, seg_rows, attr_rows, zs_seg_rows, zs_attr_rows, clicks, schema)
     doc["files"] = {k: str(v) for k, v in files.items()}
     doc["run_time_s"] = round(time.time() - t0, 1)
     write_json_atomic(out_dir / "comparison.json", doc)
     say(f"wrote {out_dir / 'comparison.md'}")
     return doc
+
+
+def _cvpr25_row(ev: TrainerEvaluation, val_cases: Mapping[int, Sequence[str]]) -> dict:
+    """One ISRG trainer under the CVPR 2025 protocol, its folds' cases pooled, beside its click protocol."""
+    cases = [r for f in ev.folds for r in load_interactive_fold(ev.folder, f, val_cases[f], CVPR25_REPORTS_FOLDER)]
+    s = summarise_cases(cases)
+    clicks = ev.summary["pooled"]["mean_per_click"]["dice"]
+    return {"label": method_label(ev.trainer), "trainer": ev.trainer, "n_cases": len(cases),
+            "dice": s["mean_per_click"]["dice"], "nsd": s["mean_per_click"]["nsd"], "auc_dice": s["auc"]["dice"]["mean"],
+            "final_dice": s["mean_per_click"]["dice"][-1], "click_protocol_dice": clicks,
+            "box_minus_first_click": s["mean_per_click"]["dice"][0] - clicks[0]}
+
+
+def _markdown_cvpr25(rows: Sequence[Mapping]) -> str:
+    n = len(rows[0]["dice"])
+    head = ["method", "box", *[f"box + {k} click{'s' if k > 1 else ''}" for k in range(1, n)], "AUC", "final Dice",
+            "clicks only: 1 click", f"clicks only: {n - 1} clicks"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"{d:.3f} / {s:.3f}" for d, s in zip(r["dice"], r["nsd"])]
+        clicks = r["click_protocol_dice"]
+        lines.append("| " + " | ".join([r["label"], *cells, f"{r['auc_dice']:.3f}", f"{r['final_dice']:.3f}",
+                                        f"{clicks[0]:.3f}", f"{clicks[min(n - 1, len(clicks)) - 1]:.3f}"]) + " |")
+    return "\n".join(lines)
 
 
 def _plot_names(rows: list[dict]) -> list[str]:
@@ -623,6 +652,11 @@ def comparison_markdown(doc: Mapping, figures: Mapping[str, str] | None = None) 
         parts += ["", f"Non-deep attribute baseline: {len(doc['attribute_baseline']['features'])} image measurements "
                       f"inside the {doc['attribute_baseline']['mask']}, one random forest per attribute fitted on "
                       f"{doc['attribute_baseline']['fitted_on']}."]
+    if doc.get("cvpr25"):
+        parts += ["", "**CVPR 2025 interactive protocol (validation)**: the lesion's tight 3D box first, then up to "
+                      "5 clicks, each at the centre of the largest error component; mean Dice / NSD after each "
+                      "interaction, the area under the Dice curve and the final Dice, beside the click protocol's Dice "
+                      "after 1 and 5 clicks.", "", _markdown_cvpr25(doc["cvpr25"])]
     if figures:
         parts += [""] + [f"![{k}]({v})" for k, v in figures.items()]
     return "\n".join(parts) + "\n"

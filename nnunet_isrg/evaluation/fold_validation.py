@@ -16,6 +16,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from os.path import join
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -36,6 +37,9 @@ from .protocol import CaseResult, run_interactive_protocol, summarise_cases
 Gather = Callable[[dict[str, CaseResult]], "dict[str, CaseResult] | None"]
 REPORTS_FOLDER = "reports"
 INTERACTIVE_SUMMARY = "interactive_summary.json"
+#: the CVPR 2025 challenge's protocol (the lesion's box, then clicks) beside the click protocol
+CVPR25_REPORTS_FOLDER = "reports_cvpr25"
+CVPR25_SUMMARY = "interactive_summary_cvpr25.json"
 DICE_PLOT = "dice_per_click.png"
 
 
@@ -98,7 +102,7 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
                    attribute_table: Mapping[str, Mapping[str, str]] | None = None,
                    device: torch.device | str = "cpu", log: Callable[[str], None] = print,
                    save_probabilities: bool = False,
-                   attribute_support: Mapping[str, int] | None = None) -> dict[str, CaseResult]:
+                   attribute_support: Mapping[str, int] | None = None, cvpr25: bool = True) -> dict[str, CaseResult]:
     """The click protocol on every case of ``dataset``; writes each case's mask and report.
 
     Args:
@@ -116,10 +120,15 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
         save_probabilities: also export nnU-Net's probability files.
         attribute_support: attribute -> labelled training cases of the network; attributes with
             none are neither predicted nor scored (None: every attribute counts as trained).
+        cvpr25: also run the CVPR 2025 protocol (the lesion's box, then ``n_clicks`` clicks) on each
+            case, its results in ``reports_cvpr25/CASE.json`` (no mask exported).
 
-    Returns case id -> result for the cases with a lesion (a case without one is exported empty).
+    Returns case id -> result of the click protocol for the cases with a lesion (a case without one
+    is exported empty).
     """
     os.makedirs(join(output_folder, REPORTS_FOLDER), exist_ok=True)
+    if cvpr25:
+        os.makedirs(join(output_folder, CVPR25_REPORTS_FOLDER), exist_ok=True)
     spacing = [float(s) for s in configuration_manager.spacing]
     num_heads = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     network.eval()
@@ -144,6 +153,12 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
                               {**result.to_dict(), "encode_calls": encode_calls, "attributes_not_assessed": untrained,
                                **extent})
             log(f"{k}: Dice per click {[round(d, 3) for d in result.dice]}")
+            if cvpr25:
+                boxed, _ = protocol_with_network(network, schema, volume, gt, spacing, n_clicks, case_id=k,
+                                                 device=device, untrained_attributes=untrained, keep_final_mask=False,
+                                                 first_prompt="box")
+                write_json_atomic(join(output_folder, CVPR25_REPORTS_FOLDER, f"{k}.json"), boxed.to_dict())
+                log(f"{k}: CVPR 2025 protocol, Dice after the box and each click {[round(d, 3) for d in boxed.dice]}")
         export_prediction_from_logits(mask_to_logits(final, label_value, num_heads), properties, configuration_manager,
                                       plans_manager, dataset_json, join(output_folder, k), save_probabilities)
     return results
@@ -165,6 +180,14 @@ def summarise_fold(results: Mapping[str, CaseResult], output_folder: str, plans_
     summary.update({**(run_info or {}), "n_cases": len(results), "attributes_not_assessed": untrained,
                     "attribute_support": dict(attribute_support) if attribute_support is not None else None,
                     "spacing_zyx_mm": [float(s) for s in configuration_manager.spacing], "cases": sorted(results)})
+    cvpr25 = _cvpr25_results(output_folder, results)
+    if cvpr25:
+        boxed = summarise_cases(cvpr25, None)
+        boxed.update({**(run_info or {}), "protocol": "cvpr25", "n_cases": len(cvpr25), "cases": sorted(results)})
+        write_json_atomic(join(output_folder, CVPR25_SUMMARY), boxed)
+        summary["cvpr25"] = {"dice_per_interaction": boxed["mean_per_click"]["dice"],
+                             "nsd_per_interaction": boxed["mean_per_click"]["nsd"],
+                             "auc_dice": boxed["auc"]["dice"]["mean"], "final_dice": boxed["mean_per_click"]["dice"][-1]}
     write_json_atomic(join(output_folder, INTERACTIVE_SUMMARY), summary)
     plot_metric_vs_clicks({plot_title: {"mean Dice": curve_from_summary(summary, "dice")}},
                           join(output_folder, DICE_PLOT), "dice")
@@ -175,6 +198,16 @@ def summarise_fold(results: Mapping[str, CaseResult], output_folder: str, plans_
         label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels,
         label_manager.ignore_label, chill=True, num_processes=1)
     return summary, metrics
+
+
+def _cvpr25_results(output_folder: str, results: Mapping[str, CaseResult]) -> list[CaseResult]:
+    """The CVPR 2025 protocol's results of the cases of ``results`` (every process of a distributed
+    validation wrote its own cases' files), or [] when they were not run for all of them."""
+    folder = Path(output_folder) / CVPR25_REPORTS_FOLDER
+    files = [folder / f"{k}.json" for k in sorted(results)]
+    if not files or not all(f.is_file() for f in files):
+        return []
+    return [CaseResult.from_json(f) for f in files]
 
 
 @dataclass
@@ -212,4 +245,5 @@ def validate_fold(network: torch.nn.Module, dataset, output_folder: str, plans_m
 
 
 __all__ = ["validate_fold", "validate_cases", "summarise_fold", "protocol_with_network", "mask_to_logits",
-           "FoldValidation", "INTERACTIVE_SUMMARY", "REPORTS_FOLDER", "DICE_PLOT"]
+           "FoldValidation", "INTERACTIVE_SUMMARY", "REPORTS_FOLDER", "DICE_PLOT", "CVPR25_REPORTS_FOLDER",
+           "CVPR25_SUMMARY"]

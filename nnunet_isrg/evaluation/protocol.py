@@ -267,19 +267,21 @@ def _attribute_summary(results: Sequence[CaseResult], schema: Schema) -> dict:
 
 def _summarise(results: Sequence[CaseResult], schema: Schema | None) -> dict:
     n_clicks = max(r.n_clicks for r in results)
+    n = max(len(r.dice) for r in results)   # interactions: the clicks, and the box before them (CVPR 2025)
     per_click = {}
     for m in METRICS:
         per_click[m] = [summarise_values([getattr(r, m)[k] for r in results if k < len(getattr(r, m))])
-                        for k in range(n_clicks)]
+                        for k in range(n)]
     out = {
         "n_cases": len(results),
         "n_clicks": n_clicks,
+        "first_prompt": results[0].first_prompt,
         "per_click": per_click,
         "mean_per_click": {m: [s["mean"] for s in per_click[m]] for m in METRICS},
         "auc": {m: summarise_values([r.auc[m] for r in results]) for m in METRICS},
         "noc": {},
         "n_pred_empty_per_click": [sum(1 for r in results if k < len(r.pred_empty) and r.pred_empty[k])
-                                   for k in range(n_clicks)],
+                                   for k in range(n)],
     }
     for t in NOC_THRESHOLDS:
         key = _noc_key(t)

@@ -36,7 +36,7 @@ from typing import Any, Literal, Mapping, Sequence, Union
 
 import numpy as np
 import torch
-from scipy.ndimage import label as connected_components
+import cc3d
 
 from nnunet_isrg.inference.embedding_cache import EmbeddingCache
 from nnunet_isrg.inference.preprocessed_volume import ArrayVolume, PreprocessedVolume
@@ -105,7 +105,9 @@ def lesion_part(crop_mask: torch.Tensor, view_points: np.ndarray, positive: np.n
     """The connected parts of a view's mask that hold a positive click: the lesion, without what the
     network marked elsewhere. The whole mask when no positive click lies in it."""
     mask = crop_mask.numpy()
-    labels, n = connected_components(mask)
+    # face-connected components (scipy's default), with cc3d: a few times faster on a crop, and this
+    # runs at every click whose mask touches a face of its view
+    labels, n = cc3d.connected_components(mask, connectivity=6, return_N=True)
     if n <= 1:
         return mask
     idx = np.clip(np.rint(view_points[positive]).astype(int), 0, np.array(mask.shape) - 1)

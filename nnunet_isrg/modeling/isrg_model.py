@@ -168,7 +168,11 @@ class ISRGModel(nn.Module):
         # Padding coordinates are arbitrary (even NaN); zero them so masked tokens stay finite.
         points = torch.where(labels[..., None] < 0, torch.zeros_like(points), points)
         clicks, click_labels = points, labels
-        regions = self.prompt_encoder.region_maps(points, labels, scribbles, dtype=grid.dtype)
+        # clicks alone leave the region maps zero and their branches add nothing: skipped, so a click
+        # costs what it did before boxes existed (in training they stay in the graph, for DDP)
+        has_regions = scribbles is not None or bool((labels >= BOX_LOW).any())
+        regions = (self.prompt_encoder.region_maps(points, labels, scribbles, dtype=grid.dtype)
+                   if has_regions or self.training else None)
         if self.point_refiner is not None:   # refines clicks; box corners are no place to look around
             only_clicks = torch.where(labels >= BOX_LOW, torch.full_like(labels, -1), labels)
             ref_points, ref_labels = self.point_refiner(grid, points, only_clicks, self.patch_size)

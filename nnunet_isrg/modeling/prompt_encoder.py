@@ -131,10 +131,12 @@ class PromptEncoder3D(nn.Module):
         any voxel of it is covered."""
         return region_maps(points, labels, scribbles, self.crop_size, self.mask_input_size, dtype)
 
-    def dense_embedding(self, dense_input: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    def dense_embedding(self, dense_input: torch.Tensor, regions: torch.Tensor | None) -> torch.Tensor:
         """The dense prompt (B, C, d, h, w) added to the image embedding, from :meth:`dense_input` and
-        :meth:`region_maps`."""
-        x = self.mask_downscaling[0](dense_input) + self.region_downscaling(regions.to(dense_input.dtype))
+        :meth:`region_maps` (None: no box or stroke, the region branch adds nothing)."""
+        x = self.mask_downscaling[0](dense_input)
+        if regions is not None:
+            x = x + self.region_downscaling(regions.to(dense_input.dtype))
         return self.mask_downscaling[1:](x)
 
     def dense_input(self, mask_prompt: torch.Tensor | None, batch_size: int, dtype=torch.float32, device=None,

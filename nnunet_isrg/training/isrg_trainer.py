@@ -491,6 +491,12 @@ class ISRGTrainer(nnUNetTrainer):
         self.print_to_log_file(f"Interactive validation ({len(outcome.results)} cases): mean Dice per click "
                                f"{[round(d, 4) for d in dice]}; mean attribute accuracy "
                                f"{attributes.get('mean_accuracy')}", also_print_to_console=True)
+        if "cvpr25" in outcome.summary:
+            boxed = outcome.summary["cvpr25"]
+            self.print_to_log_file(f"CVPR 2025 protocol (box, then clicks): mean Dice per interaction "
+                                   f"{[round(d, 4) for d in boxed['dice_per_interaction']]}; AUC "
+                                   f"{boxed['auc_dice']:.4f}; final Dice {boxed['final_dice']:.4f}",
+                                   also_print_to_console=True)
         self.print_to_log_file("Mean Validation Dice (final masks, nnU-Net evaluation): ", foreground_dice,
                                also_print_to_console=True)
 

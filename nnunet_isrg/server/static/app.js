@@ -27,6 +27,8 @@ const state = {
   revision: 0,
   busy: 0,
   views: {},             // plane -> {canvas, ctx, range, label, bitmap, seq}
+  gesture: null,         // the mouse press being drawn: {plane, down, path: [zyx...], moved}
+  lassoTool: false,      // drags draw lassos instead of boxes
 };
 
 // ------------------------------------------------------------------ API
@@ -236,11 +238,12 @@ function drawView(plane) {
   // clicks of the current lesion lying on this slice
   const cur = state.lesions.find(l => l.lesion_id === state.current);
   const a = AXIS[g.axis], idx = sliceIndex(plane);
+  const toCanvas = p => [(p[AXIS[g.columns]] + 0.5) * px,
+                          ((g.rows_reversed ? R - 1 - p[AXIS[g.rows]] : p[AXIS[g.rows]]) + 0.5) * py];
   for (const c of (cur ? cur.clicks : [])) {
     const p = c.voxel_zyx;
     if (Math.abs(p[a] - idx) > 0.5) continue;
-    const r = g.rows_reversed ? R - 1 - p[AXIS[g.rows]] : p[AXIS[g.rows]];
-    const x = (p[AXIS[g.columns]] + 0.5) * px, y = (r + 0.5) * py;
+    const [x, y] = toCanvas(p);
     ctx.beginPath();
     ctx.arc(x, y, 5, 0, 2 * Math.PI);
     ctx.fillStyle = c.positive ? "#44d17a" : "#ff4fd8";
@@ -248,8 +251,41 @@ function drawView(plane) {
     ctx.strokeStyle = "#000";
     ctx.stroke();
   }
+  for (const p of (cur ? cur.prompts || [] : [])) drawPrompt(ctx, g, a, idx, p, toCanvas, px, py);
+  const ges = state.gesture;
+  if (ges && ges.plane === plane && ges.moved) {
+    const positive = !(ges.down.button === 2 || ges.down.shiftKey);
+    drawPrompt(ctx, g, a, idx, gesturePrompt(ges, positive), toCanvas, px, py);
+  }
   v.label.textContent = `${g.axis} ${idx + 1}/${g.n_slices}`;
   v.range.value = idx;
+}
+
+// the current lesion's box, scribbles and lassos (and the one being drawn) where they cross this slice
+function drawPrompt(ctx, g, a, idx, p, toCanvas, px, py) {
+  ctx.strokeStyle = p.positive ? "#44d17a" : "#ff4fd8";
+  ctx.lineWidth = 2;
+  ctx.beginPath();
+  if (p.kind === "box") {
+    const [lo, hi] = p.corners_voxel_zyx || p.corners;
+    if (idx < Math.min(lo[a], hi[a]) - 0.5 || idx > Math.max(lo[a], hi[a]) + 0.5) return;
+    const [x0, y0] = toCanvas(lo), [x1, y1] = toCanvas(hi);
+    ctx.rect(Math.min(x0, x1) - px / 2, Math.min(y0, y1) - py / 2, Math.abs(x1 - x0) + px, Math.abs(y1 - y0) + py);
+  } else if (p.kind === "scribble") {
+    const pts = (p.points_voxel_zyx || p.points || []).filter(q => Math.abs(q[a] - idx) <= 0.5);
+    pts.forEach((q, i) => { const [x, y] = toCanvas(q); if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y); });
+  } else if (p.kind === "lasso") {
+    if (AXIS[p.slice_axis] !== a || p.slice_index !== idx) return;
+    p.polygon.forEach((q, i) => {
+      const zyx = [0, 0, 0], other = [0, 1, 2].filter(k => k !== a);
+      zyx[a] = idx; zyx[other[0]] = q[0]; zyx[other[1]] = q[1];
+      const [x, y] = toCanvas(zyx);
+      if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+    });
+    ctx.closePath();
+  }
+  ctx.stroke();
+  ctx.lineWidth = 1;
 }
 
 function drawAll() { for (const p of PLANES) if (state.views[p].bitmap) drawView(p); }
@@ -295,6 +331,65 @@ async function clickAt(plane, ev) {
     setStatus(`Lesion ${r.lesion.lesion_id}: ${r.lesion.n_clicks} click(s), ${fmt(r.lesion.volume_ml, 2)} mL.`);
   });
   await loadReport();
+}
+
+// ------------------------------------------------------------------ gestures
+// A press without moving is a click (above). A drag draws a prompt on the view's slice: a box (plain
+// drag, a 2D box on this slice), a scribble (Alt, Ctrl or Cmd + drag) or, with the lasso tool on, a
+// lasso (the drag's path, closed). Right button or Shift: negative, as for clicks.
+const DRAG_PX = 4;
+
+function startGesture(plane, ev) {
+  if (!state.image || ev.button === 1) return;
+  ev.preventDefault();
+  state.gesture = { plane, down: ev, path: [voxelAt(plane, ev)], moved: false };
+}
+
+function moveGesture(ev) {
+  const ges = state.gesture;
+  if (!ges) return;
+  if (!ges.moved && Math.hypot(ev.clientX - ges.down.clientX, ev.clientY - ges.down.clientY) < DRAG_PX) return;
+  ges.moved = true;
+  const zyx = voxelAt(ges.plane, ev), last = ges.path[ges.path.length - 1];
+  if (zyx.some((v, i) => v !== last[i])) ges.path.push(zyx);
+  drawView(ges.plane);
+}
+
+function gestureKind(ges) {
+  return state.lassoTool ? "lasso" : (ges.down.altKey || ges.down.ctrlKey || ges.down.metaKey) ? "scribble" : "box";
+}
+
+function gesturePrompt(ges, positive) {
+  const kind = gestureKind(ges), path = ges.path;
+  if (kind === "box") return { kind, corners: [path[0], path[path.length - 1]], positive };
+  if (kind === "scribble") return { kind, points: path, positive };
+  const a = AXIS[state.image.planes[ges.plane].axis], other = [0, 1, 2].filter(k => k !== a);
+  return { kind, slice_axis: "zyx"[a], slice_index: path[0][a], polygon: path.map(p => [p[other[0]], p[other[1]]]),
+           positive };
+}
+
+async function endGesture() {
+  const ges = state.gesture;
+  if (!ges) return;
+  state.gesture = null;
+  if (!ges.moved) { await clickAt(ges.plane, ges.down); return; }
+  const positive = !(ges.down.button === 2 || ges.down.shiftKey);
+  const body = gesturePrompt(ges, positive);
+  if (body.kind === "lasso" && body.polygon.length < 3) { drawView(ges.plane); showError("A lasso needs a longer path: draw around the region."); return; }
+  clearError();
+  await busy(`${positive ? "Positive" : "Negative"} ${body.kind}: computing the mask…`, async () => {
+    const r = await api("POST", `sessions/${state.sid}/prompts`, Object.assign({ space: "voxel" }, body));
+    state.revision = r.revision;
+    await refreshLesions();
+    await refreshViews();
+    setStatus(`Lesion ${r.lesion.lesion_id}: ${body.kind} added, ${fmt(r.lesion.volume_ml, 2)} mL.`);
+  });
+  await loadReport();
+}
+
+function setLassoTool(on) {
+  state.lassoTool = on;
+  $("lasso-btn").setAttribute("aria-pressed", String(on));
 }
 
 // ------------------------------------------------------------------ lesions
@@ -497,7 +592,7 @@ function bindViews() {
                 label: canvas.parentElement.querySelector(".slice-label"), bitmap: null, seq: 0 };
     state.views[plane] = v;
     canvas.addEventListener("contextmenu", ev => ev.preventDefault());
-    canvas.addEventListener("mousedown", ev => { clickAt(plane, ev).catch(() => {}); });
+    canvas.addEventListener("mousedown", ev => startGesture(plane, ev));
     canvas.addEventListener("wheel", ev => {
       if (!state.image) return;
       ev.preventDefault();
@@ -509,6 +604,9 @@ function bindViews() {
 
 async function start() {
   bindViews();
+  window.addEventListener("mousemove", moveGesture);
+  window.addEventListener("mouseup", () => { endGesture().catch(() => {}); });
+  $("lasso-btn").addEventListener("click", () => setLassoTool(!state.lassoTool));
   $("error-close").addEventListener("click", clearError);
   $("open-btn").addEventListener("click", () => openPath().catch(() => {}));
   $("upload-input").addEventListener("change", ev => {
@@ -538,6 +636,7 @@ async function start() {
     if (!state.image || ev.target.tagName === "INPUT" || ev.target.tagName === "SELECT") return;
     if (ev.key === "z" || ev.key === "Z") lesionAction("Undoing the last click…", "undo").catch(() => {});
     if (ev.key === "n" || ev.key === "N") lesionAction("Starting a new lesion…", "lesions").catch(() => {});
+    if (ev.key === "l" || ev.key === "L") setLassoTool(!state.lassoTool);
   });
   try {
     state.info = await api("GET", "info");
