@@ -27,6 +27,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from ..attributes import Schema, untrained_attributes
 from ..files import write_json_atomic
+from ..inference.embedding_cache import EmbeddingCache
 from ..inference.lesion_predictor import LesionPrediction, LesionPredictor
 from ..lesions import largest_lesion_component
 from .plots import curve_from_summary, plot_metric_vs_clicks
@@ -62,17 +63,20 @@ def protocol_with_network(network: torch.nn.Module, schema: Schema, volume: torc
                           device: torch.device | str = "cpu", keep_final_mask: bool = True,
                           untrained_attributes: Sequence[str] = (),
                           on_prediction: Callable[[LesionPrediction], None] | None = None,
-                          first_prompt: str = "click") -> tuple[CaseResult, int]:
+                          first_prompt: str = "click", cache: EmbeddingCache | None = None) -> tuple[CaseResult, int]:
     """The click protocol on one lesion with an ISRG network through :class:`LesionPredictor`, the
     predictor of the interactive session (zooming out for a lesion larger than the crop).
 
     ``volume``: (C, z, y, x) preprocessed image; ``gt``: bool mask of the target lesion on that grid;
     ``untrained_attributes``: attributes the network never had a label for, neither predicted nor
     scored; ``on_prediction``: called with every prediction (its zoom, field of view, truncation);
-    ``first_prompt``: "box" runs the CVPR 2025 protocol (the lesion's box, then clicks).
+    ``first_prompt``: "box" runs the CVPR 2025 protocol (the lesion's box, then clicks); ``cache``:
+    embeddings of this volume's views from an earlier protocol run on it (default: a new cache).
     Returns the case result and the number of image encodings the predictor needed.
     """
-    predictor = LesionPredictor(network, schema, volume, device=device, untrained_attributes=untrained_attributes)
+    predictor = LesionPredictor(network, schema, volume, device=device, untrained_attributes=untrained_attributes,
+                                cache=cache)
+    encodes_before = predictor.encode_calls
     attribute_truth = {a: v for a, v in (attribute_truth or {}).items() if a not in set(untrained_attributes)}
 
     def predict_fn(clicks, box=None):
@@ -86,7 +90,7 @@ def protocol_with_network(network: torch.nn.Module, schema: Schema, volume: torc
                                           attribute_truth=attribute_truth or None, case_id=case_id,
                                           lesion_type=lesion_type, keep_final_mask=keep_final_mask,
                                           first_prompt=first_prompt)
-    return result, predictor.encode_calls
+    return result, predictor.encode_calls - encodes_before
 
 
 def _extent(prediction: LesionPrediction) -> dict:
@@ -144,10 +148,11 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
         else:
             volume = torch.from_numpy(np.asarray(data[:], dtype=np.float32))
             extent: dict = {}  # of the last prediction only: its logits may be large
+            cache = EmbeddingCache(network.encode_image)   # the views' embeddings serve both protocols
             result, encode_calls = protocol_with_network(
                 network, schema, volume, gt, spacing, n_clicks, {a: v for a, v in entry.items() if a in schema},
                 case_id=k, lesion_type=entry.get("lesion_type"), device=device, untrained_attributes=untrained,
-                on_prediction=lambda p: extent.update(_extent(p)))
+                on_prediction=lambda p: extent.update(_extent(p)), cache=cache)
             results[k], final = result, result.final_mask
             write_json_atomic(join(output_folder, REPORTS_FOLDER, f"{k}.json"),
                               {**result.to_dict(), "encode_calls": encode_calls, "attributes_not_assessed": untrained,
@@ -156,7 +161,7 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
             if cvpr25:
                 boxed, _ = protocol_with_network(network, schema, volume, gt, spacing, n_clicks, case_id=k,
                                                  device=device, untrained_attributes=untrained, keep_final_mask=False,
-                                                 first_prompt="box")
+                                                 first_prompt="box", cache=cache)
                 write_json_atomic(join(output_folder, CVPR25_REPORTS_FOLDER, f"{k}.json"), boxed.to_dict())
                 log(f"{k}: CVPR 2025 protocol, Dice after the box and each click {[round(d, 3) for d in boxed.dice]}")
         export_prediction_from_logits(mask_to_logits(final, label_value, num_heads), properties, configuration_manager,

@@ -101,8 +101,8 @@ def _numbers(v: Any, n: int | None = None) -> bool:
 def _check_prompt(p: Any, w: str) -> None:
     """One prompt of a clicks file: a click, box, scribble or lasso with its fields (ClicksFileError)."""
     kind = p.get("kind") if isinstance(p, Mapping) else None
-    if kind not in PROMPT_FIELDS:
-        raise ClicksFileError(f"{w}: \"kind\" must be one of {list(PROMPT_FIELDS)}, got {kind!r}")
+    if kind not in PROMPT_KINDS:
+        raise ClicksFileError(f"{w}: \"kind\" must be one of {list(PROMPT_KINDS)}, got {kind!r}")
     if not isinstance(p.get("positive", True), bool):
         raise ClicksFileError(f"{w}: \"positive\" must be true or false")
     if kind == "click" and not _numbers(p.get("point"), 3):
@@ -120,8 +120,8 @@ def _check_prompt(p: Any, w: str) -> None:
                               f"\"polygon\" of at least three in-plane points")
 
 
-#: the prompts of a clicks file and the session call each becomes (through ``ISRGSession.add_prompt``)
-PROMPT_FIELDS = {"click": "add_click", "box": "add_box", "scribble": "add_scribble", "lasso": "add_lasso"}
+#: the prompts of a clicks file (``ISRGSession.add_prompt`` gives each to the session)
+PROMPT_KINDS = ("click", "box", "scribble", "lasso")
 
 
 def load_clicks(path: str | os.PathLike, images: Sequence[str]) -> dict[str, dict]:

@@ -326,11 +326,11 @@ class ISRGTrainer(nnUNetTrainer):
                 for _ in range(n_rounds):
                     out = self.model.decode(emb, points, labels, prev, scribbles)
                     pred = out["mask_logits"] > 0
-                    kind = float(torch.rand(1, generator=self._click_generator))
+                    draw = float(torch.rand(1, generator=self._click_generator))
                     stroke = None
-                    if mix and kind < self.correction_scribble_fraction:
+                    if mix and draw < self.correction_scribble_fraction:
                         stroke = simulate_correction_scribble(pred, targets, self._click_generator)
-                    elif mix and kind < self.correction_scribble_fraction + self.correction_lasso_fraction:
+                    elif mix and draw < self.correction_scribble_fraction + self.correction_lasso_fraction:
                         stroke = simulate_correction_lasso(pred, targets, self._click_generator)
                     else:
                         central = self._chance(self.protocol_click_fraction)
@@ -338,7 +338,7 @@ class ISRGTrainer(nnUNetTrainer):
                                                          mode="centre" if central else "proportional")
                         points, labels = torch.cat([points, p], 1), torch.cat([labels, l], 1)
                     kind = "clicks" if stroke is None else (
-                        "scribbles" if kind < self.correction_scribble_fraction else "lassos")
+                        "scribbles" if draw < self.correction_scribble_fraction else "lassos")
                     if mix:
                         self._prompt_counts[kind] = self._prompt_counts.get(kind, 0) + 1
                     if stroke is not None:
