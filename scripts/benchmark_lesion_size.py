@@ -37,6 +37,7 @@ Writes ``results/benchmark_lesion_size.json`` and ``.md``; ``--update-readme`` r
 section ``lesion-size``.
 
     python scripts/benchmark_lesion_size.py --before /tmp/before --update-readme
+    python scripts/benchmark_lesion_size.py --before /tmp/before --rounds 3 --skip-synthetic   # timing noise
     python scripts/benchmark_lesion_size.py --cases 3 --skip-synthetic        # a quick look
 """
 from __future__ import annotations
@@ -306,15 +307,21 @@ def summarise_sarcomas(run: dict) -> dict:
 
 def compare_on_common_cases(runs: dict) -> None:
     """With a "before" run, time the further clicks on a lesion in one crop over the same cases in both:
-    those whose first click needed one encoding in both runs (replaces each summary's figure)."""
+    those whose first click needed one encoding in both runs (replaces each summary's figure). With
+    ``--rounds``, the clicks of every round are pooled and each round's median is kept: the rounds of
+    "before" and "after" alternate, so a change in the machine's load falls on both."""
     if not all("summary" in runs.get(code, {}) for code in ("after", "before")):
         return
     cases = {code: {c["case"]: c for c in runs[code]["cases"]} for code in ("after", "before")}
     common = [k for k in cases["after"] if k in cases["before"]
               and all(cases[code][k]["clicks"][0]["encodes"] == 1 for code in cases)]
     for code in cases:
-        runs[code]["summary"]["further_click_fits_crop_s"] = _stats(
-            [k["s"] for c in common for k in cases[code][c]["clicks"][1:] if k["encodes"] == 0])
+        rounds = [runs[code]["cases"], *runs[code].get("later_rounds", [])]
+        per_round = [[k["s"] for c in r if c["case"] in common for k in c["clicks"][1:] if k["encodes"] == 0]
+                     for r in rounds]
+        runs[code]["summary"]["further_click_fits_crop_s"] = _stats([t for r in per_round for t in r])
+        runs[code]["summary"]["further_click_fits_crop_round_medians_s"] = [
+            statistics.median(r) if r else None for r in per_round]
         runs[code]["summary"]["one_crop_cases"] = common
 
 
@@ -356,6 +363,15 @@ def markdown(results: dict) -> str:
                          f"{100 * s['fraction_inside']:.1f} % | {s['n_cut']} / {trunc} | {s['n_zoomed']} | "
                          f"{_s(s['first_click_s'])} | {_ms(s['further_click_s'])} | {_ms(s['further_click_fits_crop_s'])} | "
                          f"{_s(s['zoomed_click_s'])} |")
+    rounds = [f"{model}: " + "; ".join(
+                  f"{code} " + " / ".join("-" if m is None else f"{1e3 * m:.0f}" for m in run["summary"][
+                      "further_click_fits_crop_round_medians_s"]) for code, run in runs.items())
+              for model, runs in results["sarcomas"].items()
+              if all(len(run.get("summary", {}).get("further_click_fits_crop_round_medians_s", [])) > 1
+                     for run in runs.values())]
+    if rounds:
+        lines += ["", "Further click on a lesion in one crop, the median of each round (ms; the rounds of before and "
+                  "after alternate, so their spread is the timing noise): " + "; ".join(rounds) + "."]
     syn = results.get("synthetic")
     if syn and "error" not in syn:
         f = syn["first_click"]
@@ -400,6 +416,9 @@ def main(argv=None) -> None:
                                                     "model and a Dataset600 sarcoma model where they exist)")
     p.add_argument("--before", help="a code tree to measure as 'before' (git archive HEAD | tar -x -C DIR)")
     p.add_argument("--cases", type=int, default=0, help="first N sarcomas only (0: all 24)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with --before: run before and after alternately this many times per model and pool their "
+                        "further-click timings (each round's median is reported, the spread is the timing noise)")
     p.add_argument("--repeats", type=int, default=SYNTH_FURTHER_CLICKS, help="further clicks on the synthetic CT")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-synthetic", action="store_true")
@@ -433,13 +452,17 @@ def main(argv=None) -> None:
     for model in [IDEAL, *models]:
         name = "ideal segmenter (tiny cost)" if model == IDEAL else \
             f"{model.parent.name.split('_', 1)[-1]} {model.name.split('__')[0]}"
-        for label, code in codes.items():
-            print(f"sarcomas: {name}, {label} ({code})", flush=True)
-            with tempfile.TemporaryDirectory(prefix="isrg_lesion_size_") as tmp:
-                run = _run_child("sarcomas", args, code=code, model=model, model_folder=Path(tmp) / "model")
-            if "error" not in run:
-                run["summary"] = summarise_sarcomas(run)
-            results["sarcomas"].setdefault(name, {})[label] = run
+        for r in range(args.rounds if args.before else 1):
+            for label, code in codes.items():
+                print(f"sarcomas: {name}, {label} ({code}), round {r + 1}", flush=True)
+                with tempfile.TemporaryDirectory(prefix="isrg_lesion_size_") as tmp:
+                    run = _run_child("sarcomas", args, code=code, model=model, model_folder=Path(tmp) / "model")
+                if r == 0:
+                    if "error" not in run:
+                        run["summary"] = summarise_sarcomas(run)
+                    results["sarcomas"].setdefault(name, {})[label] = run
+                elif "error" not in run:   # a later round adds its timings only (its masks are the same)
+                    results["sarcomas"][name][label].setdefault("later_rounds", []).append(run["cases"])
         compare_on_common_cases(results["sarcomas"][name])
     if not args.skip_synthetic:
         from benchmark_session import SYNTH_SPACING_XYZ, SYNTH_TARGET_SPACING_ZYX, make_synthetic_ct

@@ -7,8 +7,9 @@ For each preset (default: tiny and base), in a fresh process each so the memory 
 - ``encode_image`` time, batch 1 (median of repeated calls, inference mode);
 - ``decode`` time per click, batch 1, Full configuration (point refinement and synergy on): the
   median of repeated calls for a correction click (2 clicks + previous low-res logits as mask
-  prompt), also for the first click (1 click, no mask prompt) and, for comparison, with refinement
-  and synergy switched off;
+  prompt), also for the first click (1 click, no mask prompt), for a box as the first prompt (its
+  two corner tokens and its region map; a box inside the cached crop costs this decode, no encode)
+  and, for comparison, with refinement and synergy switched off;
 - one training step, forward + backward (no optimiser step), batch 2, Full, with a mask prompt and
   the loss the trainer uses (soft Dice + attribute cross-entropy + IoU MSE);
 - peak memory: the process's peak resident set size (``resource.getrusage(...).ru_maxrss``), read
@@ -67,6 +68,7 @@ def bench_preset(preset: str, threads: int, repeats: int, train_repeats: int) ->
         torch.set_num_threads(threads)
     rss_import = _rss_mib()
     from nnunet_isrg.modeling.build import build_isrg_model
+    from nnunet_isrg.modeling.prompt_encoder import BOX_HIGH, BOX_LOW
 
     torch.manual_seed(0)
     model = build_isrg_model(preset).eval()
@@ -90,6 +92,9 @@ def bench_preset(preset: str, threads: int, repeats: int, train_repeats: int) ->
         prev = model.decode(emb, p1, l1)["low_res_logits"]
         decode_first_ms = _median_ms(lambda: model.decode(emb, p1, l1), repeats)
         decode_ms = _median_ms(lambda: model.decode(emb, p2, l2, prev), repeats)
+        # a box inside the crop as the first prompt: two corner tokens and its region map, on the cached embedding
+        box, box_labels = torch.stack([c / 2 - c / 8, c / 2 + c / 8])[None], torch.tensor([[BOX_LOW, BOX_HIGH]])
+        decode_box_ms = _median_ms(lambda: model.decode(emb, box, box_labels), repeats)
         # Same weights with both switches off (timing only; the modules are put back afterwards).
         refiner, synergy = model.point_refiner, model.synergy
         model.point_refiner, model.synergy = None, None
@@ -123,7 +128,8 @@ def bench_preset(preset: str, threads: int, repeats: int, train_repeats: int) ->
         "embed_dim": model.config["embed_dim"], "depth": model.config["depth"],
         "parameters": n_params, "parameters_by_component": components,
         "encode_ms": round(encode_ms, 2), "decode_ms": round(decode_ms, 2),
-        "decode_first_click_ms": round(decode_first_ms, 2), "decode_vanilla_ms": round(decode_vanilla_ms, 2),
+        "decode_first_click_ms": round(decode_first_ms, 2), "decode_box_ms": round(decode_box_ms, 2),
+        "decode_vanilla_ms": round(decode_vanilla_ms, 2),
         "decode_share": round(decode_ms / total, 3),
         "train_step_ms": round(train_ms, 1), "train_batch_size": 2,
         "rss_after_import_mib": round(rss_import, 1), "peak_rss_inference_mib": round(rss_inference, 1),
@@ -131,6 +137,10 @@ def bench_preset(preset: str, threads: int, repeats: int, train_repeats: int) ->
         "targets_met": ({"decode_ms<=100": decode_ms <= TARGET_DECODE_MS,
                          "decode_share<=0.25": decode_ms / total <= TARGET_DECODE_SHARE} if preset == "tiny" else None),
     }
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1f} ms"  # n/a: a result written before boxes were measured
 
 
 def to_markdown(res: dict) -> str:
@@ -142,15 +152,16 @@ def to_markdown(res: dict) -> str:
         "decode = a correction click (2 clicks + previous logits). Training step = forward + backward, batch 2. "
         "Memory = the process's peak resident set size (ru_maxrss), torch and Python included.",
         "",
-        "| preset | crop | tokens | params | encode_image | decode / click | decode first click | decode, Vanilla "
-        "| decode share | train step (B=2) | peak RSS inference | peak RSS training |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| preset | crop | tokens | params | encode_image | decode / click | decode first click | decode, a box "
+        "| decode, Vanilla | decode share | train step (B=2) | peak RSS inference | peak RSS training |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["presets"]:
         lines.append(
             f"| {r['preset']} | {'x'.join(map(str, r['crop_size']))} | {'x'.join(map(str, r['grid_size']))} "
             f"| {r['parameters'] / 1e6:.1f} M | {r['encode_ms']:.1f} ms | {r['decode_ms']:.1f} ms "
-            f"| {r['decode_first_click_ms']:.1f} ms | {r['decode_vanilla_ms']:.1f} ms | {100 * r['decode_share']:.0f} % "
+            f"| {r['decode_first_click_ms']:.1f} ms | {_ms(r.get('decode_box_ms'))} | {r['decode_vanilla_ms']:.1f} ms "
+            f"| {100 * r['decode_share']:.0f} % "
             f"| {r['train_step_ms'] / 1e3:.2f} s | {r['peak_rss_inference_mib']:.0f} MiB "
             f"| {r['peak_rss_training_mib']:.0f} MiB |")
     tiny = next((r for r in res["presets"] if r["preset"] == "tiny"), None)

@@ -19,8 +19,9 @@ skipped when its output exists:
    (default 0);
 5. ``isrg compare -d ID -p nnUNetISRGPlans --trainers TRAINER ... --classical-baseline``
    (``--attribute-baseline`` for the nodules): Table 2 (Dice, HD95, NSD at ``--clicks``), Table 3
-   (accuracy and balanced accuracy per attribute with the majority-class rates), the Dice-per-click
-   and accuracy plots and ``comparison.json``. All folds without the UNet when it was trained on
+   (accuracy and balanced accuracy per attribute with the majority-class rates), the CVPR 2025
+   protocol's table (``--protocol cvpr25``: the lesion's box first, then clicks, beside the click
+   protocol), the Dice-per-click and accuracy plots and ``comparison.json``. All folds without the UNet when it was trained on
    fewer folds, and the UNet's folds with it.
 
 Before that, for the sarcomas, the zero-shot block (kept from the first version of this script,
@@ -39,11 +40,13 @@ and a model-free reference: the Dice of taking the whole first crop as the mask.
 
 Outputs: ``results/benchmark_realdata.json`` and ``.md`` (zero-shot), and in
 ``results/benchmark_realdata_cv/``: ``summary.json`` / ``summary.md`` (every dataset's tables, the
-steps with their commands and wall times), ``DATASET/all_folds/`` and ``DATASET/baseline_folds/``
+steps with their commands and wall times), ``DATASET/learning_curves.json`` / ``.png`` (each ISRG fold's
+training log: losses on the training and held-out cases, held-out pseudo Dice), ``DATASET/all_folds/`` and ``DATASET/baseline_folds/``
 (``isrg compare``'s tables, CSV, plots, JSON) and ``steps_ledger.json`` (the wall time of each
 step when it ran, so a rerun that skips it still reports it). ``--update-readme`` replaces the
-README sections ``realdata-results`` (zero-shot) and ``realdata-cv`` and copies the plots to
-``docs/figures/benchmark_realdata/``.
+README sections ``realdata-results`` (zero-shot), ``realdata-cv`` (how to read the tables) and
+``realdata-cv-sts`` / ``realdata-cv-nodules`` (one per dataset run, so that the datasets can be run by
+separate invocations, e.g. on separate days) and copies the plots to ``docs/figures/benchmark_realdata/``.
 
 ``--cases N [M]``: a smoke run on the first N cases of each dataset (or N sarcomas and M nodules;
 the nodules are spread over at least 5 patients, at most N // 5 per patient, so that 5
@@ -407,7 +410,8 @@ def compare_command(dataset_id: int, trainer: str, baseline: str, block: dict, c
                     attribute_baseline: bool, out_dir: Path, device: str = "cpu") -> list[str]:
     cmd = ["isrg", "compare", "-d", str(dataset_id), "-p", PLANS, "--baseline",
            *([baseline] if block["with_baseline"] else []), "--trainers", trainer,
-           "-f", *map(str, block["folds"]), "--clicks", *map(str, clicks), "--classical-baseline"]
+           "-f", *map(str, block["folds"]), "--clicks", *map(str, clicks), "--classical-baseline",
+           "--protocol", "cvpr25"]
     if attribute_baseline:
         cmd.append("--attribute-baseline")
     return cmd + ["-device", device, "-o", str(out_dir)]
@@ -476,7 +480,7 @@ def _compare_current(out_dir: Path, inputs: Sequence[Path], block: dict, methods
         return False
     doc = json.loads(path.read_text())
     same = (doc.get("folds") == list(block["folds"]) and doc.get("clicks") == sorted(set(clicks))
-            and [m["trainer"] for m in doc.get("methods", [])] == list(methods))
+            and [m["trainer"] for m in doc.get("methods", [])] == list(methods) and bool(doc.get("cvpr25")))
     return same and path.stat().st_mtime > max(p.stat().st_mtime for p in inputs)
 
 
@@ -499,6 +503,47 @@ def compare(spec: RealDataset, dataset_id: int, name: str, args, env: dict, log:
 
 
 # ------------------------------------------------------------------------------------------ the zero-shot block
+LEARNING_CURVES_PNG = "learning_curves.png"
+
+
+def learning_curves(env: dict, name: str, trainer: str, folds: Sequence[int], out_dir: Path) -> dict | None:
+    """Each fold's training log (``logging`` of its ``checkpoint_final.pth``), per epoch: the loss on the
+    training cases (the trainer's prompt mix), the loss and pseudo Dice on the held-out cases (one
+    random click). Writes ``learning_curves.json`` and ``.png`` to ``out_dir``; None when no fold has
+    a final checkpoint. ``late_gain``: the mean pseudo Dice of the last quarter of the epochs minus that of
+    the quarter before, averaged over folds (above ~0.02: still learning when the schedule stopped)."""
+    import torch
+
+    from nnunet_isrg.evaluation.plots import plot_learning_curves
+
+    curves = {}
+    for f in folds:
+        ckpt = _fold_dir(env, name, trainer, f) / "checkpoint_final.pth"
+        if not ckpt.is_file():
+            continue
+        log = torch.load(ckpt, map_location="cpu", weights_only=False)["logging"]
+        curves[str(f)] = {"train_loss": [float(v) for v in log["train_losses"]],
+                          "val_loss": [float(v) for v in log["val_losses"]],
+                          "pseudo_dice": [float(v) for v in log["mean_fg_dice"]]}
+    if not curves:
+        return None
+
+    def quarter_gain(d: list[float]) -> float:
+        q = max(1, len(d) // 4)
+        return float(np.mean(d[-q:]) - np.mean(d[-2 * q:-q])) if len(d) >= 2 * q else float("nan")
+
+    summary = {"trainer": trainer, "folds": curves,
+               "final_pseudo_dice": {f: c["pseudo_dice"][-1] for f, c in curves.items()},
+               "final_train_loss": {f: c["train_loss"][-1] for f, c in curves.items()},
+               "final_val_loss": {f: c["val_loss"][-1] for f, c in curves.items()},
+               "late_gain": float(np.nanmean([quarter_gain(c["pseudo_dice"]) for c in curves.values()])),
+               "png": str(out_dir / LEARNING_CURVES_PNG)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_learning_curves(curves, out_dir / LEARNING_CURVES_PNG, title=f"{name}: {trainer}")
+    write_json_atomic(out_dir / "learning_curves.json", summary)
+    return summary
+
+
 def _zero_shot_current(out_json: Path, info: dict, ids: Sequence[str], n_clicks: int) -> dict | None:
     """The zero-shot document in ``out_json`` when it is of this model (checkpoint unchanged), cases and clicks."""
     if not out_json.is_file():
@@ -712,6 +757,14 @@ def dataset_markdown(d: dict, figures: dict[str, str], zero_shot: dict | None) -
         tables = "\n".join(line for line in comparison_markdown(b["comparison"]).splitlines()
                            if not line.startswith("!["))
         lines += ["", title, "", tables.strip()]
+    lc = d.get("learning_curves")
+    if lc:
+        finals = ", ".join(f"fold {f} {v:.3f}" for f, v in lc["final_pseudo_dice"].items())
+        lines += ["", f"**Learning curves** (nnU-Net's log of each fold; the plot below): loss on the training cases "
+                      f"(with the prompt mix) and on the held-out cases, and the held-out pseudo Dice after one random "
+                      f"click, per epoch. Pseudo Dice at the last epoch: {finals}; the last quarter of the epochs "
+                      f"{'gained' if lc['late_gain'] >= 0 else 'lost'} {abs(lc['late_gain']):.3f} over the quarter "
+                      f"before ({'still learning when the schedule stopped' if lc['late_gain'] > 0.02 else 'flat'})."]
     if zero_shot is not None and zero_shot.get("summary", {}).get("n_cases"):
         lines += ["", f"Reference, the phantom model of the section above on all {zero_shot['summary']['n_cases']} "
                       f"sarcomas (not per fold; at its own {zero_shot['model']['spacing_mm'][0]:g} mm spacing):", "",
@@ -721,23 +774,35 @@ def dataset_markdown(d: dict, figures: dict[str, str], zero_shot: dict | None) -
     return "\n".join(lines)
 
 
+def provenance_line(doc: dict) -> str:
+    return (f"Produced by `{doc['command']}` on {doc['generated'][:10]} ({doc['machine']['cpus']} CPU cores, "
+            f"{doc['machine']['device']}, torch {doc['machine']['torch']}); this invocation "
+            f"{_hours(doc['invocation_s'])}. Each step, its command and its wall time are in `{doc['summary_json']}`.")
+
+
+def step_times_table(d: dict) -> str:
+    per = {k: sum(s["wall_s"] or 0 for s in d["steps"] if s["step"] == k) for k in STEP_KINDS}
+    return "\n".join(["| run time | " + " | ".join(STEP_KINDS) + " | total |",
+                      "|---|" + "---|" * (len(STEP_KINDS) + 1),
+                      f"| `{d['dataset']}` | " + " | ".join(_hours(per[k]) for k in STEP_KINDS)
+                      + f" | {_hours(d['total_s'])} |"])
+
+
+def dataset_section(doc: dict, d: dict, figures: dict[str, str]) -> str:
+    """The README section ``realdata-cv-<key>`` of one dataset: its tables, figures and step times.
+
+    One section per dataset, so that a run of one dataset (``--datasets sts``) updates its own section
+    and leaves the other's as the run that wrote it."""
+    zero_shot = doc.get("zero_shot") if d["key"] == "sts" else None
+    return "\n".join([dataset_markdown(d, figures, zero_shot), "", provenance_line(doc), "", step_times_table(d)]) + "\n"
+
+
 def cv_markdown(doc: dict, figures: dict[str, dict[str, str]]) -> str:
-    """The ``realdata-cv`` section: every dataset's tables, the run time per step kind, how to read it."""
-    lines = ["### Real CT: trained on real lesions (cross-validation)", "",
-             f"Produced by `{doc['command']}` on {doc['generated'][:10]} ({doc['machine']['cpus']} CPU cores, "
-             f"{doc['machine']['device']}, torch {doc['machine']['torch']}); total run time "
-             f"{_hours(doc['total_s'])} (the wall time of every step when it ran; this invocation "
-             f"{_hours(doc['invocation_s'])}). Each step, its command and its time are in "
-             f"`{doc['summary_json']}`."]
+    """``summary.md``: every dataset's section of this run and how to read them."""
+    lines = ["### Real CT: trained on real lesions (cross-validation)", ""]
     for d in doc["datasets"]:
-        lines += ["", dataset_markdown(d, figures.get(d["dataset"], {}), doc.get("zero_shot") if d["key"] == "sts"
-                                       else None)]
-    lines += ["", "| dataset | " + " | ".join(STEP_KINDS) + " | total |", "|---|" + "---|" * (len(STEP_KINDS) + 1)]
-    for d in doc["datasets"]:
-        per = {k: sum(s["wall_s"] or 0 for s in d["steps"] if s["step"] == k) for k in STEP_KINDS}
-        lines.append(f"| `{d['dataset']}` | " + " | ".join(_hours(per[k]) for k in STEP_KINDS)
-                     + f" | {_hours(d['total_s'])} |")
-    lines += ["", HOW_TO_READ]
+        lines += [dataset_section(doc, d, figures.get(d["dataset"], {})), ""]
+    lines += [HOW_TO_READ]
     return "\n".join(lines) + "\n"
 
 
@@ -781,6 +846,13 @@ def _figures(datasets: Sequence[dict], base: Path, rel_to: Path | None = None, c
                     shutil.copy(src, dst)
                     src = dst
                 figs[label] = os.path.relpath(src, rel_to or base)
+        lc = d.get("learning_curves")
+        if lc and Path(lc["png"]).is_file():
+            src = Path(lc["png"])
+            if copy_to is not None:
+                copy_to.mkdir(parents=True, exist_ok=True)
+                src = Path(shutil.copy(src, copy_to / f"{d['dataset']}_{LEARNING_CURVES_PNG}"))
+            figs[f"{d['dataset']}: learning curves of the ISRG folds"] = os.path.relpath(src, rel_to or base)
         out[d["dataset"]] = figs
     return out
 
@@ -809,7 +881,8 @@ def parse_args(argv: Sequence[str] | None):
                                                "runs results/benchmark_realdata_smoke.json); the cross-validation "
                                                "goes to the folder beside it, named <stem>_cv")
     p.add_argument("--update-readme", action="store_true",
-                   help=f"replace the README sections '{README_SECTION}' and 'realdata-cv' (copies the plots to "
+                   help=f"replace the README sections '{README_SECTION}', 'realdata-cv' and 'realdata-cv-DATASET' "
+                        f"of each dataset run (copies the plots to "
                         f"{FIGURES_DIR.relative_to(REPO)})")
     args = p.parse_args(argv)
     if args.cases is not None and len(args.cases) not in (1, len(args.datasets)):
@@ -864,8 +937,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 doc["zero_shot"] = {k: zs[k] for k in ("summary", "model", "n_clicks", "dataset")} if zs else None
             train(dataset_id, name, args, env, log)
             blocks = compare(spec, dataset_id, name, args, env, log, cv_root)
+            curves = learning_curves(env, name, args.trainer, args.folds, cv_root / name)
             doc["datasets"].append(dataset_summary(spec, name, dataset_id, raw, args, env, blocks, log.steps[first:],
-                                                   log.total_s(log.steps[first:])))
+                                                   log.total_s(log.steps[first:]), curves))
             write()
     except subprocess.CalledProcessError as e:
         print(f"\nbenchmark_realdata: command failed with status {e.returncode}: {' '.join(map(str, e.cmd))}",
@@ -876,18 +950,30 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{_hours(doc['invocation_s'])}; all steps {_hours(doc['total_s'])})")
     if rc or not args.update_readme:
         return rc
+    return 0 if update_readme(doc, cv_root, out_json) and md else 1
+
+
+def update_readme(doc: dict, cv_root: Path, out_json: Path, readme: Path | None = None,
+                  figures_dir: Path = FIGURES_DIR) -> bool:
+    """Rewrites the README sections of what ``doc`` holds: the zero-shot block when it ran, how to read
+    the tables, and the section of each dataset run; another dataset's section stays as it was.
+    The plots are copied to ``figures_dir`` and linked relative to the README."""
     from script_support import replace_readme_section
 
+    readme = readme or REPO / "README.md"
     ok = True
     if doc["zero_shot"] is not None:
-        ok &= replace_readme_section(README_SECTION, out_json.with_suffix(".md").read_text())
-    readme_md = cv_markdown(doc, _figures(doc["datasets"], cv_root, REPO, FIGURES_DIR))
-    ok &= replace_readme_section("realdata-cv", readme_md)
-    return 0 if ok and md else 1
+        ok &= replace_readme_section(README_SECTION, out_json.with_suffix(".md").read_text(), readme)
+    figures = _figures(doc["datasets"], cv_root, readme.parent, figures_dir)
+    ok &= replace_readme_section("realdata-cv", HOW_TO_READ, readme)
+    for d in doc["datasets"]:
+        ok &= replace_readme_section(f"realdata-cv-{d['key']}", dataset_section(doc, d, figures.get(d["dataset"], {})),
+                                     readme)
+    return ok
 
 
 def dataset_summary(spec: RealDataset, name: str, dataset_id: int, raw: Path, args, env: dict, blocks: list[dict],
-                    steps: list[dict], total_s: float) -> dict:
+                    steps: list[dict], total_s: float, curves: dict | None = None) -> dict:
     """One dataset's part of ``summary.json``: what was trained on what, the comparisons, the steps."""
     plans = json.loads((Path(env["nnUNet_preprocessed"]) / name / f"{PLANS}.json").read_text())
     cfg = plans["configurations"][CONFIGURATION]
@@ -898,7 +984,7 @@ def dataset_summary(spec: RealDataset, name: str, dataset_id: int, raw: Path, ar
             "spacing_mm": cfg["spacing"], "patch_size": cfg["patch_size"],
             "trainer": trainer_schedule(args.trainer), "baseline": trainer_schedule(args.baseline_trainer),
             "folds": list(args.folds), "baseline_folds": list(args.baseline_folds), "clicks": list(args.clicks),
-            "blocks": blocks, "steps": steps, "total_s": round(total_s, 1)}
+            "blocks": blocks, "learning_curves": curves, "steps": steps, "total_s": round(total_s, 1)}
 
 
 if __name__ == "__main__":

@@ -225,3 +225,26 @@ def test_session_zooms_out_on_a_resampled_image(plans_folder):
     assert dice(state.mask, lesion) >= 0.95
     n = session.encode_calls
     assert session.add_click((21, 43, 38), positive=False).mask.any() and session.encode_calls == n
+
+
+def test_benchmark_pools_alternating_rounds_over_the_cases_in_one_crop_in_both_codes():
+    """``--rounds``: the further clicks of every round on the cases that fit one crop before *and* after."""
+    bench = load_script("benchmark_lesion_size")
+
+    def case(name, first_encodes, further_s):
+        return {"case": name, "clicks": [{"s": 1.0, "encodes": first_encodes, "zoom": 1.0}]
+                + [{"s": t, "encodes": 0, "zoom": 1.0} for t in further_s]}
+
+    runs = {"after": {"cases": [case("A", 1, [0.040, 0.042]), case("B", 1, [0.050]), case("C", 3, [0.9])],
+                      "later_rounds": [[case("A", 1, [0.044, 0.046]), case("B", 1, [0.048]), case("C", 3, [0.9])]]},
+            "before": {"cases": [case("A", 1, [0.030, 0.032]), case("B", 2, [0.7]), case("C", 1, [0.035])],
+                       "later_rounds": [[case("A", 1, [0.034, 0.036]), case("B", 2, [0.7]), case("C", 1, [0.03])]]}}
+    for run in runs.values():
+        run["summary"] = {}
+    bench.compare_on_common_cases(runs)
+    # only A fits one crop in both codes; B (before) and C (after) needed more than one encoding
+    assert runs["after"]["summary"]["one_crop_cases"] == ["A"]
+    assert runs["after"]["summary"]["further_click_fits_crop_round_medians_s"] == pytest.approx([0.041, 0.045])
+    assert runs["before"]["summary"]["further_click_fits_crop_round_medians_s"] == pytest.approx([0.031, 0.035])
+    pooled = runs["after"]["summary"]["further_click_fits_crop_s"]
+    assert pooled["n"] == 4 and pooled["median"] == pytest.approx(0.043)

@@ -43,6 +43,7 @@ def test_every_generated_section_a_script_writes_is_in_the_readme():
         text = script.read_text()
         names |= set(re.findall(r'replace_readme_section\("([\w-]+)"', text))
         names |= set(re.findall(r'^(?:README_)?SECTION = "([\w-]+)"', text, re.MULTILINE))
+    names |= {f"realdata-cv-{key}" for key in load_script("benchmark_realdata").DATASETS}  # one per dataset
     readme = (REPO / "README.md").read_text()
     assert names >= {"demo-results", "model-benchmark", "session-benchmark", "phantom-results", "realdata-results",
                      "phantom-recoverability", "phantom-difficulty"}

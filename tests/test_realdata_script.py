@@ -256,7 +256,30 @@ def test_end_to_end_smoke_run_on_real_cases(bench, debug_model, nnunet_dirs, tmp
     zero_shot = json.loads(out.read_text())
     assert zero_shot["summary"]["n_cases"] == 6 and len(zero_shot["summary"]["mean_per_click"]["dice"]) == 3
     assert "trained on the phantom only: zero-shot" in parts[0] and "trained on the phantom" not in parts[1]
-    assert "How to read these" in md and "total run time" in md
+    assert "How to read these" in md and md.count("| run time | import |") == 2
+    # each fold's training log: losses on the training and held-out cases, pseudo Dice, as JSON, plot and a line
+    for d in (sts, nodules):
+        (fold,) = d["learning_curves"]["folds"].values()
+        assert len(fold["train_loss"]) == len(fold["val_loss"]) == len(fold["pseudo_dice"]) >= 1
+        assert all(0.0 <= v <= 1.0 for v in fold["pseudo_dice"]) and Path(d["learning_curves"]["png"]).is_file()
+    assert md.count("**Learning curves**") == 2
+    # the CVPR 2025 protocol (box first) beside the click protocol, for each dataset
+    for d, part in zip((sts, nodules), parts):
+        (row,) = d["blocks"][0]["comparison"]["cvpr25"]
+        assert row["trainer"] == "ISRGTrainer_Debug" and len(row["dice"]) == 4  # the box, then 3 clicks
+        assert "**CVPR 2025 interactive protocol (validation)**" in part
+
+    # the README: a run of the sarcomas alone rewrites their section and leaves the nodules' as it was
+    readme = tmp_path / "README.md"
+    readme.write_text("".join(f"<!-- BEGIN {k} -->\nold {k}\n<!-- END {k} -->\n"
+                              for k in ("realdata-results", "realdata-cv", "realdata-cv-sts", "realdata-cv-nodules")))
+    sts_only = {**summary, "datasets": [sts]}
+    assert bench.update_readme(sts_only, tmp_path / "bench_cv", out, readme, tmp_path / "figures")
+    text = readme.read_text()
+    assert "old realdata-cv-nodules" in text and "old realdata-cv-sts" not in text and "old realdata-cv\n" not in text
+    sts_part = text.split("<!-- BEGIN realdata-cv-sts -->")[1].split("<!-- END realdata-cv-sts -->")[0]
+    assert sts_part.lstrip().startswith(f"#### {sts['title']}") and "](figures/" in sts_part
+    assert "old realdata-results" not in text  # the zero-shot block ran in this smoke run
 
     # every output exists: a second run skips each step and reports the same tables
     t0 = time.time()

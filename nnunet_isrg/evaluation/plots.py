@@ -114,3 +114,30 @@ def plot_attribute_accuracy(accuracy: Mapping[str, Mapping[str, float | None]], 
 
 
 __all__ = ["curve_from_summary", "plot_metric_vs_clicks", "plot_attribute_accuracy", "METRIC_LABELS"]
+
+
+def plot_learning_curves(folds: Mapping[str, Mapping[str, Sequence[float]]], out_png: str | os.PathLike,
+                         title: str | None = None) -> Path:
+    """nnU-Net's training log per fold: losses (left) and the held-out pseudo Dice (right) per epoch.
+
+    ``folds[fold] = {"train_loss": [...], "val_loss": [...], "pseudo_dice": [...]}``, one value per epoch."""
+    plt = _pyplot()
+    fig, (loss_ax, dice_ax) = plt.subplots(1, 2, figsize=(10.4, 3.8), dpi=120)
+    for i, (fold, c) in enumerate(folds.items()):
+        x = np.arange(1, len(c["train_loss"]) + 1)
+        loss_ax.plot(x, _nan(c["train_loss"]), color=f"C{i}", label=f"fold {fold}, training cases")
+        loss_ax.plot(x, _nan(c["val_loss"]), color=f"C{i}", linestyle="--", label=f"fold {fold}, held-out cases")
+        dice_ax.plot(x, _nan(c["pseudo_dice"]), color=f"C{i}", marker=".", label=f"fold {fold}")
+    loss_ax.set_ylabel("loss")
+    dice_ax.set_ylabel("pseudo Dice, held-out cases")
+    dice_ax.set_ylim(0, 1)
+    for ax in (loss_ax, dice_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = _save(fig, out_png)
+    plt.close(fig)
+    return path

@@ -42,10 +42,10 @@ from nnunet_isrg.inference.embedding_cache import EmbeddingCache
 from nnunet_isrg.inference.preprocessed_volume import ArrayVolume, PreprocessedVolume
 from nnunet_isrg.inference.tile_refinement import LogitCanvas, border_tiles, mask_prompt_from, upsample_logits
 from nnunet_isrg.inference.views import DEFAULT_ZOOM_FACTORS, BoxT, View, centred_bbox
+from nnunet_isrg.modeling.prompt_encoder import BOX_HIGH, BOX_LOW  # the network's point labels of a box's corners
 
 Click = tuple[Sequence[float], bool]  # ((z, y, x) voxel of the preprocessed volume, positive?)
 Stroke = tuple[np.ndarray, bool]       # ((M, 3) voxels (z, y, x) of the preprocessed volume, positive?)
-BOX_LOW, BOX_HIGH = 2, 3               # the network's point labels of a box's corners
 CONTINUE = "continue"
 #: full-resolution refinement crops per prediction at most: every cell of a lesion up to twice the
 #: crop (8) and most of one up to three times it; about 1.6 s of encoding for the ``tiny`` preset
