@@ -34,6 +34,11 @@ def test_demo_section_shows_each_attribute_confusion_matrix_truth_in_rows():
     assert "| surface | Well | Ill |\n|---|---|---|\n| Well | 1 | 1 |\n| Ill | 0 | 1 |" in text
     del out["attribute_confusion"]  # summaries written before the matrices were recorded
     assert "Confusion" not in demo.demo_markdown(out)
+    assert "CVPR 2025" not in text  # a model validated before the box protocol existed
+    out["cvpr25"] = {"dice_per_interaction": [0.7, 0.8, 0.85], "auc_dice": 0.78, "final_dice": 0.85}
+    text = demo.demo_markdown(out)
+    assert "| mean Dice | 0.700 | 0.800 | 0.850 | 0.780 |" in text
+    assert "box + 2 | AUC |" in text and "0.700 vs 0.500 (+0.200)" in text and "0.850 vs 0.750 after 2 clicks" in text
 
 
 def test_every_generated_section_a_script_writes_is_in_the_readme():
