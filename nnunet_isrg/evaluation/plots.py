@@ -30,6 +30,16 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def _finish(plt, fig, path: str | os.PathLike, suptitle: str | None = None) -> Path:
+    """Title, layout, an atomic write and the figure closed (pyplot keeps every open figure alive)."""
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
 def _nan(values: Sequence) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
 
@@ -70,12 +80,7 @@ def plot_metric_vs_clicks(panels: Mapping[str, Mapping[str, dict]], out_png: str
         ax.set_title(block)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right" if metric != "hd95" else "upper right")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = _save(fig, out_png)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, out_png, title)
 
 
 def plot_attribute_accuracy(accuracy: Mapping[str, Mapping[str, float | None]], out_png: str | os.PathLike,
@@ -107,13 +112,8 @@ def plot_attribute_accuracy(accuracy: Mapping[str, Mapping[str, float | None]], 
               frameon=False)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = _save(fig, out_png)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, out_png)
 
-
-__all__ = ["curve_from_summary", "plot_metric_vs_clicks", "plot_attribute_accuracy", "METRIC_LABELS"]
 
 
 def plot_learning_curves(folds: Mapping[str, Mapping[str, Sequence[float]]], out_png: str | os.PathLike,
@@ -135,9 +135,8 @@ def plot_learning_curves(folds: Mapping[str, Mapping[str, Sequence[float]]], out
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = _save(fig, out_png)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, out_png, title)
+
+
+__all__ = ["curve_from_summary", "plot_metric_vs_clicks", "plot_attribute_accuracy", "plot_learning_curves",
+           "METRIC_LABELS"]
