@@ -198,6 +198,26 @@ def oracle_model(folder: Path, target_spacing_zyx, band_hu):
                        IntensityBandOracle(base.network, band), base.folds, base.device, base.isrg_block)
 
 
+def clicks_only_copy(model: Path, folder: Path) -> Path:
+    """A copy of ``model`` without the parameters that boxes, scribbles and lassos added, for code from
+    before them (its loader knows only the click model's parameters). A click's outputs do not depend
+    on the removed ones (a click skips the region maps and has no box corners), so both codes compute
+    the same masks from the same weights. Runs in the parent process, which imports this tree's package."""
+    from nnunet_isrg.modeling.isrg_model import PROMPT_EXTENSION_PARAMETERS
+
+    fold = f"fold_{model_fold(model)}"
+    (folder / fold).mkdir(parents=True)
+    for name in ("plans.json", "dataset.json"):
+        (folder / name).write_bytes((model / name).read_bytes())
+    saved = torch.load(model / fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    added = [k for k in saved["network_weights"]
+             if k.removeprefix("_orig_mod.").removeprefix("module.") in PROMPT_EXTENSION_PARAMETERS]
+    for k in added:
+        del saved["network_weights"][k]
+    torch.save(saved, folder / fold / "checkpoint_final.pth")
+    return folder
+
+
 def child_sarcomas(args) -> dict:
     sys.path.insert(0, str(Path(args.code).resolve()))   # the code measured: this tree, or --before's
     import nnunet_isrg.inference.session as session_module
@@ -456,7 +476,9 @@ def main(argv=None) -> None:
             for label, code in codes.items():
                 print(f"sarcomas: {name}, {label} ({code}), round {r + 1}", flush=True)
                 with tempfile.TemporaryDirectory(prefix="isrg_lesion_size_") as tmp:
-                    run = _run_child("sarcomas", args, code=code, model=model, model_folder=Path(tmp) / "model")
+                    measured = model if label == "after" or model == IDEAL else \
+                        clicks_only_copy(model, Path(tmp) / "clicks_only")
+                    run = _run_child("sarcomas", args, code=code, model=measured, model_folder=Path(tmp) / "model")
                 if r == 0:
                     if "error" not in run:
                         run["summary"] = summarise_sarcomas(run)

@@ -248,3 +248,26 @@ def test_benchmark_pools_alternating_rounds_over_the_cases_in_one_crop_in_both_c
     assert runs["before"]["summary"]["further_click_fits_crop_round_medians_s"] == pytest.approx([0.031, 0.035])
     pooled = runs["after"]["summary"]["further_click_fits_crop_s"]
     assert pooled["n"] == 4 and pooled["median"] == pytest.approx(0.043)
+
+
+def test_benchmark_clicks_only_copy_of_a_model_predicts_the_same_click_masks(debug_model, tmp_path):
+    """The lesion-size benchmark's "before" code knows only the click model's parameters: it gets a copy
+    without those of boxes and region maps, whose click outputs are the original model's exactly."""
+    from nnunet_isrg.inference.model_loading import load_trained_model
+    from nnunet_isrg.modeling.isrg_model import PROMPT_EXTENSION_PARAMETERS
+
+    bench = load_script("benchmark_lesion_size")
+    copy = bench.clicks_only_copy(debug_model, tmp_path / "clicks_only")
+    saved = torch.load(copy / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert not set(PROMPT_EXTENSION_PARAMETERS) & set(saved["network_weights"])
+    original, stripped = (load_trained_model(m, folds=(0,)).network for m in (debug_model, copy))
+    image = torch.randn(1, 1, *original.crop_size, generator=torch.Generator().manual_seed(0))
+    points, labels = torch.tensor([[[8.0, 9.0, 10.0], [4.0, 4.0, 4.0]]]), torch.tensor([[1, 0]])
+    with torch.inference_mode():
+        a, b = (net.decode(net.encode_image(image), points, labels) for net in (original, stripped))
+    assert torch.equal(a["mask_logits"], b["mask_logits"])
+    # the parameters removed are trained ones: a box does use them, so the copy answers a box differently
+    box = torch.tensor([[[2.0, 2.0, 2.0], [12.0, 12.0, 12.0]]]), torch.tensor([[2, 3]])
+    with torch.inference_mode():
+        a, b = (net.decode(net.encode_image(image), *box) for net in (original, stripped))
+    assert not torch.equal(a["mask_logits"], b["mask_logits"])
