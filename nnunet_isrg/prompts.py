@@ -70,6 +70,11 @@ class Box:
                               f"{tuple(shape)}")
         return tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))
 
+    def voxel_corners(self, shape: Sequence[int]) -> np.ndarray:
+        """(2, 3) int: the first and the last voxel (z, y, x) of :meth:`voxel_slices`."""
+        sl = self.voxel_slices(shape)
+        return np.array([[s.start for s in sl], [s.stop - 1 for s in sl]])
+
     def mask(self, shape: Sequence[int]) -> np.ndarray:
         out = np.zeros(tuple(shape), dtype=bool)
         out[self.voxel_slices(shape)] = True

@@ -120,11 +120,52 @@ def test_prompt_errors_are_clear(stand_in, debug_model, image):
         s.add_box((0, 0, 0), (50, 10, 10))
     with pytest.raises(SessionError, match=r"scribble mask must have the image's shape"):
         s.add_scribble(np.zeros((3, 3, 3), bool))
+    # (y, x) pairs are not regrouped into 3D points, a two-letter axis is not an axis, errors name the point
+    with pytest.raises(SessionError, match=r"scribble needs \(N, 3\) points .* shape \(3, 2\)"):
+        s.add_scribble([(36, 42), (36, 50), (40, 50)])
+    for axis in ("zy", "", True, 3):
+        with pytest.raises(SessionError, match=r"slice_axis must be 0 or 'z' \(axial\)"):
+            s.add_lasso(axis, 20, [(1, 1), (1, 5), (5, 5)])
+    with pytest.raises(SessionError, match=r"^box corner at voxel"):
+        s.add_box((12, 20, 30), (22, 34, 99))
+    with pytest.raises(SessionError, match=r"^scribble point at voxel"):
+        s.add_scribble([(20, 36, 42), (20, 36, 99)])
     # a model whose checkpoint predates boxes (trained with clicks only) refuses them by name
     old = load_trained_model(debug_model, folds=(0,))
     old.network = ClickSpheresStandIn(old.crop_size, old.schema)
     old.prompt_kinds = ("clicks",)
     s_old = _session(old, image)
-    with pytest.raises(SessionError, match=r"trained with clicks only .* predates boxes"):
+    with pytest.raises(SessionError, match=r"trained with clicks only, not boxes \(its checkpoint predates"):
         s_old.add_box((12, 20, 30), (22, 34, 44))
     assert s_old.add_click((20, 36, 36)).mask.any()
+
+
+def test_a_scribble_as_the_first_prompt_longer_than_the_crop_zooms_out_and_comes_out_whole(stand_in, image):
+    """No click, no box: the scribble places the lesion (its centre) and the views zoom out until the
+    whole scribble lies inside (62 voxels along y; the crop is 32)."""
+    s = _session(stand_in, image)
+    state = s.add_scribble([(20, 5, 36), (20, 66, 36)])
+    assert state.zoom > 1 and not state.truncated
+    assert state.mask[20, 5:67, 36].all()
+
+
+def test_a_negative_box_keeps_two_corners_not_a_voxel_list_and_removes_its_voxels(stand_in, image):
+    s = _session(stand_in, image)
+    before = s.add_box((12, 20, 30), (22, 34, 44)).mask
+    state = s.add_box((0, 0, 0), (39, 71, 40), positive=False)   # most of the image, the box's left part
+    assert state.prompts[-1]["kind"] == "box" and state.prompts[-1]["n_voxels"] == 40 * 72 * 41
+    assert s._lesions[s.current_lesion_id].strokes[-1].voxels.shape == (2, 3)
+    assert not state.mask[:, :, :41].any() and (state.mask == (before & (np.arange(72) > 40))).all()
+
+
+def test_strokes_on_thick_slices_cover_every_finer_slice_of_the_network_grid():
+    """An original voxel of 4.5 mm in z holds three 1.5 mm voxels of the network's grid: a stroke on it
+    marks all three (its centre alone would mark one); a 0.75 mm voxel marks the grid voxel holding it."""
+    from nnunet_isrg.inference.region_preprocessing import RegionGeometry
+
+    grid = RegionGeometry(start=(0, 0, 0), size=(10, 20, 20), shape=(30, 10, 10), transpose_forward=(0, 1, 2),
+                          transpose_backward=(0, 1, 2), image_shape_zyx=(10, 20, 20),
+                          original_spacing=(4.5, 0.75, 0.75), target_spacing=(1.5, 1.5, 1.5))
+    # z voxel 4 spans the grid's [11.5, 14.5] -> grid voxels 12, 13, 14; in-plane voxels 6 and 7 both -> grid 3
+    assert grid.original_voxels_to_region([[4, 6, 6], [4, 7, 7]]).tolist() == [[12, 3, 3], [13, 3, 3], [14, 3, 3]]
+    assert grid.original_box_to_region([4, 6, 6], [5, 9, 9]).tolist() == [[12, 3, 3], [17, 4, 4]]

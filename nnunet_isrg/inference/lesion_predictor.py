@@ -32,7 +32,7 @@ lesion (the crop at the clicks when it does, else the last zoomed view).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence, Union
+from typing import Any, Literal, Mapping, NamedTuple, Sequence, Union
 
 import numpy as np
 import torch
@@ -46,12 +46,15 @@ from nnunet_isrg.modeling.prompt_encoder import BOX_HIGH, BOX_LOW  # the network
 
 Click = tuple[Sequence[float], bool]  # ((z, y, x) voxel of the preprocessed volume, positive?)
 Stroke = tuple[np.ndarray, bool]       # ((M, 3) voxels (z, y, x) of the preprocessed volume, positive?)
+#: a box's voxels as a stroke (a negative box): ((2, 3) inclusive lower and higher corner voxels, positive?),
+#: filled per view, so that a large box costs no voxel list
+RegionBox = tuple[np.ndarray, bool]
 CONTINUE = "continue"
 #: full-resolution refinement crops per prediction at most: every cell of a lesion up to twice the
 #: crop (8) and most of one up to three times it; about 1.6 s of encoding for the ``tiny`` preset
 DEFAULT_MAX_TILES = 16
 
-__all__ = ["LesionPredictor", "LesionPrediction", "PromptState", "Click", "CONTINUE", "DEFAULT_ZOOM_FACTORS",
+__all__ = ["LesionPredictor", "LesionPrediction", "PromptState", "Click", "Stroke", "RegionBox", "Strokes", "CONTINUE", "DEFAULT_ZOOM_FACTORS",
            "DEFAULT_MAX_TILES", "centred_bbox"]
 
 
@@ -95,6 +98,22 @@ class LesionPrediction:
             self._mask = np.zeros(self.volume_shape, dtype=bool)
             self._mask[tuple(slice(a, b) for a, b in self.bbox)] = (self.logits > 0).numpy()
         return self._mask
+
+
+class Strokes(NamedTuple):
+    """The voxel-level prompts of one prediction: scribbles and lassos as voxels, boxes as regions."""
+
+    voxels: Sequence[Stroke] = ()
+    boxes: Sequence[RegionBox] = ()
+
+    def __bool__(self) -> bool:
+        return bool(len(self.voxels) or len(self.boxes))
+
+    def positive_extent(self) -> np.ndarray:
+        """(2K, 3) the lower and higher corner of each positive stroke: where the reader says the lesion is."""
+        corners = [c for v, p in self.voxels if p for c in (v.min(0), v.max(0))]
+        corners += [c for b, p in self.boxes if p for c in b]
+        return np.array(corners, dtype=float).reshape(-1, 3)
 
 
 def _inside(box: BoxT, outer: BoxT) -> bool:
@@ -165,33 +184,37 @@ class LesionPredictor:
 
     # ------------------------------------------------------------------ prediction
     def predict(self, clicks: Sequence[Click], state: Union[PromptState, None, Literal["continue"]] = CONTINUE,
-                box: tuple[Sequence[float], Sequence[float]] | None = None, strokes: Sequence[Stroke] = ()
-                ) -> LesionPrediction:
-        """The lesion given all its prompts so far: clicks, a 3D box (its lower and higher corner) and
-        strokes (scribbles and lassos as voxels). The first click places the crop (without clicks:
-        the box's centre, else the first stroke's first voxel).
+                box: tuple[Sequence[float], Sequence[float]] | None = None, strokes: Sequence[Stroke] = (),
+                box_regions: Sequence[RegionBox] = ()) -> LesionPrediction:
+        """The lesion given all its prompts so far: clicks, a 3D box (its lower and higher corner),
+        strokes (scribbles and lassos as voxels) and box regions (boxes marking voxels, e.g. a negative
+        box). The first click places the crop (without clicks: the box's centre, else the centre of the
+        first positive stroke); the views zoom out until every click, box corner and positive stroke
+        lies inside.
 
         ``state``: the ``state`` of the lesion's previous prediction, None for its first prompt, or
         ``"continue"`` (default) for this predictor's last prediction (None after :meth:`reset`).
         """
-        if not clicks and box is None and not strokes:
-            raise ValueError("predict needs at least one prompt (a click, a box or a stroke)")
-        prompts = (self._last_state if state == CONTINUE else state) or PromptState()
+        marks = Strokes([(np.asarray(v, dtype=float).reshape(-1, 3), bool(p)) for v, p in strokes if len(v)],
+                        [(np.sort(np.asarray(b, dtype=float).reshape(2, 3), axis=0), bool(p)) for b, p in box_regions])
         points = np.array([c[0] for c in clicks], dtype=float).reshape(-1, 3)
         labels = np.array([int(bool(c[1])) for c in clicks], dtype=np.int64)
         if box is not None:
             corners = np.sort(np.asarray(box, dtype=float).reshape(2, 3), axis=0)
             points, labels = np.concatenate([points, corners]), np.concatenate([labels, [BOX_LOW, BOX_HIGH]])
-        strokes = [(np.asarray(v, dtype=float).reshape(-1, 3), bool(p)) for v, p in strokes]
-        anchor = points[0] if len(clicks) else (points[-2:].mean(0) if box is not None else strokes[0][0][0])
+        extent = np.concatenate([points, marks.positive_extent()])
+        if not len(extent):
+            raise ValueError("predict needs a prompt that places the lesion (a click, a box or a positive stroke)")
+        prompts = (self._last_state if state == CONTINUE else state) or PromptState()
+        anchor = points[0] if len(clicks) else (points[-2:].mean(0) if box is not None else extent[:2].mean(0))
         encodes_before = self.encode_calls
         home = View.around(anchor, self.crop_size, self.shape)
-        ladder, part, truncated = self._zoom_ladder(home, points, labels, strokes, prompts)
+        ladder, part, truncated = self._zoom_ladder(home, points, labels, marks, prompts, extent)
         view, out = ladder[-1]
         if view is home:
             canvas, tiles = LogitCanvas([home.box], self.shape), []
         else:
-            canvas, tiles = self._refine(view, out, part, home, ladder[0][1], points, labels, strokes)
+            canvas, tiles = self._refine(view, out, part, home, ladder[0][1], points, labels, marks)
         canvas.paste(home.box, ladder[0][1]["mask_logits"][0, 0].float().cpu())
         self._last_state = PromptState({v: o["low_res_logits"] for v, o in ladder})
         return LesionPrediction(
@@ -201,18 +224,20 @@ class LesionPredictor:
             field_of_view=[list(b) for b in view.box], tiles=[[list(b) for b in t] for t in tiles],
             truncated_faces=truncated, state=self._last_state)
 
-    def _zoom_ladder(self, home: View, points: np.ndarray, labels: np.ndarray, strokes: Sequence[Stroke],
-                     prompts: PromptState) -> tuple[list[tuple[View, dict[str, Any]]], np.ndarray, list[str]]:
+    def _zoom_ladder(self, home: View, points: np.ndarray, labels: np.ndarray, strokes: Strokes,
+                     prompts: PromptState, extent: np.ndarray
+                     ) -> tuple[list[tuple[View, dict[str, Any]]], np.ndarray, list[str]]:
         """The views predicted for this click, the crop at the clicks first, each next one zoomed out
-        while the lesion leaves the last one (or a click or box corner lies outside it); with the
-        lesion in the last view and the faces of that view it goes on beyond."""
+        while the lesion leaves the last one (or a point of ``extent``, the clicks, box corners and
+        positive strokes' corners, lies outside it); with the lesion in the last view and the faces of
+        that view it goes on beyond."""
         view = home
         ladder = [(home, self._decode(home, points, labels, strokes, prompts.get(home)))]
         part, faces = self._lesion_in(home, ladder[-1][1], points, labels)
         for factor in self.zoom_factors:
-            if not faces and view.contains(points):
+            if not faces and view.contains(extent):
                 break
-            view = View.around(self._lesion_centre(view, part, points), self.crop_size, self.shape, factor)
+            view = View.around(self._lesion_centre(view, part, extent), self.crop_size, self.shape, factor)
             ladder.append((view, self._decode(view, points, labels, strokes, prompts.get(view))))
             part, faces = self._lesion_in(view, ladder[-1][1], points, labels, always=True)
         return ladder, part, faces
@@ -229,9 +254,10 @@ class LesionPredictor:
         part = lesion_part(mask, view.to_view(points), labels == 1)
         return part, view.cut_faces(torch.from_numpy(part), self.shape)
 
-    def _lesion_centre(self, view: View, part: np.ndarray, points: np.ndarray) -> np.ndarray:
-        """Centre (volume voxels, snapped to the view lattice) of the lesion seen in ``view`` and the clicks."""
-        lo, hi = points.min(0), points.max(0)
+    def _lesion_centre(self, view: View, part: np.ndarray, extent: np.ndarray) -> np.ndarray:
+        """Centre (volume voxels, snapped to the view lattice) of the lesion seen in ``view`` and the
+        prompts' ``extent`` (clicks, box corners, positive strokes' corners; never empty)."""
+        lo, hi = extent.min(0), extent.max(0)
         idx = np.argwhere(part)
         if len(idx):
             lo = np.minimum(lo, view.to_volume(idx.min(0) - 0.5))
@@ -239,7 +265,7 @@ class LesionPredictor:
         return np.round((lo + hi) / 2 / self._centre_step) * self._centre_step
 
     def _refine(self, view: View, out: dict, part: np.ndarray, home: View, home_out: dict, points: np.ndarray,
-                labels: np.ndarray, strokes: Sequence[Stroke]) -> tuple[LogitCanvas, list[BoxT]]:
+                labels: np.ndarray, strokes: Strokes) -> tuple[LogitCanvas, list[BoxT]]:
         """The zoomed view's logits at full resolution, re-predicted in the crops along the lesion's border."""
         tiles = [t for t in border_tiles(part, view, self.crop_size, self.shape, snap=self._centre_step)
                  if not _inside(t, home.box)][:self.max_tiles]  # the crop at the clicks is predicted anyway
@@ -256,7 +282,7 @@ class LesionPredictor:
         return canvas, tiles
 
     @torch.no_grad()
-    def _decode(self, view: View, points: np.ndarray, labels: np.ndarray, strokes: Sequence[Stroke],
+    def _decode(self, view: View, points: np.ndarray, labels: np.ndarray, strokes: Strokes,
                 mask_prompt: torch.Tensor | None) -> dict[str, Any]:
         """The network on one view: cached embedding, clicks and box corners in view coordinates
         (clamped to the view, which keeps their direction: a click beyond a face pulls the mask there,
@@ -270,13 +296,20 @@ class LesionPredictor:
             return self.model.decode(embedding, pts_t, labels_t, prompt)
         return self.model.decode(embedding, pts_t, labels_t, prompt, self._stroke_maps(view, strokes))
 
-    def _stroke_maps(self, view: View, strokes: Sequence[Stroke]) -> torch.Tensor:
-        """(1, 2, *crop) positive / negative voxels of the view that the strokes cross."""
+    def _stroke_maps(self, view: View, strokes: Strokes) -> torch.Tensor:
+        """(1, 2, *crop) positive / negative voxels of the view that the strokes and box regions cross
+        (a voxel of the volume marks the view voxel its centre falls in)."""
         maps = np.zeros((1, 2, *self.crop_size), dtype=np.float32)
-        for voxels, positive in strokes:
+        size = np.asarray(self.crop_size)
+        for voxels, positive in strokes.voxels:
             idx = np.rint(view.to_view(voxels)).astype(int)
-            idx = idx[np.all((idx >= 0) & (idx < np.asarray(self.crop_size)), axis=1)]
+            idx = idx[np.all((idx >= 0) & (idx < size), axis=1)]
             maps[(0, 0 if positive else 1, *idx.T)] = 1
+        for corners, positive in strokes.boxes:
+            lo, hi = np.rint(view.to_view(corners)).astype(int)
+            if np.all(hi >= 0) and np.all(lo < size):
+                lo, hi = np.maximum(lo, 0), np.minimum(hi, size - 1)
+                maps[(0, 0 if positive else 1, *(slice(a, b + 1) for a, b in zip(lo, hi)))] = 1
         return torch.from_numpy(maps).to(self.device)
 
     def _view_image(self, view: View) -> torch.Tensor:

@@ -86,6 +86,38 @@ class RegionGeometry:
         t = p[..., list(self.transpose_forward)]
         return (t - np.asarray(self.start) + 0.5) / self.scale - 0.5
 
+    def original_voxels_to_region(self, voxels_zyx) -> np.ndarray:
+        """(M, 3) original voxels (z, y, x) -> the region voxels (transposed axes, int) whose centres lie
+        inside them, at least the nearest one each: a stroke drawn on thick slices covers every region
+        slice within them (mapping centres alone would leave gaps where the region grid is finer)."""
+        v = np.asarray(voxels_zyx, float).reshape(-1, 3)
+        if not len(v):
+            return np.zeros((0, 3), dtype=int)
+        lo, hi = self._edges_to_region(v, v)
+        # offsets up to the most region voxels one original voxel holds, per axis, then those beyond hi dropped
+        steps = [np.arange(n) for n in (hi - lo).max(0) + 1]
+        offsets = np.stack(np.meshgrid(*steps, indexing="ij"), -1).reshape(-1, 3)
+        out = (lo[:, None, :] + offsets[None]).reshape(-1, 3)
+        keep = np.all(out <= np.repeat(hi, len(offsets), axis=0), axis=1)
+        return np.unique(out[keep], axis=0)
+
+    def original_box_to_region(self, lo_zyx, hi_zyx) -> np.ndarray:
+        """A box of original voxels (inclusive corners, z, y, x) -> (2, 3) inclusive corners of the region
+        voxels whose centres lie inside it (transposed axes), at least one voxel thick."""
+        lo, hi = self._edges_to_region(np.asarray(lo_zyx, float)[None], np.asarray(hi_zyx, float)[None])
+        return np.stack([lo[0], hi[0]])
+
+    def _edges_to_region(self, lo_zyx: np.ndarray, hi_zyx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Inclusive region index ranges of the original voxel boxes [lo, hi] (rows), never empty: where no
+        region centre lies inside (a region voxel larger than the box), the one nearest its centre."""
+        a = self.original_to_region(lo_zyx) - 0.5 / self.scale
+        b = self.original_to_region(hi_zyx) + 0.5 / self.scale
+        lo, hi = np.ceil(a - 1e-9).astype(int), np.floor(b + 1e-9).astype(int)
+        nearest = np.rint((a + b) / 2).astype(int)
+        empty = lo > hi
+        lo[empty], hi[empty] = nearest[empty], nearest[empty]
+        return lo, hi
+
     def region_to_original(self, points) -> np.ndarray:
         """(N, 3) or (3,) region coordinates (transposed) -> original continuous voxel indices (z, y, x)."""
         p = np.asarray(points, float)

@@ -158,16 +158,23 @@ class SessionBox:
 
 @dataclass(frozen=True)
 class SessionStroke:
-    """A scribble or a lasso (or a negative box): ``voxels`` (M, 3) int (z, y, x) of the original
-    image it covers; ``drawn``: what the reader drew (points, or slice and polygon) for the report."""
+    """A scribble or a lasso: ``voxels`` (M, 3) int (z, y, x) of the original image it covers; or a
+    negative box (``kind`` "box"): ``voxels`` its two inclusive corners, so that a large box costs
+    no voxel list. ``drawn``: what the reader drew (points, or slice and polygon) for the report."""
 
     kind: str
     voxels: np.ndarray = field(compare=False, repr=False)
     positive: bool = True
     drawn: dict = field(default_factory=dict, compare=False)
 
+    @property
+    def n_voxels(self) -> int:
+        if self.kind == "box":
+            return int(np.prod(self.voxels[1] - self.voxels[0] + 1))
+        return int(len(self.voxels))
+
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "positive": self.positive, **self.drawn, "n_voxels": int(len(self.voxels))}
+        return {"kind": self.kind, "positive": self.positive, **self.drawn, "n_voxels": self.n_voxels}
 
 
 @dataclass(frozen=True)
@@ -381,15 +388,16 @@ class ISRGSession:
             raise SessionError("no image in this session: call set_image(path | SimpleITK image | DICOM folder) first")
 
     # ------------------------------------------------------------------ coordinates
-    def to_voxel(self, point: Sequence[float], space: str = "voxel") -> np.ndarray:
-        """A click point in ``space`` -> continuous (z, y, x) index of the original image (checked inside)."""
+    def to_voxel(self, point: Sequence[float], space: str = "voxel", what: str = "click") -> np.ndarray:
+        """A point in ``space`` -> continuous (z, y, x) index of the original image (checked inside);
+        ``what`` names the point in errors ("click", "box corner", "scribble point")."""
         self._require_image()
         if space not in SPACES:
             raise SessionError(f"unknown coordinate space {space!r}; use 'voxel' (z, y, x index of the original "
                                f"image) or 'world' (x, y, z mm, LPS as SimpleITK)")
         p = np.asarray(point, dtype=float).ravel()
         if p.shape != (3,) or not np.isfinite(p).all():
-            raise SessionError(f"a click point needs three finite coordinates, got {point!r}")
+            raise SessionError(f"a {what} needs three finite coordinates, got {point!r}")
         if space == "world":
             zyx = np.asarray(self.image.TransformPhysicalPointToContinuousIndex([float(v) for v in p]))[::-1]
         else:
@@ -398,7 +406,7 @@ class ISRGSession:
         if np.any(zyx < -0.5) or np.any(zyx > shape - 0.5):
             where = f"world point (x, y, z) {tuple(p)} mm = voxel (z, y, x) {tuple(np.round(zyx, 2))}" \
                 if space == "world" else f"voxel (z, y, x) {tuple(p)}"
-            raise SessionError(f"click at {where} is outside the image {self.image_name} of shape (z, y, x) "
+            raise SessionError(f"{what} at {where} is outside the image {self.image_name} of shape (z, y, x) "
                                f"{tuple(shape)}")
         return zyx
 
@@ -479,16 +487,15 @@ class ISRGSession:
         point; the voxels holding them are inside). Corners on one slice make a 2D box on that slice.
         A positive box tells the model where the lesion lies (one per lesion: a new one replaces it);
         a negative box marks its voxels as not lesion, like a negative scribble."""
-        box = Box.from_corners(self.to_voxel(corner_a, space), self.to_voxel(corner_b, space))
+        box = Box.from_corners(self.to_voxel(corner_a, space, "box corner"), self.to_voxel(corner_b, space, "box corner"))
         lesion = self._lesion()
-        self._check_kind("boxes")
+        self._check_kind("boxes" if positive else "scribbles")
         if positive:
             return self._with_prompt(lesion, lambda: setattr(lesion, "box", SessionBox(box.lo, box.hi)))
         if not lesion.has_prompts:
             raise SessionError("the first prompt on a lesion must be positive (it places the lesion)")
-        sl = box.voxel_slices(self.image_shape)
-        voxels = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in sl], indexing="ij"), -1).reshape(-1, 3)
-        stroke = SessionStroke("box", voxels, False, {"corners_voxel_zyx": [list(box.lo), list(box.hi)]})
+        corners = self._rasterised(lambda: box.voxel_corners(self.image_shape))
+        stroke = SessionStroke("box", corners, False, {"corners_voxel_zyx": [list(box.lo), list(box.hi)]})
         return self._with_prompt(lesion, lambda: lesion.strokes.append(stroke))
 
     def add_scribble(self, points: Sequence[Sequence[float]] | np.ndarray, positive: bool = True,
@@ -503,7 +510,11 @@ class ISRGSession:
                                    f"got {arr.shape}")
             voxels, drawn = np.argwhere(arr), {}
         else:
-            pts = np.array([self.to_voxel(p, space) for p in np.asarray(points, dtype=float).reshape(-1, 3)])
+            arr = np.asarray(points, dtype=float)
+            if arr.ndim != 2 or arr.shape[1] != 3 or not len(arr):
+                raise SessionError(f"a scribble needs (N, 3) points ({'(z, y, x) voxels' if space == 'voxel' else '(x, y, z) mm'}) "
+                                   f"or a bool mask of the image's shape, got an array of shape {arr.shape}")
+            pts = np.array([self.to_voxel(p, space, "scribble point") for p in arr])
             voxels = self._rasterised(lambda: scribble_voxels(pts, self.image_shape))
             drawn = {"points_voxel_zyx": pts.tolist()}
         if not len(voxels):
@@ -515,7 +526,13 @@ class ISRGSession:
         """A lasso on one slice: ``slice_axis`` 0/"z" (axial), 1/"y" (coronal) or 2/"x" (sagittal) of the
         image's voxel grid, ``slice_index`` on that axis, ``polygon`` (K, 2) in-plane voxel coordinates
         in the order of the two other axes (axial: (y, x)). The voxels inside and on the outline count."""
-        axis = AXES.index(slice_axis) if isinstance(slice_axis, str) and slice_axis in AXES else slice_axis
+        if isinstance(slice_axis, str) and len(slice_axis) == 1 and slice_axis in AXES:
+            axis = AXES.index(slice_axis)
+        elif isinstance(slice_axis, (int, np.integer)) and not isinstance(slice_axis, bool) and 0 <= slice_axis < 3:
+            axis = int(slice_axis)
+        else:
+            raise SessionError(f"slice_axis must be 0 or 'z' (axial), 1 or 'y' (coronal), 2 or 'x' (sagittal), "
+                               f"got {slice_axis!r}")
         mask = self._rasterised(lambda: lasso_mask(axis, int(slice_index), polygon, self.image_shape))
         drawn = {"slice_axis": AXES[axis], "slice_index": int(slice_index),
                  "polygon": np.asarray(polygon, dtype=float).tolist()}
@@ -553,8 +570,9 @@ class ISRGSession:
     def _check_kind(self, kind: str) -> None:
         kinds = getattr(self.model, "prompt_kinds", ("clicks", "boxes", "scribbles", "lassos"))
         if kind not in kinds:
-            raise SessionError(f"this model was trained with {', '.join(kinds)} only (its checkpoint predates "
-                               f"{kind}); give clicks, or retrain it with the current trainer")
+            raise SessionError(f"this model was trained with {', '.join(kinds)} only, not {kind} (its checkpoint "
+                               f"predates them, or its trainer's share of them was 0); give "
+                               f"{' or '.join(kinds)}, or retrain it with {kind} in the prompt mix")
 
     def _with_prompt(self, lesion: _Lesion, add) -> LesionState:
         """Adds a prompt (``add()`` changes the lesion's prompts) and predicts again; undone if that fails."""
@@ -573,12 +591,16 @@ class ISRGSession:
         grid = self._predictor.volume.grid
         points = grid.original_to_region(np.array([c.voxel_zyx for c in lesion.clicks]).reshape(-1, 3))
         clicks = [(tuple(p), c.positive) for p, c in zip(points, lesion.clicks)]
-        box = None if lesion.box is None else grid.original_to_region(np.array([lesion.box.lo, lesion.box.hi]))
-        strokes = [(grid.original_to_region(s.voxels.astype(float)), s.positive) for s in lesion.strokes]
+        box = None if lesion.box is None else grid.original_box_to_region(
+            *Box(lesion.box.lo, lesion.box.hi).voxel_corners(self.image_shape))
+        # every region voxel inside a drawn voxel: on thick slices a stroke covers each finer region slice
+        strokes = [(grid.original_voxels_to_region(s.voxels), s.positive) for s in lesion.strokes if s.kind != "box"]
+        regions = [(grid.original_box_to_region(*s.voxels), s.positive) for s in lesion.strokes if s.kind == "box"]
         # a lesion's first prompt starts without mask prompts; later ones from the lesion's own last one
-        first = len(clicks) + (box is not None) + len(strokes) == 1
+        first = len(clicks) + (box is not None) + len(lesion.strokes) == 1
         previous = None if first else lesion.outcome.prompts
-        pred: LesionPrediction = self._predictor.predict(clicks, state=previous, box=box, strokes=strokes)
+        pred: LesionPrediction = self._predictor.predict(clicks, state=previous, box=box, strokes=strokes,
+                                                         box_regions=regions)
         pasted = paste_mask(grid, pred.logits, pred.bbox, self.model.configuration_manager)
         if pasted is not None:
             slices, mask = pasted
