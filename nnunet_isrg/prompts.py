@@ -26,6 +26,8 @@ AXES = "zyx"
 #: :data:`PROMPT_KINDS_KEY` (one without the entry was trained with clicks only)
 PROMPT_KINDS = ("clicks", "boxes", "scribbles", "lassos")
 PROMPT_KINDS_KEY = "isrg_prompt_kinds"
+#: one prompt's ``kind`` as ``ISRGSession.add_prompt``, ``isrg predict``'s prompts file and the HTTP API name it
+PROMPT_NAMES = ("click", "box", "scribble", "lasso")
 #: a scribble is sampled every half voxel; longer strokes than this many samples are refused (a
 #: request of a few KB must not allocate gigabytes)
 MAX_SCRIBBLE_SAMPLES = 2_000_000

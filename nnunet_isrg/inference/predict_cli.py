@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from nnunet_isrg.attributes import AttributeLabelError
 from nnunet_isrg.files import atomic_folder, atomic_path, write_json_atomic, write_text_atomic
+from nnunet_isrg.prompts import PROMPT_NAMES
 from nnunet_isrg.report.dicom_export import export_dicom
 from nnunet_isrg.report.key_image import write_key_image
 from nnunet_isrg.report.render_text import render_markdown_document, render_text
@@ -101,8 +102,8 @@ def _numbers(v: Any, n: int | None = None) -> bool:
 def _check_prompt(p: Any, w: str) -> None:
     """One prompt of a clicks file: a click, box, scribble or lasso with its fields (ClicksFileError)."""
     kind = p.get("kind") if isinstance(p, Mapping) else None
-    if kind not in PROMPT_KINDS:
-        raise ClicksFileError(f"{w}: \"kind\" must be one of {list(PROMPT_KINDS)}, got {kind!r}")
+    if kind not in PROMPT_NAMES:
+        raise ClicksFileError(f"{w}: \"kind\" must be one of {list(PROMPT_NAMES)}, got {kind!r}")
     if not isinstance(p.get("positive", True), bool):
         raise ClicksFileError(f"{w}: \"positive\" must be true or false")
     if kind == "click" and not _numbers(p.get("point"), 3):
@@ -119,9 +120,6 @@ def _check_prompt(p: Any, w: str) -> None:
         raise ClicksFileError(f"{w}: a lasso needs \"slice_axis\" (z, y or x), an integer \"slice_index\" and a "
                               f"\"polygon\" of at least three in-plane points")
 
-
-#: the prompts of a clicks file (``ISRGSession.add_prompt`` gives each to the session)
-PROMPT_KINDS = ("click", "box", "scribble", "lasso")
 
 
 def load_clicks(path: str | os.PathLike, images: Sequence[str]) -> dict[str, dict]:

@@ -51,7 +51,7 @@ from nnunet_isrg.inference.lesion_predictor import (DEFAULT_MAX_TILES, DEFAULT_Z
 from nnunet_isrg.inference.model_loading import Folds, LoadedModel, load_trained_model
 from nnunet_isrg.inference.preprocessed_volume import ImageVolume
 from nnunet_isrg.inference.region_preprocessing import bounding_box, paste_mask
-from nnunet_isrg.prompts import AXES, Box, PromptError, lasso_mask, scribble_voxels
+from nnunet_isrg.prompts import AXES, PROMPT_NAMES, Box, PromptError, lasso_mask, scribble_voxels
 from nnunet_isrg.report.dicom_export import read_dicom_series
 from nnunet_isrg.report.structured import build_lesion_report
 
@@ -551,7 +551,7 @@ class ISRGSession:
             return self.add_scribble(prompt["points"], positive=positive, space=space)
         if kind == "lasso":
             return self.add_lasso(prompt["slice_axis"], prompt["slice_index"], prompt["polygon"], positive=positive)
-        raise SessionError(f"unknown prompt kind {kind!r}; allowed: click, box, scribble, lasso")
+        raise SessionError(f"unknown prompt kind {kind!r}; allowed: {', '.join(PROMPT_NAMES)}")
 
     def _rasterised(self, draw):
         self._require_image()
