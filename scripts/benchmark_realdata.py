@@ -736,6 +736,48 @@ def _zero_shot_row(zs: dict, clicks: Sequence[int]) -> str:
 STEP_KINDS = ("import", "plan", "zero-shot", "ISRG training", "UNet training", "compare")
 
 
+#: the quality targets of the real datasets (pooled held-out folds, deterministic protocol): Dice after 1 and 5 clicks
+DICE_TARGETS = {"sts": (0.82, 0.90), "nodules": (0.82, 0.88)}
+BOX_GAIN_TARGET = 0.05   # a box as the first prompt against one click
+
+
+def quality_targets(d: dict) -> dict | None:
+    """The targets against the ISRG trainer's pooled figures of the all-folds block: Dice after 1 and 5
+    clicks, Dice never falling as clicks are added, a box first against a click first, and the CVPR
+    2025 protocol's final Dice against 5 clicks. None without the CVPR 2025 row (it carries the pooled
+    Dice after every click)."""
+    block = next((b for b in d["blocks"] if b["block"] == "all_folds"), None)
+    rows = (block or {}).get("comparison", {}).get("cvpr25") or []
+    row = next((r for r in rows if r["trainer"] == d["trainer"]["trainer"]), None)
+    if row is None:
+        return None
+    clicks = row["click_protocol_dice"]
+    one, five = DICE_TARGETS.get(d["key"], (None, None))
+    n = min(5, len(clicks))
+    return {"dice_1": clicks[0], "dice_5": clicks[n - 1], "n_clicks": n, "target_1": one, "target_5": five,
+            "never_falls": all(b >= a - 1e-9 for a, b in zip(clicks, clicks[1:])),
+            "box_first": row["dice"][0], "box_gain": row["box_minus_first_click"],
+            "cvpr25_final": row["final_dice"], "folds": block["folds"], "n_cases": row["n_cases"]}
+
+
+def targets_line(t: dict) -> str:
+    def met(ok: bool) -> str:
+        return "met" if ok else "missed"
+
+    parts = [f"Dice after 1 click {t['dice_1']:.3f}" + (f" (target >= {t['target_1']:.2f}: "
+                                                        f"{met(t['dice_1'] >= t['target_1'])})" if t["target_1"] else ""),
+             f"after {t['n_clicks']} clicks {t['dice_5']:.3f}" + (f" (target >= {t['target_5']:.2f}: "
+                                                                 f"{met(t['dice_5'] >= t['target_5'])})"
+                                                                 if t["target_5"] else ""),
+             f"mean Dice never falls as clicks are added: {met(t['never_falls'])}",
+             f"a box first {t['box_first']:.3f}, {t['box_gain']:+.3f} against one click (target >= "
+             f"+{BOX_GAIN_TARGET:.2f}: {met(t['box_gain'] >= BOX_GAIN_TARGET)})",
+             f"the CVPR 2025 protocol's final Dice {t['cvpr25_final']:.3f} against {t['dice_5']:.3f} after "
+             f"{t['n_clicks']} clicks ({met(t['cvpr25_final'] >= t['dice_5'])})"]
+    return (f"**Targets** (ISRG, folds {' '.join(map(str, t['folds']))} pooled, {t['n_cases']} held-out cases): "
+            + "; ".join(parts) + ".")
+
+
 def dataset_markdown(d: dict, figures: dict[str, str], zero_shot: dict | None) -> str:
     """One dataset's part of the section: what was trained, the compare blocks' tables, the figures."""
     from nnunet_isrg.evaluation.compare import comparison_markdown
@@ -757,6 +799,9 @@ def dataset_markdown(d: dict, figures: dict[str, str], zero_shot: dict | None) -
         tables = "\n".join(line for line in comparison_markdown(b["comparison"]).splitlines()
                            if not line.startswith("!["))
         lines += ["", title, "", tables.strip()]
+    targets = quality_targets(d)
+    if targets:
+        lines += ["", targets_line(targets)]
     lc = d.get("learning_curves")
     if lc:
         finals = ", ".join(f"fold {f} {v:.3f}" for f, v in lc["final_pseudo_dice"].items())
@@ -978,13 +1023,15 @@ def dataset_summary(spec: RealDataset, name: str, dataset_id: int, raw: Path, ar
     plans = json.loads((Path(env["nnUNet_preprocessed"]) / name / f"{PLANS}.json").read_text())
     cfg = plans["configurations"][CONFIGURATION]
     ids = _labels(raw)
-    return {"key": spec.key, "title": spec.title, "dataset": name, "dataset_id": dataset_id,
+    d = {"key": spec.key, "title": spec.title, "dataset": name, "dataset_id": dataset_id,
             "source": str(spec.source), "n_cases": len(ids),
             "n_patients": len({c.split("_")[0] for c in ids}) if spec.lidc else None,
             "spacing_mm": cfg["spacing"], "patch_size": cfg["patch_size"],
             "trainer": trainer_schedule(args.trainer), "baseline": trainer_schedule(args.baseline_trainer),
             "folds": list(args.folds), "baseline_folds": list(args.baseline_folds), "clicks": list(args.clicks),
             "blocks": blocks, "learning_curves": curves, "steps": steps, "total_s": round(total_s, 1)}
+    d["targets"] = quality_targets(d)
+    return d
 
 
 if __name__ == "__main__":

@@ -268,6 +268,13 @@ def test_end_to_end_smoke_run_on_real_cases(bench, debug_model, nnunet_dirs, tmp
         (row,) = d["blocks"][0]["comparison"]["cvpr25"]
         assert row["trainer"] == "ISRGTrainer_Debug" and len(row["dice"]) == 4  # the box, then 3 clicks
         assert "**CVPR 2025 interactive protocol (validation)**" in part
+        # the quality targets, from the pooled Dice after every click and the box protocol
+        t = d["targets"]
+        assert t["n_clicks"] == 3 and t["dice_1"] == pytest.approx(row["click_protocol_dice"][0])
+        assert t["box_gain"] == pytest.approx(row["dice"][0] - row["click_protocol_dice"][0])
+        assert t["never_falls"] == all(b >= a - 1e-9 for a, b in zip(row["click_protocol_dice"],
+                                                                     row["click_protocol_dice"][1:]))
+        assert f"**Targets** (ISRG, folds 0 pooled, {row['n_cases']} held-out cases): Dice after 1 click" in part
 
     # the README: a run of the sarcomas alone rewrites their section and leaves the nodules' as it was
     readme = tmp_path / "README.md"
