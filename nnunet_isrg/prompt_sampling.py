@@ -6,8 +6,11 @@ passed in (so a seeded run draws the same prompts on any device).
 
 - :func:`sample_box_prompts`: the first prompt as a 3D box: the target's bounding box with each face
   moved outwards at random, as the CVPR 2025 interactive challenge draws it (up to 10 % of the box's
-  extent on that axis, at most 5 voxels; :func:`nnunet_isrg.prompts.jittered_box`). Returned as the
-  two corner points with labels 2 and 3.
+  extent on that axis, at most 5 voxels; :func:`nnunet_isrg.prompts.jittered_box`); in
+  ``two_d_fraction`` of the samples a 2D box instead, as a reader drags one on a slice of a view: the
+  box of the target's section on one slice (a random axis, the slice through a random target voxel,
+  so larger sections more often), jittered in-plane the same way. Returned as the two corner points
+  with labels 2 and 3 (a 2D box's corners share the slice).
 - :func:`simulate_correction_scribble`: a correction as a stroke inside one error region: between
   two random voxels of one connected false-negative (positive stroke) or false-positive (negative
   stroke) component, the voxels of the straight line that lie in that component.
@@ -22,11 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nnunet_isrg.clicks import target_components_under
-from nnunet_isrg.prompts import jittered_box, scribble_voxels
-
-BOX_CORNER_LABELS = (2, 3)
-PADDING = -1
+from nnunet_isrg.clicks import PADDING, target_components_under
+from nnunet_isrg.prompts import BOX_HIGH, BOX_LOW, jittered_box, scribble_voxels
 
 
 def _numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
@@ -36,20 +36,36 @@ def _numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
 
 
 def sample_box_prompts(target_masks: torch.Tensor, generator: torch.Generator | None = None,
-                       max_shift_fraction: float = 0.1, max_shift_voxels: int = 5
+                       max_shift_fraction: float = 0.1, max_shift_voxels: int = 5, two_d_fraction: float = 0.0
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A jittered bounding box of each target -> ``points`` (B, 2, 3) float32 (lower, higher corner)
-    and ``labels`` (B, 2) int64: 2 and 3, or -1 (padding) for a sample with an empty target."""
+    """A jittered bounding box of each target (a 2D one on a slice in ``two_d_fraction`` of the
+    samples) -> ``points`` (B, 2, 3) float32 (lower, higher corner) and ``labels`` (B, 2) int64: 2 and
+    3, or -1 (padding) for a sample with an empty target."""
     masks = target_masks.detach().bool().cpu().numpy()
     rng = _numpy_rng(generator)
     points = np.zeros((masks.shape[0], 2, 3), dtype=np.float32)
     labels = np.full((masks.shape[0], 2), PADDING, dtype=np.int64)
     for b in range(masks.shape[0]):
-        if masks[b, 0].any():
-            box = jittered_box(masks[b, 0], rng, max_shift_fraction, max_shift_voxels)
-            points[b] = [box.lo, box.hi]
-            labels[b] = BOX_CORNER_LABELS
+        mask = masks[b, 0]
+        if not mask.any():
+            continue
+        if two_d_fraction > 0 and rng.random() < two_d_fraction:
+            mask = _section(mask, rng)
+        box = jittered_box(mask, rng, max_shift_fraction, max_shift_voxels)
+        points[b] = [box.lo, box.hi]
+        labels[b] = (BOX_LOW, BOX_HIGH)
     return torch.from_numpy(points).to(target_masks.device), torch.from_numpy(labels).to(target_masks.device)
+
+
+def _section(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The mask's voxels on one slice: a random axis, the slice through a random voxel of the mask."""
+    axis = int(rng.integers(3))
+    voxels = np.argwhere(mask)
+    index = int(voxels[rng.integers(len(voxels)), axis])
+    out = np.zeros_like(mask)
+    sl = tuple(index if a == axis else slice(None) for a in range(3))
+    out[sl] = mask[sl]
+    return out
 
 
 def _error_components(pred_masks: torch.Tensor, target_masks: torch.Tensor, generator: torch.Generator | None

@@ -26,6 +26,8 @@ AXES = "zyx"
 #: :data:`PROMPT_KINDS_KEY` (one without the entry was trained with clicks only)
 PROMPT_KINDS = ("clicks", "boxes", "scribbles", "lassos")
 PROMPT_KINDS_KEY = "isrg_prompt_kinds"
+#: the network's point labels of a box's lower and higher corner (SAM's 2 and 3; clicks are 1 and 0)
+BOX_LOW, BOX_HIGH = 2, 3
 #: one prompt's ``kind`` as ``ISRGSession.add_prompt``, ``isrg predict``'s prompts file and the HTTP API name it
 PROMPT_NAMES = ("click", "box", "scribble", "lasso")
 #: a scribble is sampled every half voxel; longer strokes than this many samples are refused (a
@@ -50,12 +52,11 @@ class Box:
 
     lo: tuple[float, float, float]
     hi: tuple[float, float, float]
-    positive: bool = True
 
     @classmethod
-    def from_corners(cls, corner_a: Sequence[float], corner_b: Sequence[float], positive: bool = True) -> "Box":
+    def from_corners(cls, corner_a: Sequence[float], corner_b: Sequence[float]) -> "Box":
         a, b = _point(corner_a, "a box corner"), _point(corner_b, "a box corner")
-        return cls(tuple(np.minimum(a, b).tolist()), tuple(np.maximum(a, b).tolist()), bool(positive))
+        return cls(tuple(np.minimum(a, b).tolist()), tuple(np.maximum(a, b).tolist()))
 
     @property
     def slice_axis(self) -> int | None:
@@ -81,10 +82,6 @@ class Box:
         out = np.zeros(tuple(shape), dtype=bool)
         out[self.voxel_slices(shape)] = True
         return out
-
-    @property
-    def centre(self) -> np.ndarray:
-        return (np.asarray(self.lo) + np.asarray(self.hi)) / 2
 
 
 def bounding_box(mask: np.ndarray) -> Box:

@@ -271,3 +271,33 @@ def test_benchmark_clicks_only_copy_of_a_model_predicts_the_same_click_masks(deb
     with torch.inference_mode():
         a, b = (net.decode(net.encode_image(image), *box) for net in (original, stripped))
     assert not torch.equal(a["mask_logits"], b["mask_logits"])
+
+
+def test_a_view_the_box_does_not_reach_gets_no_box():
+    """A box around the lower part of a lesion 3 crops long: the views and refinement tiles that the box
+    reaches get its corners (labels 2, 3); those wholly beyond it get none (padding), instead of corners
+    clamped onto their face, which would tell the network that a one-voxel slab is the box."""
+    shape = (3 * CROP + 24, 56, 52)
+    centre = ((shape[0] - 1) / 2, 27.5, 25.5)
+    lesion = ellipsoid(shape, centre, (24, 17, 14))
+    predictor, network = predictor_for(lesion, max_tiles=None)
+    seen = []
+    decode = network.decode
+
+    def recording(embedding, points, labels, mask_prompt=None, scribbles=None):
+        seen.append(labels[0].tolist())
+        return decode(embedding, points, labels, mask_prompt)
+
+    network.decode = recording
+    views = []
+    view_decode = predictor._decode
+    predictor._decode = lambda view, *a: views.append(view) or view_decode(view, *a)
+    lo, hi = np.argwhere(lesion).min(0), np.argwhere(lesion).max(0)
+    box_hi_z = int(lo[0]) + CROP                                  # the box: the lesion's first crop in z
+    p = predictor.predict([], box=((int(lo[0]), int(lo[1]), int(lo[2])), (box_hi_z, int(hi[1]), int(hi[2]))))
+    assert p.tiles and len(seen) == len(views)
+    for view, labels in zip(views, seen):   # the box spans the lesion in y and x: only z decides
+        box_lo, box_hi = view.to_view(np.array([[lo[0], 0, 0], [box_hi_z, 0, 0]]))[:, 0]
+        reaches = box_hi >= -0.5 and box_lo <= CROP - 0.5
+        assert labels == ([2, 3] if reaches else [-1, -1]), (view.box, labels)
+    assert any(labels == [-1, -1] for labels in seen) and any(labels == [2, 3] for labels in seen)

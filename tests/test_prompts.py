@@ -127,6 +127,38 @@ def test_training_boxes_hold_the_target_within_the_challenge_jitter():
     assert torch.equal(again[0], first[0])                                 # seeded: reproducible
 
 
+def test_training_2d_boxes_lie_on_one_slice_through_the_target_and_hold_its_section():
+    """A reader's 2D box: both corners on one slice (one flat axis) that crosses the target, holding the
+    target's section on that slice within the challenge's jitter in-plane."""
+    import torch
+
+    from nnunet_isrg.prompt_sampling import sample_box_prompts
+
+    _, target = _balls()
+    g = torch.Generator().manual_seed(3)
+    axes = set()
+    for _ in range(30):
+        points, labels = sample_box_prompts(target, g, two_d_fraction=1.0)
+        assert labels.tolist() == [[2, 3], [2, 3]]
+        for b in range(2):
+            lo, hi = points[b, 0].numpy(), points[b, 1].numpy()
+            (axis,) = np.flatnonzero(lo == hi)                 # exactly one flat axis
+            axes.add(int(axis))
+            index = int(lo[axis])
+            section = np.take(target[b, 0].numpy(), index, axis=axis)
+            assert section.any()                               # the slice crosses the target
+            tight = bounding_box(section)
+            in_plane = [a for a in range(3) if a != axis]
+            extent = np.asarray(tight.hi) - np.asarray(tight.lo) + 1
+            limit = np.minimum(np.floor(0.1 * extent), 5)
+            assert np.all(lo[in_plane] <= tight.lo) and np.all(hi[in_plane] >= tight.hi)
+            assert np.all(tight.lo - lo[in_plane] <= limit) and np.all(hi[in_plane] - tight.hi <= limit)
+    assert axes == {0, 1, 2}                                   # every view
+    # the default draws 3D boxes only (the CVPR 2025 protocol's)
+    points, _ = sample_box_prompts(target, torch.Generator().manual_seed(3))
+    assert np.all(points[:, 1].numpy() - points[:, 0].numpy() > 0)
+
+
 def test_training_scribbles_and_lassos_lie_inside_one_error_region():
     import torch
     from scipy import ndimage

@@ -169,3 +169,24 @@ def test_strokes_on_thick_slices_cover_every_finer_slice_of_the_network_grid():
     # z voxel 4 spans the grid's [11.5, 14.5] -> grid voxels 12, 13, 14; in-plane voxels 6 and 7 both -> grid 3
     assert grid.original_voxels_to_region([[4, 6, 6], [4, 7, 7]]).tolist() == [[12, 3, 3], [13, 3, 3], [14, 3, 3]]
     assert grid.original_box_to_region([4, 6, 6], [5, 9, 9]).tolist() == [[12, 3, 3], [17, 4, 4]]
+
+
+def test_boxes_on_thick_slices_reach_the_network_grid_whole_and_a_2d_box_stays_one_voxel_thick(stand_in):
+    """4.5 mm slices on the debug plans' 1.5 mm grid: a 3D box covers the three grid slices of each of its
+    slices; a 2D box (corners on one slice) gives the network one grid slice, as the trainer draws them."""
+    img = sitk.GetImageFromArray(np.random.default_rng(1).normal(40, 20, (14, 72, 72)).astype(np.float32))
+    img.SetSpacing((1.5, 1.5, 4.5))
+    s = _session(stand_in, img)
+    seen = []
+    predict = s._predictor.predict
+    s._predictor.predict = lambda *a, **kw: seen.append(np.asarray(kw["box"])) or predict(*a, **kw)
+    grid = s._predictor.volume.grid
+    axis_z = list(grid.transpose_forward).index(0)
+    assert grid.scale[axis_z] == pytest.approx(1 / 3, rel=0.02)       # original voxels per grid voxel
+    s.add_box((4, 20, 30), (6, 34, 44))
+    lo_z, hi_z = seen[-1][:, axis_z]
+    assert hi_z - lo_z + 1 == pytest.approx(9, abs=1)           # 3 slices x 3 grid voxels
+    s.new_lesion()
+    s.add_box((5, 20, 30), (5, 34, 44))                          # 2D, on axial slice 5
+    lo_z, hi_z = seen[-1][:, axis_z]
+    assert lo_z == hi_z == pytest.approx(grid.original_to_region(np.array([5.0, 27.0, 37.0]))[axis_z], abs=0.5)

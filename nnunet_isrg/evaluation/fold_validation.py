@@ -230,16 +230,18 @@ def validate_fold(network: torch.nn.Module, dataset, output_folder: str, plans_m
                   attribute_table: Mapping[str, Mapping[str, str]] | None = None,
                   device: torch.device | str = "cpu", log: Callable[[str], None] = print,
                   save_probabilities: bool = False, gather: Gather | None = None, run_info: Mapping | None = None,
-                  plot_title: str = "", attribute_support: Mapping[str, int] | None = None) -> FoldValidation | None:
+                  plot_title: str = "", attribute_support: Mapping[str, int] | None = None, cvpr25: bool = True
+                  ) -> FoldValidation | None:
     """A fold's validation folder: :func:`validate_cases` on ``dataset``, then :func:`summarise_fold`.
 
-    The arguments are those of the two functions. ``gather`` merges the case results of the
+    The arguments are those of the two functions (``cvpr25``: False for a model trained without boxes,
+    whose box protocol would only measure an untrained prompt). ``gather`` merges the case results of the
     processes of a distributed validation (each process passes its share of the cases as
     ``dataset``); where it returns ``None`` nothing more is written and ``None`` is returned.
     """
     results = validate_cases(network, dataset, output_folder, plans_manager, configuration_manager, dataset_json,
                              schema, lesion_labels, n_clicks, attribute_table, device, log, save_probabilities,
-                             attribute_support)
+                             attribute_support, cvpr25)
     if gather is not None:
         results = gather(results)
         if results is None:

@@ -38,6 +38,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 from ..attributes import Schema, normalise_class
 from ..clicks import first_click_deterministic, next_click_deterministic
 from ..files import json_safe, write_json_atomic
+from ..prompts import bounding_box
 from .metrics import auc_over_clicks, noc_at, segmentation_metrics, summarise_values
 
 Click = tuple[tuple[int, int, int], bool]
@@ -146,8 +147,8 @@ def run_interactive_protocol(predict_fn: PredictFn, gt: np.ndarray, spacing_zyx:
         raise ValueError(f"{name}: the ground-truth mask is empty; the interactive protocol needs a lesion")
     box = None
     if first_prompt == "box":
-        idx = np.argwhere(gt)
-        box = (tuple(int(v) for v in idx.min(0)), tuple(int(v) for v in idx.max(0)))
+        tight = bounding_box(gt)
+        box = (tuple(int(v) for v in tight.lo), tuple(int(v) for v in tight.hi))
     call = (lambda c: predict_fn(c)) if box is None else (lambda c: predict_fn(c, box=box))
     clicks: list[Click] = []
     per_click: dict[str, list] = {m: [] for m in METRICS}
@@ -173,8 +174,8 @@ def run_interactive_protocol(predict_fn: PredictFn, gt: np.ndarray, spacing_zyx:
             raise ValueError(f"{name}: predict_fn returned a mask of shape {pred.shape}, the ground truth is {gt.shape}")
         pred = pred.astype(bool, copy=False)
         m = segmentation_metrics(pred, gt, spacing_zyx, nsd_tolerance_mm)
-        for k in METRICS:
-            per_click[k].append(float(m[k]))
+        for metric in METRICS:
+            per_click[metric].append(float(m[metric]))
         pred_empty.append(bool(m["pred_empty"]))
         attrs_per_click.append(_predicted_classes(last_probs))
         next_click = next_click_deterministic(pred, gt, spacing_zyx)

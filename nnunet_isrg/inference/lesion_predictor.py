@@ -42,7 +42,8 @@ from nnunet_isrg.inference.embedding_cache import EmbeddingCache
 from nnunet_isrg.inference.preprocessed_volume import ArrayVolume, PreprocessedVolume
 from nnunet_isrg.inference.tile_refinement import LogitCanvas, border_tiles, mask_prompt_from, upsample_logits
 from nnunet_isrg.inference.views import DEFAULT_ZOOM_FACTORS, BoxT, View, centred_bbox
-from nnunet_isrg.modeling.prompt_encoder import BOX_HIGH, BOX_LOW  # the network's point labels of a box's corners
+from nnunet_isrg.clicks import PADDING
+from nnunet_isrg.prompts import BOX_HIGH, BOX_LOW
 
 Click = tuple[Sequence[float], bool]  # ((z, y, x) voxel of the preprocessed volume, positive?)
 Stroke = tuple[np.ndarray, bool]       # ((M, 3) voxels (z, y, x) of the preprocessed volume, positive?)
@@ -288,6 +289,11 @@ class LesionPredictor:
         (clamped to the view, which keeps their direction: a click beyond a face pulls the mask there,
         a box larger than the view covers it on that axis), strokes as the view's voxels they cross."""
         embedding = self.cache.get(view, lambda: self._view_image(view)[None].to(self.device))
+        corners = labels >= BOX_LOW
+        if corners.any():
+            lo, hi = view.to_view(points[corners])
+            if np.any(hi < -0.5) or np.any(lo > np.asarray(self.crop_size) - 0.5):
+                labels = np.where(corners, PADDING, labels)   # the box does not reach this view
         pts = np.clip(view.to_view(points), 0, np.asarray(self.crop_size) - 1).astype(np.float32)
         pts_t = torch.from_numpy(pts)[None].to(self.device)
         labels_t = torch.from_numpy(labels.astype(np.int64))[None].to(self.device)

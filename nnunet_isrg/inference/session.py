@@ -591,8 +591,7 @@ class ISRGSession:
         grid = self._predictor.volume.grid
         points = grid.original_to_region(np.array([c.voxel_zyx for c in lesion.clicks]).reshape(-1, 3))
         clicks = [(tuple(p), c.positive) for p, c in zip(points, lesion.clicks)]
-        box = None if lesion.box is None else grid.original_box_to_region(
-            *Box(lesion.box.lo, lesion.box.hi).voxel_corners(self.image_shape))
+        box = None if lesion.box is None else self._region_box(Box(lesion.box.lo, lesion.box.hi))
         # every region voxel inside a drawn voxel: on thick slices a stroke covers each finer region slice
         strokes = [(grid.original_voxels_to_region(s.voxels), s.positive) for s in lesion.strokes if s.kind != "box"]
         regions = [(grid.original_box_to_region(*s.voxels), s.positive) for s in lesion.strokes if s.kind == "box"]
@@ -611,6 +610,16 @@ class ISRGSession:
         faces = tuple(names[grid.transpose_forward[names.index(f[0])]] + f[1] for f in pred.truncated_faces)
         return _Outcome(slices, mask, pred.attribute_probs, pred.iou_pred, pred.state, pred.zoom, faces,
                         grid.original_slices(pred.bbox))
+
+    def _region_box(self, box: Box) -> np.ndarray:
+        """(2, 3) inclusive corners on the network's grid of a box of the original image: every grid voxel
+        inside it; a 2D box (drawn on one slice) keeps one grid voxel across its slice, as in training."""
+        grid = self._predictor.volume.grid
+        corners = grid.original_box_to_region(*box.voxel_corners(self.image_shape))
+        if box.slice_axis is not None:
+            axis = list(grid.transpose_forward).index(box.slice_axis)
+            corners[:, axis] = np.rint(grid.original_to_region(np.asarray(box.lo))[axis])
+        return corners
 
     def _claimed(self, slices: tuple, exclude: int) -> np.ndarray:
         """Voxels inside ``slices`` that belong to lesions other than ``exclude``."""

@@ -21,7 +21,7 @@ from torch import nn
 from .common import Conv3d, LayerNorm3d, zero_conv
 
 #: point labels of a box's two corners (SAM's convention): the lower and the higher corner
-BOX_LOW, BOX_HIGH = 2, 3
+from nnunet_isrg.prompts import BOX_HIGH, BOX_LOW  # noqa: F401  (the model's corner labels)
 #: region maps beside the mask prompt and the click maps: inside the box, positive and negative
 #: scribble/lasso voxels
 REGION_CHANNELS = 3

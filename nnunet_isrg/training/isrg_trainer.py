@@ -1,7 +1,8 @@
 """ISRGTrainer: nnU-Net's trainer with the ISRG network, simulated prompts and attribute labels.
 
-The prompts of an iteration: the first is a 3D box drawn from the ground truth with the CVPR 2025
-challenge's jitter (``first_box_fraction`` of iterations) or a click inside the lesion; then 0 to
+The prompts of an iteration: the first is a box drawn from the ground truth with the CVPR 2025
+challenge's jitter (``first_box_fraction`` of iterations; of those boxes, ``box_2d_fraction`` are 2D,
+on one slice, as a reader drags one in a view) or a click inside the lesion; then 0 to
 ``max_correction_rounds`` corrections without gradient, each a scribble
 (``correction_scribble_fraction``), a lasso on one slice (``correction_lasso_fraction``) or a click in
 the error regions (the rest); the last prediction is the one trained.
@@ -70,6 +71,7 @@ class ISRGTrainer(nnUNetTrainer):
     # the prompt mix (see the module docstring): first prompt a box in this share of iterations, else
     # a click; corrections a scribble or a lasso in these shares, else a click
     first_box_fraction: float = 0.5
+    box_2d_fraction: float = 0.3
     correction_scribble_fraction: float = 0.2
     correction_lasso_fraction: float = 0.1
     learn_lambda: bool = True
@@ -236,7 +238,7 @@ class ISRGTrainer(nnUNetTrainer):
         self._measure_lesion_components()
         self.print_to_log_file(
             f"Prompt mix: first prompt a box (ground truth, CVPR 2025 jitter) in {self.first_box_fraction:.0%} of "
-            f"iterations, else a click; corrections (0-{self.max_correction_rounds} rounds) a scribble in "
+            f"iterations ({self.box_2d_fraction:.0%} of them 2D, on one slice), else a click; corrections (0-{self.max_correction_rounds} rounds) a scribble in "
             f"{self.correction_scribble_fraction:.0%}, a lasso in {self.correction_lasso_fraction:.0%}, else a click")
 
     def _limit_cpu_threads(self) -> None:
@@ -313,7 +315,7 @@ class ISRGTrainer(nnUNetTrainer):
             lesion, self._click_generator, interior_fraction=self.first_click_interior_fraction)
         first = "boxes" if mix and self._chance(self.first_box_fraction) else "clicks"
         if first == "boxes":
-            points, labels = sample_box_prompts(targets, self._click_generator)
+            points, labels = sample_box_prompts(targets, self._click_generator, two_d_fraction=self.box_2d_fraction)
         if mix:   # training's prompts only (validation's single clicks are not the mix)
             self._prompt_counts[first] = self._prompt_counts.get(first, 0) + 1
         scribbles = None
@@ -329,16 +331,14 @@ class ISRGTrainer(nnUNetTrainer):
                     draw = float(torch.rand(1, generator=self._click_generator))
                     stroke = None
                     if mix and draw < self.correction_scribble_fraction:
-                        stroke = simulate_correction_scribble(pred, targets, self._click_generator)
+                        kind, stroke = "scribbles", simulate_correction_scribble(pred, targets, self._click_generator)
                     elif mix and draw < self.correction_scribble_fraction + self.correction_lasso_fraction:
-                        stroke = simulate_correction_lasso(pred, targets, self._click_generator)
+                        kind, stroke = "lassos", simulate_correction_lasso(pred, targets, self._click_generator)
                     else:
-                        central = self._chance(self.protocol_click_fraction)
+                        kind, central = "clicks", self._chance(self.protocol_click_fraction)
                         p, l = simulate_correction_click(pred, targets, self._click_generator,
                                                          mode="centre" if central else "proportional")
                         points, labels = torch.cat([points, p], 1), torch.cat([labels, l], 1)
-                    kind = "clicks" if stroke is None else (
-                        "scribbles" if draw < self.correction_scribble_fraction else "lassos")
                     if mix:
                         self._prompt_counts[kind] = self._prompt_counts.get(kind, 0) + 1
                     if stroke is not None:
@@ -481,7 +481,7 @@ class ISRGTrainer(nnUNetTrainer):
                 attribute_table=self.attribute_table, device=self.device, log=self.print_to_log_file,
                 save_probabilities=save_probabilities, gather=self._gather_validation_results,
                 run_info={"trainer": name, "fold": self.fold}, plot_title=f"{name} fold {self.fold}",
-                attribute_support=self.attribute_support)
+                attribute_support=self.attribute_support, cvpr25="boxes" in self.prompt_kinds)
         if outcome is None:
             return
         foreground_dice = outcome.metrics["foreground_mean"]["Dice"]
