@@ -38,11 +38,11 @@ import numpy as np
 import torch
 import cc3d
 
+from nnunet_isrg.clicks import PADDING
 from nnunet_isrg.inference.embedding_cache import EmbeddingCache
 from nnunet_isrg.inference.preprocessed_volume import ArrayVolume, PreprocessedVolume
 from nnunet_isrg.inference.tile_refinement import LogitCanvas, border_tiles, mask_prompt_from, upsample_logits
 from nnunet_isrg.inference.views import DEFAULT_ZOOM_FACTORS, BoxT, View, centred_bbox
-from nnunet_isrg.clicks import PADDING
 from nnunet_isrg.prompts import BOX_HIGH, BOX_LOW
 
 Click = tuple[Sequence[float], bool]  # ((z, y, x) voxel of the preprocessed volume, positive?)
@@ -55,8 +55,8 @@ CONTINUE = "continue"
 #: crop (8) and most of one up to three times it; about 1.6 s of encoding for the ``tiny`` preset
 DEFAULT_MAX_TILES = 16
 
-__all__ = ["LesionPredictor", "LesionPrediction", "PromptState", "Click", "Stroke", "RegionBox", "Strokes", "CONTINUE", "DEFAULT_ZOOM_FACTORS",
-           "DEFAULT_MAX_TILES", "centred_bbox"]
+__all__ = ["LesionPredictor", "LesionPrediction", "PromptState", "Click", "Stroke", "RegionBox", "Strokes", "CONTINUE",
+           "DEFAULT_ZOOM_FACTORS", "DEFAULT_MAX_TILES", "centred_bbox"]
 
 
 @dataclass(frozen=True)

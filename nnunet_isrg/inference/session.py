@@ -166,6 +166,9 @@ class SessionStroke:
     voxels: np.ndarray = field(compare=False, repr=False)
     positive: bool = True
     drawn: dict = field(default_factory=dict, compare=False)
+    # the same on the network's grid (voxels, or a box's two corners), mapped once when it is drawn:
+    # every later prediction of its lesion reads it
+    on_grid: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_voxels(self) -> int:
@@ -495,7 +498,7 @@ class ISRGSession:
         if not lesion.has_prompts:
             raise SessionError("the first prompt on a lesion must be positive (it places the lesion)")
         corners = self._rasterised(lambda: box.voxel_corners(self.image_shape))
-        stroke = SessionStroke("box", corners, False, {"corners_voxel_zyx": [list(box.lo), list(box.hi)]})
+        stroke = self._on_grid(SessionStroke("box", corners, False, {"corners_voxel_zyx": [list(box.lo), list(box.hi)]}))
         return self._with_prompt(lesion, lambda: lesion.strokes.append(stroke))
 
     def add_scribble(self, points: Sequence[Sequence[float]] | np.ndarray, positive: bool = True,
@@ -560,11 +563,20 @@ class ISRGSession:
         except PromptError as e:
             raise SessionError(str(e)) from None
 
+    def _on_grid(self, stroke: SessionStroke) -> SessionStroke:
+        """The stroke with its voxels (a box: its corners) on the network's grid: every grid voxel inside
+        a drawn voxel, so that on thick slices a stroke covers each finer grid slice."""
+        grid = self._predictor.volume.grid
+        on_grid = (grid.original_box_to_region(*stroke.voxels) if stroke.kind == "box"
+                   else grid.original_voxels_to_region(stroke.voxels))
+        return replace(stroke, on_grid=on_grid)
+
     def _add_stroke(self, stroke: SessionStroke) -> LesionState:
         lesion = self._lesion()
         self._check_kind("lassos" if stroke.kind == "lasso" else "scribbles")
         if not lesion.has_prompts and not stroke.positive:
             raise SessionError("the first prompt on a lesion must be positive (it places the lesion)")
+        stroke = self._on_grid(stroke)
         return self._with_prompt(lesion, lambda: lesion.strokes.append(stroke))
 
     def _check_kind(self, kind: str) -> None:
@@ -592,9 +604,8 @@ class ISRGSession:
         points = grid.original_to_region(np.array([c.voxel_zyx for c in lesion.clicks]).reshape(-1, 3))
         clicks = [(tuple(p), c.positive) for p, c in zip(points, lesion.clicks)]
         box = None if lesion.box is None else self._region_box(Box(lesion.box.lo, lesion.box.hi))
-        # every region voxel inside a drawn voxel: on thick slices a stroke covers each finer region slice
-        strokes = [(grid.original_voxels_to_region(s.voxels), s.positive) for s in lesion.strokes if s.kind != "box"]
-        regions = [(grid.original_box_to_region(*s.voxels), s.positive) for s in lesion.strokes if s.kind == "box"]
+        strokes = [(s.on_grid, s.positive) for s in lesion.strokes if s.kind != "box"]
+        regions = [(s.on_grid, s.positive) for s in lesion.strokes if s.kind == "box"]
         # a lesion's first prompt starts without mask prompts; later ones from the lesion's own last one
         first = len(clicks) + (box is not None) + len(lesion.strokes) == 1
         previous = None if first else lesion.outcome.prompts
