@@ -131,6 +131,32 @@ def test_further_click_on_a_lesion_that_fits_one_crop_calls_the_encoder_zero_tim
     assert predictor.predict([((30, 27, 25), True), ((31, 28, 25), False)]).n_encodes == 0
 
 
+def test_clicks_after_a_box_keep_the_box_s_crop_its_embedding_and_its_mask_prompt():
+    """The CVPR 2025 protocol's clicks after a box mark errors, often outside the lesion: the crop stays
+    where the box placed it (no encoding, the previous mask as prompt); before, the first click moved
+    the crop onto itself, re-encoded and dropped the box's mask prompt."""
+    shape = (64, 56, 52)
+    lesion = ellipsoid(shape, (30, 27, 25), (5, 4, 4))
+    predictor, network = predictor_for(lesion)
+    prompts = []
+    decode = network.decode
+    network.decode = lambda emb, pts, lab, mask_prompt=None, scribbles=None: (
+        prompts.append(mask_prompt) or decode(emb, pts, lab, mask_prompt))
+    box = ((25, 23, 21), (35, 31, 29))
+    boxed = predictor.predict([], box=box)
+    assert boxed.n_encodes == 1 and prompts[-1] is None
+    negative = ((30, 21, 31), False)                      # outside the lesion, inside the box's crop
+    after = predictor.predict([negative], box=box)
+    assert after.n_encodes == 0 and network.encodes == 1
+    assert after.field_of_view == boxed.field_of_view and prompts[-1] is not None
+    assert np.array_equal(after.mask, boxed.mask)         # the stand-in segments what is bright: unchanged
+    # a lesion's first click places the crop just as before, and a box inside that crop then costs no encoding
+    predictor, network = predictor_for(lesion)
+    first = predictor.predict([((31, 28, 26), True)])
+    assert predictor.predict([((31, 28, 26), True)], box=box).n_encodes == 0
+    assert predictor.predict([((31, 28, 26), True)], box=box).field_of_view == first.field_of_view
+
+
 # ------------------------------------------------------------------------------------ one algorithm
 @pytest.fixture(scope="module")
 def plans_folder(tmp_path_factory) -> Path:

@@ -8,8 +8,9 @@ transposed axes, normalised intensities); boxes ``[[lo, hi], ...]`` are half ope
 What one prediction does (after nnInteractive's AutoZoom, Isensee et al. 2025, adapted to a
 network that caches an image embedding per view):
 
-1. **The crop at the clicks.** A crop of the network's size centred on the lesion's first click
-   (shifted inside the volume) is decoded with all clicks (clicks outside it are clamped to its
+1. **The crop at the clicks.** A crop of the network's size centred on the lesion's first prompt
+   (a click, a box's centre or a positive stroke's; shifted inside the volume), kept for all its
+   later prompts, is decoded with all clicks (clicks outside it are clamped to its
    faces) and the mask prompt this crop produced at the previous click. Its embedding is cached, so
    a further click on a lesion that fits it is a decode: no encoder call.
 2. **Zooming out.** While the lesion (the parts of the mask connected to a positive click) touches a
@@ -62,9 +63,11 @@ __all__ = ["LesionPredictor", "LesionPrediction", "PromptState", "Click", "Strok
 @dataclass(frozen=True)
 class PromptState:
     """What a lesion's next click starts from: the low-res logits each view predicted at its last
-    click (the network's mask prompt for that view). Immutable, so keeping it is enough to undo."""
+    click (the network's mask prompt for that view) and the crop its first prompt placed (``home``).
+    Immutable, so keeping it is enough to undo."""
 
     prompts: Mapping[View, torch.Tensor] = field(default_factory=dict)
+    home: View | None = None
 
     def get(self, view: View) -> torch.Tensor | None:
         return self.prompts.get(view)
@@ -189,8 +192,10 @@ class LesionPredictor:
                 box_regions: Sequence[RegionBox] = ()) -> LesionPrediction:
         """The lesion given all its prompts so far: clicks, a 3D box (its lower and higher corner),
         strokes (scribbles and lassos as voxels) and box regions (boxes marking voxels, e.g. a negative
-        box). The first click places the crop (without clicks: the box's centre, else the centre of the
-        first positive stroke); the views zoom out until every click, box corner and positive stroke
+        box). The lesion's first prompt places the crop (a click; a box: its centre; a positive stroke:
+        the centre of its corners) and the crop stays there for the later prompts: the clicks after a
+        box mark errors, often outside the lesion, and the box, the cached embedding and the mask
+        prompt of the crop they would otherwise move away from say more about the lesion; the views zoom out until every click, box corner and positive stroke
         lies inside.
 
         ``state``: the ``state`` of the lesion's previous prediction, None for its first prompt, or
@@ -209,7 +214,7 @@ class LesionPredictor:
         prompts = (self._last_state if state == CONTINUE else state) or PromptState()
         anchor = points[0] if len(clicks) else (points[-2:].mean(0) if box is not None else extent[:2].mean(0))
         encodes_before = self.encode_calls
-        home = View.around(anchor, self.crop_size, self.shape)
+        home = prompts.home or View.around(anchor, self.crop_size, self.shape)
         ladder, part, truncated = self._zoom_ladder(home, points, labels, marks, prompts, extent)
         view, out = ladder[-1]
         if view is home:
@@ -217,7 +222,7 @@ class LesionPredictor:
         else:
             canvas, tiles = self._refine(view, out, part, home, ladder[0][1], points, labels, marks)
         canvas.paste(home.box, ladder[0][1]["mask_logits"][0, 0].float().cpu())
-        self._last_state = PromptState({v: o["low_res_logits"] for v, o in ladder})
+        self._last_state = PromptState({v: o["low_res_logits"] for v, o in ladder}, home)
         return LesionPrediction(
             logits=canvas.logits, bbox=[list(b) for b in canvas.box], volume_shape=self.shape,
             attribute_probs=self._attribute_probs(out), iou_pred=float(out["iou_pred"][0, 0]),
