@@ -169,6 +169,9 @@ LOW_SUPPORT_CASES = 20
 #: training cases}; written by the trainer, read by the model loader
 ATTRIBUTE_SUPPORT_KEY = "isrg_attribute_support"
 ATTRIBUTE_SUPPORT_FILENAME = "attribute_support.json"
+#: the same for {attribute: {class: labelled training cases}} (:func:`attribute_class_counts`)
+ATTRIBUTE_CLASS_COUNTS_KEY = "isrg_attribute_class_counts"
+ATTRIBUTE_CLASS_COUNTS_FILENAME = "attribute_class_counts.json"
 
 
 def attribute_support(table: Mapping[str, Mapping[str, str]], schema: Schema,
@@ -177,6 +180,30 @@ def attribute_support(table: Mapping[str, Mapping[str, str]], schema: Schema,
     model trained on those cases learnt each attribute from (0 = never trained)."""
     cases = list(case_ids)
     return OrderedDict((name, sum(1 for c in cases if (table.get(c) or {}).get(name) is not None)) for name in schema)
+
+
+def attribute_class_counts(table: Mapping[str, Mapping[str, str]], schema: Schema,
+                           case_ids: Iterable[str]) -> "OrderedDict[str, dict[str, int]]":
+    """How many of ``case_ids`` carry each class of each attribute of ``schema`` in ``table``: the
+    prevalence a model trained on those cases learnt (:func:`balanced_probabilities` divides it out)."""
+    cases = list(case_ids)
+    return OrderedDict((name, {c: sum(1 for k in cases if (table.get(k) or {}).get(name) == c) for c in classes})
+                       for name, classes in schema.items())
+
+
+def balanced_probabilities(probs: Mapping[str, float], class_counts: Mapping[str, int] | None) -> dict[str, float]:
+    """An attribute's class probabilities as if every class had been equally common in training: each
+    divided by its training prevalence (add-one smoothed) and renormalised (Saerens et al., Neural
+    Computation 2002; the logit adjustment of Menon et al., ICLR 2021). Its most probable class is the
+    decision that maximises balanced accuracy, so a rare finding (a spiculated or lobulated nodule)
+    is not outvoted by its rarity. Without counts, or none labelled, the probabilities are returned
+    as they are."""
+    if not class_counts or sum(int(class_counts.get(c, 0)) for c in probs) == 0:
+        return dict(probs)
+    total = sum(int(class_counts.get(c, 0)) + 1 for c in probs)
+    weighted = {c: float(p) * total / (int(class_counts.get(c, 0)) + 1) for c, p in probs.items()}
+    norm = sum(weighted.values())
+    return {c: v / norm for c, v in weighted.items()} if norm > 0 else dict(probs)
 
 
 def untrained_attributes(support: Mapping[str, int] | None) -> list[str]:

@@ -15,8 +15,8 @@ import SimpleITK as sitk
 import torch
 
 from conftest import nnunet_cmd, run_cmd
-from nnunet_isrg.attributes import (ATTRIBUTE_SUPPORT_FILENAME, ATTRIBUTES_FILENAME, DEFAULT_SCHEMA,
-                                    LOW_SUPPORT_CASES)
+from nnunet_isrg.attributes import (ATTRIBUTE_CLASS_COUNTS_FILENAME, ATTRIBUTE_SUPPORT_FILENAME, ATTRIBUTES_FILENAME,
+                                    DEFAULT_SCHEMA, LOW_SUPPORT_CASES)
 from nnunet_isrg.inference.model_loading import load_trained_model
 from nnunet_isrg.inference.session import ISRGSession
 from nnunet_isrg.report.dicom_export import export_dicom
@@ -95,7 +95,13 @@ def test_the_trainer_records_how_many_cases_each_attribute_learnt_from(unlabelle
     for name in DEFAULT_SCHEMA:
         expected = sum(1 for c in splits[0]["train"] if name in table.get(c, {})) if name in LABELLED else 0
         assert loaded.attribute_support[name] == expected
+        # and per class: the prevalence the report's balanced probabilities divide out
+        counts = {cls: sum(1 for c in splits[0]["train"] if table.get(c, {}).get(name) == cls) if name in LABELLED else 0
+                  for cls in DEFAULT_SCHEMA[name]}
+        assert loaded.attribute_class_counts[name] == counts
     assert all(loaded.attribute_support[name] > 0 for name in LABELLED)
+    sidecar = json.loads((two_label_model / "fold_0" / ATTRIBUTE_CLASS_COUNTS_FILENAME).read_text())
+    assert sidecar == loaded.attribute_class_counts
 
 
 def test_a_model_without_attribute_labels_reports_no_attribute_finding(unlabelled_model, lesion_case, tmp_path):

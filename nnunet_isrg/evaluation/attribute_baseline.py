@@ -28,7 +28,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from tqdm import tqdm
 
-from ..attributes import ATTRIBUTES_FILENAME, read_attribute_table, schema_from_dataset_json
+from ..attributes import ATTRIBUTES_FILENAME, balanced_probabilities, read_attribute_table, schema_from_dataset_json
 from ..report.evidence import lesion_evidence
 
 
@@ -151,6 +151,7 @@ class AttributeBaseline:
     feature_names: list[str]
     models: dict[str, object] = field(default_factory=dict)
     constant: dict[str, str] = field(default_factory=dict)  # attributes seen with a single class
+    class_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # training cases per class
 
 
 def fit_attribute_baseline(X: np.ndarray, labels: Mapping[str, Sequence], feature_names: Sequence[str],
@@ -168,17 +169,27 @@ def fit_attribute_baseline(X: np.ndarray, labels: Mapping[str, Sequence], featur
             model.constant[attr] = str(y[0])
             continue
         model.models[attr] = make_classifier(random_state, n_estimators).fit(X[keep], y)
+        model.class_counts[attr] = {str(c): int(n) for c, n in zip(*np.unique(y, return_counts=True))}
     return model
 
 
-def predict(model: AttributeBaseline, X: np.ndarray, feature_names: Sequence[str] | None = None) -> dict[str, list[str]]:
-    """Predicted class strings per attribute; ``X`` columns are reordered by ``feature_names`` if given."""
+def _balanced_class(proba: np.ndarray, classes: Sequence, counts: Mapping[str, int] | None) -> str:
+    probs = balanced_probabilities({str(c): float(p) for c, p in zip(classes, proba)}, counts)
+    return max(probs, key=probs.get)
+
+
+def predict(model: AttributeBaseline, X: np.ndarray, feature_names: Sequence[str] | None = None,
+            balanced: bool = False) -> dict[str, list[str]]:
+    """Predicted class strings per attribute; ``X`` columns are reordered by ``feature_names`` if given.
+    ``balanced``: the class of the highest :func:`~nnunet_isrg.attributes.balanced_probabilities` of
+    the forest's probabilities (the decision rule of the ISRG model's report), else the forest's own."""
     if feature_names is not None and list(feature_names) != model.feature_names:
         col = {n: i for i, n in enumerate(feature_names)}
         missing = [n for n in model.feature_names if n not in col]
         if missing:
             raise ValueError(f"features missing for the attribute baseline: {missing}")
         X = X[:, [col[n] for n in model.feature_names]]
-    out = {attr: [str(v) for v in m.predict(X)] for attr, m in model.models.items()}
+    out = {attr: ([_balanced_class(p, m.classes_, model.class_counts.get(attr)) for p in m.predict_proba(X)]
+                  if balanced else [str(v) for v in m.predict(X)]) for attr, m in model.models.items()}
     out.update({attr: [v] * len(X) for attr, v in model.constant.items()})
     return out

@@ -171,7 +171,8 @@ def zero_shot_trainer(ev: TrainerEvaluation, cases: Sequence[HeldOutCase], confi
                                              spacing, n_clicks, {a: v for a, v in c.truth.items() if a in schema},
                                              case_id=c.case_id, lesion_type=c.truth.get("lesion_type"),
                                              device=device, keep_final_mask=False,
-                                             untrained_attributes=loaded.untrained_attributes)
+                                             untrained_attributes=loaded.untrained_attributes,
+                                             attribute_class_counts=loaded.attribute_class_counts)
                 results.append(r)
         else:
             predictor = nnUNetPredictor(device=torch.device(device), verbose=False, allow_tqdm=False)
@@ -220,18 +221,18 @@ def attribute_baseline_scores(dataset: str | int, folds: Sequence[int], val_case
         train = [index[c] for c in splits[f]["train"] if c in index]
         val = [index[c] for c in val_cases[f]]
         model = fit_attribute_baseline(X[train], {a: [labels[a][i] for i in train] for a in schema}, names)
-        p = predict(model, X[val], names)
+        p = predict(model, X[val], names, balanced=True)   # the decision rule of the model's report
         for a in schema:
             truth[a] += [labels[a][i] for i in val]
             pred[a] += p.get(a, [None] * len(val))
         if held_out:
-            pt = predict(model, X_ts, names_ts)
+            pt = predict(model, X_ts, names_ts, balanced=True)
             for a in schema:
                 truth_ts[a] += [c.truth.get(a) for c in held_out]
                 pred_ts[a] += pt.get(a, [None] * len(held_out))
     out = {"validation": _attribute_scores(truth, pred, schema),
            "features": list(names), "fitted_on": "each fold's training cases (splits_final.json)",
-           "mask": "ground-truth lesion mask"}
+           "mask": "ground-truth lesion mask", "decision": "balanced (the class of the highest prior-corrected probability)"}
     if held_out:
         out["zero_shot"] = _attribute_scores(truth_ts, pred_ts, schema)
     return out
@@ -599,7 +600,7 @@ def _document(req, name, folds, clicks, val_cases, seg_rows, attr_rows, zs_seg_r
            "validation": {"segmentation": seg_block(seg_rows), "attributes": attr_block(attr_rows)},
            "schema": {k: list(v) for k, v in schema.items()}}
     if attr_base is not None:
-        doc["attribute_baseline"] = {k: attr_base[k] for k in ("features", "fitted_on", "mask")}
+        doc["attribute_baseline"] = {k: attr_base[k] for k in ("features", "fitted_on", "mask", "decision")}
     if classical is not None:
         limit = req.classical_max_training_cases
         doc["classical_baseline"] = {
@@ -651,7 +652,10 @@ def comparison_markdown(doc: Mapping, figures: Mapping[str, str] | None = None) 
     if "attribute_baseline" in doc:
         parts += ["", f"Non-deep attribute baseline: {len(doc['attribute_baseline']['features'])} image measurements "
                       f"inside the {doc['attribute_baseline']['mask']}, one random forest per attribute fitted on "
-                      f"{doc['attribute_baseline']['fitted_on']}."]
+                      f"{doc['attribute_baseline']['fitted_on']}"
+                      + ("; both it and ISRG name the class of the highest probability corrected for the training "
+                         "cases' class frequencies (balanced decision)." if doc['attribute_baseline'].get("decision")
+                         else ".")]
     if doc.get("cvpr25"):
         parts += ["", "**CVPR 2025 interactive protocol (validation)**: the lesion's tight 3D box first, then up to "
                       "5 clicks, each at the centre of the largest error component; mean Dice / NSD after each "

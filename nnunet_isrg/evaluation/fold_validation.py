@@ -63,7 +63,9 @@ def protocol_with_network(network: torch.nn.Module, schema: Schema, volume: torc
                           device: torch.device | str = "cpu", keep_final_mask: bool = True,
                           untrained_attributes: Sequence[str] = (),
                           on_prediction: Callable[[LesionPrediction], None] | None = None,
-                          first_prompt: str = "click", cache: EmbeddingCache | None = None) -> tuple[CaseResult, int]:
+                          first_prompt: str = "click", cache: EmbeddingCache | None = None,
+                          attribute_class_counts: Mapping[str, Mapping[str, int]] | None = None
+                          ) -> tuple[CaseResult, int]:
     """The click protocol on one lesion with an ISRG network through :class:`LesionPredictor`, the
     predictor of the interactive session (zooming out for a lesion larger than the crop).
 
@@ -71,11 +73,12 @@ def protocol_with_network(network: torch.nn.Module, schema: Schema, volume: torc
     ``untrained_attributes``: attributes the network never had a label for, neither predicted nor
     scored; ``on_prediction``: called with every prediction (its zoom, field of view, truncation);
     ``first_prompt``: "box" runs the CVPR 2025 protocol (the lesion's box, then clicks); ``cache``:
-    embeddings of this volume's views from an earlier protocol run on it (default: a new cache).
-    Returns the case result and the number of image encodings the predictor needed.
+    embeddings of this volume's views from an earlier protocol run on it (default: a new cache);
+    ``attribute_class_counts``: the network's training classes, to balance its attribute
+    probabilities (:class:`LesionPredictor`). Returns the case result and the number of image encodings the predictor needed.
     """
     predictor = LesionPredictor(network, schema, volume, device=device, untrained_attributes=untrained_attributes,
-                                cache=cache)
+                                cache=cache, attribute_class_counts=attribute_class_counts)
     encodes_before = predictor.encode_calls
     attribute_truth = {a: v for a, v in (attribute_truth or {}).items() if a not in set(untrained_attributes)}
 
@@ -106,7 +109,8 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
                    attribute_table: Mapping[str, Mapping[str, str]] | None = None,
                    device: torch.device | str = "cpu", log: Callable[[str], None] = print,
                    save_probabilities: bool = False,
-                   attribute_support: Mapping[str, int] | None = None, cvpr25: bool = True) -> dict[str, CaseResult]:
+                   attribute_support: Mapping[str, int] | None = None, cvpr25: bool = True,
+                   attribute_class_counts: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, CaseResult]:
     """The click protocol on every case of ``dataset``; writes each case's mask and report.
 
     Args:
@@ -126,6 +130,8 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
             none are neither predicted nor scored (None: every attribute counts as trained).
         cvpr25: also run the CVPR 2025 protocol (the lesion's box, then ``n_clicks`` clicks) on each
             case, its results in ``reports_cvpr25/CASE.json`` (no mask exported).
+        attribute_class_counts: attribute -> class -> training cases of the network, to balance
+            its attribute probabilities (None: the softmax as it is).
 
     Returns case id -> result of the click protocol for the cases with a lesion (a case without one
     is exported empty).
@@ -152,7 +158,7 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
             result, encode_calls = protocol_with_network(
                 network, schema, volume, gt, spacing, n_clicks, {a: v for a, v in entry.items() if a in schema},
                 case_id=k, lesion_type=entry.get("lesion_type"), device=device, untrained_attributes=untrained,
-                on_prediction=lambda p: extent.update(_extent(p)), cache=cache)
+                on_prediction=lambda p: extent.update(_extent(p)), cache=cache, attribute_class_counts=attribute_class_counts)
             results[k], final = result, result.final_mask
             write_json_atomic(join(output_folder, REPORTS_FOLDER, f"{k}.json"),
                               {**result.to_dict(), "encode_calls": encode_calls, "attributes_not_assessed": untrained,
@@ -161,7 +167,8 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
             if cvpr25:
                 boxed, _ = protocol_with_network(network, schema, volume, gt, spacing, n_clicks, case_id=k,
                                                  device=device, untrained_attributes=untrained, keep_final_mask=False,
-                                                 first_prompt="box", cache=cache)
+                                                 first_prompt="box", cache=cache,
+                                                 attribute_class_counts=attribute_class_counts)
                 write_json_atomic(join(output_folder, CVPR25_REPORTS_FOLDER, f"{k}.json"), boxed.to_dict())
                 log(f"{k}: CVPR 2025 protocol, Dice after the box and each click {[round(d, 3) for d in boxed.dice]}")
         export_prediction_from_logits(mask_to_logits(final, label_value, num_heads), properties, configuration_manager,
@@ -230,8 +237,8 @@ def validate_fold(network: torch.nn.Module, dataset, output_folder: str, plans_m
                   attribute_table: Mapping[str, Mapping[str, str]] | None = None,
                   device: torch.device | str = "cpu", log: Callable[[str], None] = print,
                   save_probabilities: bool = False, gather: Gather | None = None, run_info: Mapping | None = None,
-                  plot_title: str = "", attribute_support: Mapping[str, int] | None = None, cvpr25: bool = True
-                  ) -> FoldValidation | None:
+                  plot_title: str = "", attribute_support: Mapping[str, int] | None = None, cvpr25: bool = True,
+                  attribute_class_counts: Mapping[str, Mapping[str, int]] | None = None) -> FoldValidation | None:
     """A fold's validation folder: :func:`validate_cases` on ``dataset``, then :func:`summarise_fold`.
 
     The arguments are those of the two functions (``cvpr25``: False for a model trained without boxes,
@@ -241,7 +248,7 @@ def validate_fold(network: torch.nn.Module, dataset, output_folder: str, plans_m
     """
     results = validate_cases(network, dataset, output_folder, plans_manager, configuration_manager, dataset_json,
                              schema, lesion_labels, n_clicks, attribute_table, device, log, save_probabilities,
-                             attribute_support, cvpr25)
+                             attribute_support, cvpr25, attribute_class_counts)
     if gather is not None:
         results = gather(results)
         if results is None:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import cc3d
 
+from nnunet_isrg.attributes import balanced_probabilities
 from nnunet_isrg.clicks import PADDING
 from nnunet_isrg.inference.embedding_cache import EmbeddingCache
 from nnunet_isrg.inference.preprocessed_volume import ArrayVolume, PreprocessedVolume
@@ -149,6 +150,9 @@ class LesionPredictor:
             (C, Z, Y, X) preprocessed array held in memory.
         untrained_attributes: attributes the model has no training label for; their head's output
             is an untrained guess and is left out of ``attribute_probs``.
+        attribute_class_counts: {attribute: {class: training cases}} of the model; when given,
+            ``attribute_probs`` are :func:`~nnunet_isrg.attributes.balanced_probabilities` (as if
+            every class had been equally common), else the network's softmax as it is.
         zoom_factors: increasing zoom factors to try (the last is the largest field of view); ``()``
             keeps every prediction to the crop at the clicks.
         max_tiles: at most this many full-resolution refinement crops per prediction (None: every
@@ -159,10 +163,12 @@ class LesionPredictor:
     def __init__(self, model: torch.nn.Module, schema, volume: Union[PreprocessedVolume, torch.Tensor, np.ndarray],
                  device: torch.device | str = "cpu", untrained_attributes: Sequence[str] = (),
                  zoom_factors: Sequence[float] = DEFAULT_ZOOM_FACTORS, max_tiles: int | None = DEFAULT_MAX_TILES,
-                 cache: EmbeddingCache | None = None):
+                 cache: EmbeddingCache | None = None,
+                 attribute_class_counts: Mapping[str, Mapping[str, int]] | None = None):
         self.model = model
         self.schema = schema
         self.untrained_attributes = frozenset(untrained_attributes)
+        self.attribute_class_counts = attribute_class_counts or {}
         self.device = torch.device(device)
         self.crop_size = tuple(int(s) for s in model.crop_size)
         self.volume = volume if hasattr(volume, "zoomed") else ArrayVolume(volume)
@@ -328,5 +334,6 @@ class LesionPredictor:
         return self.volume.crop(view.box) if view.is_crop else self.volume.zoomed(view.box, self.crop_size)
 
     def _attribute_probs(self, out: dict) -> dict[str, dict[str, float]]:
-        return {name: dict(zip(self.schema[name], torch.softmax(logits[0].float(), 0).cpu().tolist()))
-                for name, logits in out["attribute_logits"].items() if name not in self.untrained_attributes}
+        probs = {name: dict(zip(self.schema[name], torch.softmax(logits[0].float(), 0).tolist()))
+                 for name, logits in out["attribute_logits"].items() if name not in self.untrained_attributes}
+        return {name: balanced_probabilities(p, self.attribute_class_counts.get(name)) for name, p in probs.items()}

@@ -22,7 +22,8 @@ import torch
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
-from nnunet_isrg.attributes import ATTRIBUTE_SUPPORT_KEY, untrained_attributes, validate_schema
+from nnunet_isrg.attributes import (ATTRIBUTE_CLASS_COUNTS_FILENAME, ATTRIBUTE_CLASS_COUNTS_KEY, ATTRIBUTE_SUPPORT_KEY,
+                                    untrained_attributes, validate_schema)
 from nnunet_isrg.modeling.isrg_model import PROMPT_EXTENSION_PARAMETERS
 from nnunet_isrg.prompts import PROMPT_KINDS, PROMPT_KINDS_KEY
 from nnunet_isrg.modeling.from_plans import build_isrg_network, isrg_block_of
@@ -100,6 +101,9 @@ class LoadedModel:
     attribute_support: Optional[dict] = None
     #: the prompts every fold was trained with (``clicks`` only for a checkpoint from before boxes)
     prompt_kinds: tuple[str, ...] = ("clicks",)
+    #: attribute -> class -> training cases (summed over the folds): the predictor balances the
+    #: attribute probabilities with it; None when a fold has no record (probabilities as they are)
+    attribute_class_counts: Optional[dict] = None
 
     @property
     def untrained_attributes(self) -> list[str]:
@@ -202,7 +206,7 @@ def load_trained_model(model_folder: str | Path, folds: Folds = (0,), checkpoint
 
     device = torch.device(device)
     fold_list = _resolve_folds(folder, folds, checkpoint)
-    networks, supports, kinds = [], [], []
+    networks, supports, kinds, class_counts = [], [], [], []
     for f in fold_list:
         ckpt = folder / _fold_name(f) / checkpoint
         if not ckpt.is_file():
@@ -219,6 +223,8 @@ def load_trained_model(model_folder: str | Path, folds: Folds = (0,), checkpoint
         if not isinstance(saved, dict) or "network_weights" not in saved:
             raise ModelFolderError(f"{ckpt} has no 'network_weights'; it is not an nnU-Net checkpoint")
         supports.append(saved.get(ATTRIBUTE_SUPPORT_KEY))
+        class_counts.append(saved.get(ATTRIBUTE_CLASS_COUNTS_KEY)
+                            or _optional_sidecar(ckpt.parent / ATTRIBUTE_CLASS_COUNTS_FILENAME))
         kinds.append(tuple(saved.get(PROMPT_KINDS_KEY) or ("clicks",)))
         networks.append(_load_weights(build_isrg_network(block, n_channels), saved["network_weights"], ckpt,
                                       folder).to(device).eval())
@@ -226,6 +232,7 @@ def load_trained_model(model_folder: str | Path, folds: Folds = (0,), checkpoint
     return LoadedModel(folder=folder, plans_manager=plans_manager, configuration_manager=configuration_manager,
                        dataset_json=dataset_json, schema=schema, network=network, folds=fold_list, device=device,
                        isrg_block=dict(block), attribute_support=_fewest_labels(supports, schema),
+                       attribute_class_counts=_summed_class_counts(class_counts, schema),
                        prompt_kinds=tuple(k for k in PROMPT_KINDS if all(k in fold for fold in kinds)))
 
 
@@ -243,6 +250,25 @@ def _load_weights(net: nn.Module, weights: dict, ckpt: Path, folder: Path) -> nn
         raise ModelFolderError(f"{ckpt}: weights do not fit the network described by {folder / 'plans.json'} "
                                f"(trained with another version of the network?): {detail}")
     return net
+
+
+def _optional_sidecar(path: Path) -> Optional[dict]:
+    """The JSON object in ``path``; None when it is missing or unreadable (an optional sidecar)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _summed_class_counts(counts: list, schema) -> Optional[dict]:
+    """Per attribute and class, the training cases summed over the folds (the ensemble's prevalence);
+    None when a fold has no record (checkpoint key, or the ``attribute_class_counts.json`` the trainer
+    writes beside it): its probabilities are then left as the network gives them."""
+    if not counts or any(c is None for c in counts):
+        return None
+    return {name: {cls: sum(int((c.get(name) or {}).get(cls, 0)) for c in counts) for cls in classes}
+            for name, classes in schema.items()}
 
 
 def _fewest_labels(supports: list, schema) -> Optional[dict]:

@@ -369,7 +369,8 @@ class ISRGSession:
                                           untrained_attributes=untrained_attributes(self.attribute_support),
                                           zoom_factors=self.zoom_factors, max_tiles=self.max_tiles,
                                           cache=EmbeddingCache(self.model.network.encode_image,
-                                                               self.embedding_cache_bytes))
+                                                               self.embedding_cache_bytes),
+                                          attribute_class_counts=getattr(self.model, "attribute_class_counts", None))
         self.organ_map, self.organ_names = organ_map, organ_names
         self._lesions = OrderedDict()
         self._current = None

@@ -32,8 +32,9 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from nnunet_isrg.attributes import (ATTRIBUTE_SUPPORT_FILENAME, ATTRIBUTE_SUPPORT_KEY, ATTRIBUTES_FILENAME, IGNORE_INDEX,
-                                    attribute_support, lesion_labels_from_dataset_json,
+from nnunet_isrg.attributes import (ATTRIBUTE_CLASS_COUNTS_FILENAME, ATTRIBUTE_CLASS_COUNTS_KEY,
+                                    ATTRIBUTE_SUPPORT_FILENAME, ATTRIBUTE_SUPPORT_KEY, ATTRIBUTES_FILENAME, IGNORE_INDEX,
+                                    attribute_class_counts, attribute_support, lesion_labels_from_dataset_json,
                                     read_attribute_table, schema_from_dataset_json)
 from nnunet_isrg.clicks import sample_target_and_first_click, simulate_correction_click
 from nnunet_isrg.prompt_sampling import sample_box_prompts, simulate_correction_lasso, simulate_correction_scribble
@@ -105,6 +106,7 @@ class ISRGTrainer(nnUNetTrainer):
         self.attribute_table: dict[str, dict[str, str]] = {}
         self.attribute_labels: AttributeLabels | None = None
         self.attribute_support: dict[str, int] | None = None
+        self.attribute_class_counts: dict[str, dict[str, int]] | None = None
         self._second_largest_lesion: dict[str, int] = {}
         self.weight_average: WeightAverage | None = None
         self._validation_weights = ExitStack()
@@ -262,9 +264,12 @@ class ISRGTrainer(nnUNetTrainer):
         self.attribute_labels = AttributeLabels(self.attribute_table, self.schema)
         tr_keys, _ = self.do_split()
         self.attribute_support = dict(attribute_support(self.attribute_table, self.schema, tr_keys))
-        self.print_to_log_file(f"labelled training cases per attribute: {self.attribute_support}")
+        self.attribute_class_counts = dict(attribute_class_counts(self.attribute_table, self.schema, tr_keys))
+        self.print_to_log_file(f"labelled training cases per attribute: {self.attribute_support}; per class: "
+                               f"{self.attribute_class_counts}")
         if self.local_rank == 0:
             write_json_atomic(join(self.output_folder, ATTRIBUTE_SUPPORT_FILENAME), self.attribute_support)
+            write_json_atomic(join(self.output_folder, ATTRIBUTE_CLASS_COUNTS_FILENAME), self.attribute_class_counts)
 
     def _measure_lesion_components(self) -> None:
         """Size of each training case's second-largest lesion, to tell when a crop shows the labelled lesion."""
@@ -423,6 +428,7 @@ class ISRGTrainer(nnUNetTrainer):
             if training_weights is not None:
                 checkpoint[TRAINING_WEIGHTS_KEY] = training_weights
             checkpoint[ATTRIBUTE_SUPPORT_KEY] = self.attribute_support
+            checkpoint[ATTRIBUTE_CLASS_COUNTS_KEY] = self.attribute_class_counts
             checkpoint[PROMPT_KINDS_KEY] = list(self.prompt_kinds)
             torch.save(checkpoint, tmp)
 
@@ -435,6 +441,8 @@ class ISRGTrainer(nnUNetTrainer):
             checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if checkpoint.get(ATTRIBUTE_SUPPORT_KEY) is not None:
             self.attribute_support = dict(checkpoint[ATTRIBUTE_SUPPORT_KEY])
+        if checkpoint.get(ATTRIBUTE_CLASS_COUNTS_KEY) is not None:
+            self.attribute_class_counts = dict(checkpoint[ATTRIBUTE_CLASS_COUNTS_KEY])
         if self.weight_average is not None:
             self.weight_average.load_state_dict(self.model.state_dict())
             if TRAINING_WEIGHTS_KEY in checkpoint:
@@ -480,8 +488,10 @@ class ISRGTrainer(nnUNetTrainer):
                 gt_segmentations_folder=join(self.preprocessed_dataset_folder_base, "gt_segmentations"),
                 attribute_table=self.attribute_table, device=self.device, log=self.print_to_log_file,
                 save_probabilities=save_probabilities, gather=self._gather_validation_results,
-                run_info={"trainer": name, "fold": self.fold}, plot_title=f"{name} fold {self.fold}",
-                attribute_support=self.attribute_support, cvpr25="boxes" in self.prompt_kinds)
+                run_info={"trainer": name, "fold": self.fold, "attribute_class_counts": self.attribute_class_counts},
+                plot_title=f"{name} fold {self.fold}",
+                attribute_support=self.attribute_support, cvpr25="boxes" in self.prompt_kinds,
+                attribute_class_counts=self.attribute_class_counts)
         if outcome is None:
             return
         foreground_dice = outcome.metrics["foreground_mean"]["Dice"]
