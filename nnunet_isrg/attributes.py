@@ -196,12 +196,15 @@ def balanced_probabilities(probs: Mapping[str, float], class_counts: Mapping[str
     divided by its training prevalence (add-one smoothed) and renormalised (Saerens et al., Neural
     Computation 2002; the logit adjustment of Menon et al., ICLR 2021). Its most probable class is the
     decision that maximises balanced accuracy, so a rare finding (a spiculated or lobulated nodule)
-    is not outvoted by its rarity. Without counts, or none labelled, the probabilities are returned
-    as they are."""
+    is not outvoted by its rarity. A class no training case had keeps the prevalence of equal classes
+    (1 / classes): its small softmax output is no learnt evidence, and dividing it by a near-zero
+    prevalence would name a class the model never saw. Without counts, or none labelled, the
+    probabilities are returned as they are."""
     if not class_counts or sum(int(class_counts.get(c, 0)) for c in probs) == 0:
         return dict(probs)
     total = sum(int(class_counts.get(c, 0)) + 1 for c in probs)
-    weighted = {c: float(p) * total / (int(class_counts.get(c, 0)) + 1) for c, p in probs.items()}
+    prevalence = {c: (n + 1) / total if (n := int(class_counts.get(c, 0))) > 0 else 1 / len(probs) for c in probs}
+    weighted = {c: float(p) / prevalence[c] for c, p in probs.items()}
     norm = sum(weighted.values())
     return {c: v / norm for c, v in weighted.items()} if norm > 0 else dict(probs)
 

@@ -26,6 +26,12 @@ def test_balanced_probabilities_divide_out_the_training_prevalence_by_hand():
     assert balanced_probabilities({"no": 0.8, "yes": 0.2}, {"no": 5, "yes": 5}) == pytest.approx({"no": 0.8, "yes": 0.2})
     assert balanced_probabilities({"no": 0.8, "yes": 0.2}, None) == {"no": 0.8, "yes": 0.2}
     assert balanced_probabilities({"no": 0.8, "yes": 0.2}, {"no": 0, "yes": 0}) == {"no": 0.8, "yes": 0.2}
+    # a class no training case had keeps 1/3 as prevalence: 0.1 * 3 = 0.3 against 0.45 * 103/51, so it is not named
+    # (dividing its 0.1 by an add-one prevalence of 1/103 would have made it 10.3, the winner)
+    out = balanced_probabilities({"a": 0.45, "b": 0.45, "c": 0.10}, {"a": 50, "b": 50, "c": 0})
+    a = 0.45 * 103 / 51
+    assert out == pytest.approx({"a": a / (2 * a + 0.3), "b": a / (2 * a + 0.3), "c": 0.3 / (2 * a + 0.3)})
+    assert max(out, key=out.get) != "c"
 
 
 def test_class_counts_of_a_table_by_hand():
