@@ -174,12 +174,10 @@ ATTRIBUTE_CLASS_COUNTS_KEY = "isrg_attribute_class_counts"
 ATTRIBUTE_CLASS_COUNTS_FILENAME = "attribute_class_counts.json"
 
 
-def attribute_support(table: Mapping[str, Mapping[str, str]], schema: Schema,
-                      case_ids: Iterable[str]) -> "OrderedDict[str, int]":
-    """How many of ``case_ids`` carry a label for each attribute of ``schema`` in ``table``: what a
-    model trained on those cases learnt each attribute from (0 = never trained)."""
-    cases = list(case_ids)
-    return OrderedDict((name, sum(1 for c in cases if (table.get(c) or {}).get(name) is not None)) for name in schema)
+def attribute_support(class_counts: Mapping[str, Mapping[str, int]]) -> "OrderedDict[str, int]":
+    """Labelled cases per attribute, from :func:`attribute_class_counts`: what a model trained on
+    those cases learnt each attribute from (0 = never trained)."""
+    return OrderedDict((name, sum(counts.values())) for name, counts in class_counts.items())
 
 
 def attribute_class_counts(table: Mapping[str, Mapping[str, str]], schema: Schema,
@@ -203,7 +201,8 @@ def balanced_probabilities(probs: Mapping[str, float], class_counts: Mapping[str
     if not class_counts or sum(int(class_counts.get(c, 0)) for c in probs) == 0:
         return dict(probs)
     total = sum(int(class_counts.get(c, 0)) + 1 for c in probs)
-    prevalence = {c: (n + 1) / total if (n := int(class_counts.get(c, 0))) > 0 else 1 / len(probs) for c in probs}
+    prevalence = {c: (n + 1) / total if (n := int(class_counts.get(c, 0))) > 0 else 1 / len(probs)
+                  for c in probs}
     weighted = {c: float(p) / prevalence[c] for c, p in probs.items()}
     norm = sum(weighted.values())
     return {c: v / norm for c, v in weighted.items()} if norm > 0 else dict(probs)

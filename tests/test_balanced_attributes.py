@@ -23,7 +23,8 @@ def test_balanced_probabilities_divide_out_the_training_prevalence_by_hand():
     assert out == pytest.approx({"no": 0.96 / 2.16, "yes": 1.2 / 2.16})
     assert max(out, key=out.get) == "yes"                      # the rare class is no longer outvoted
     # equal classes, no counts or no labelled case: the probabilities as they are
-    assert balanced_probabilities({"no": 0.8, "yes": 0.2}, {"no": 5, "yes": 5}) == pytest.approx({"no": 0.8, "yes": 0.2})
+    assert balanced_probabilities({"no": 0.8, "yes": 0.2}, {"no": 5, "yes": 5}) == pytest.approx(
+        {"no": 0.8, "yes": 0.2})
     assert balanced_probabilities({"no": 0.8, "yes": 0.2}, None) == {"no": 0.8, "yes": 0.2}
     assert balanced_probabilities({"no": 0.8, "yes": 0.2}, {"no": 0, "yes": 0}) == {"no": 0.8, "yes": 0.2}
     # a class no training case had keeps 1/3 as prevalence: 0.1 * 3 = 0.3 against 0.45 * 103/51, so it is not named

@@ -96,8 +96,8 @@ def test_the_trainer_records_how_many_cases_each_attribute_learnt_from(unlabelle
         expected = sum(1 for c in splits[0]["train"] if name in table.get(c, {})) if name in LABELLED else 0
         assert loaded.attribute_support[name] == expected
         # and per class: the prevalence the report's balanced probabilities divide out
-        counts = {cls: sum(1 for c in splits[0]["train"] if table.get(c, {}).get(name) == cls) if name in LABELLED else 0
-                  for cls in DEFAULT_SCHEMA[name]}
+        counts = {cls: sum(1 for c in splits[0]["train"] if table.get(c, {}).get(name) == cls)
+                  if name in LABELLED else 0 for cls in DEFAULT_SCHEMA[name]}
         assert loaded.attribute_class_counts[name] == counts
     assert all(loaded.attribute_support[name] > 0 for name in LABELLED)
     sidecar = json.loads((two_label_model / "fold_0" / ATTRIBUTE_CLASS_COUNTS_FILENAME).read_text())

@@ -232,7 +232,8 @@ def attribute_baseline_scores(dataset: str | int, folds: Sequence[int], val_case
                 pred_ts[a] += pt.get(a, [None] * len(held_out))
     out = {"validation": _attribute_scores(truth, pred, schema),
            "features": list(names), "fitted_on": "each fold's training cases (splits_final.json)",
-           "mask": "ground-truth lesion mask", "decision": "balanced (the class of the highest prior-corrected probability)"}
+           "mask": "ground-truth lesion mask",
+           "decision": "balanced (the class of the highest prior-corrected probability)"}
     if held_out:
         out["zero_shot"] = _attribute_scores(truth_ts, pred_ts, schema)
     return out

@@ -75,7 +75,8 @@ def protocol_with_network(network: torch.nn.Module, schema: Schema, volume: torc
     ``first_prompt``: "box" runs the CVPR 2025 protocol (the lesion's box, then clicks); ``cache``:
     embeddings of this volume's views from an earlier protocol run on it (default: a new cache);
     ``attribute_class_counts``: the network's training classes, to balance its attribute
-    probabilities (:class:`LesionPredictor`). Returns the case result and the number of image encodings the predictor needed.
+    probabilities (:class:`LesionPredictor`). Returns the case result and the number of image
+    encodings the predictor needed.
     """
     predictor = LesionPredictor(network, schema, volume, device=device, untrained_attributes=untrained_attributes,
                                 cache=cache, attribute_class_counts=attribute_class_counts)
@@ -158,7 +159,8 @@ def validate_cases(network: torch.nn.Module, dataset, output_folder: str, plans_
             result, encode_calls = protocol_with_network(
                 network, schema, volume, gt, spacing, n_clicks, {a: v for a, v in entry.items() if a in schema},
                 case_id=k, lesion_type=entry.get("lesion_type"), device=device, untrained_attributes=untrained,
-                on_prediction=lambda p: extent.update(_extent(p)), cache=cache, attribute_class_counts=attribute_class_counts)
+                on_prediction=lambda p: extent.update(_extent(p)), cache=cache,
+                attribute_class_counts=attribute_class_counts)
             results[k], final = result, result.final_mask
             write_json_atomic(join(output_folder, REPORTS_FOLDER, f"{k}.json"),
                               {**result.to_dict(), "encode_calls": encode_calls, "attributes_not_assessed": untrained,

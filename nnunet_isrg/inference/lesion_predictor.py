@@ -201,8 +201,8 @@ class LesionPredictor:
         box). The lesion's first prompt places the crop (a click; a box: its centre; a positive stroke:
         the centre of its corners) and the crop stays there for the later prompts: the clicks after a
         box mark errors, often outside the lesion, and the box, the cached embedding and the mask
-        prompt of the crop they would otherwise move away from say more about the lesion; the views zoom out until every click, box corner and positive stroke
-        lies inside.
+        prompt of the crop they would otherwise move away from say more about the lesion; the views
+        zoom out until every click, box corner and positive stroke lies inside.
 
         ``state``: the ``state`` of the lesion's previous prediction, None for its first prompt, or
         ``"continue"`` (default) for this predictor's last prediction (None after :meth:`reset`).

@@ -263,8 +263,8 @@ class ISRGTrainer(nnUNetTrainer):
                                    f"the raw dataset: every attribute is unknown and the attribute loss is masked")
         self.attribute_labels = AttributeLabels(self.attribute_table, self.schema)
         tr_keys, _ = self.do_split()
-        self.attribute_support = dict(attribute_support(self.attribute_table, self.schema, tr_keys))
         self.attribute_class_counts = dict(attribute_class_counts(self.attribute_table, self.schema, tr_keys))
+        self.attribute_support = dict(attribute_support(self.attribute_class_counts))
         self.print_to_log_file(f"labelled training cases per attribute: {self.attribute_support}; per class: "
                                f"{self.attribute_class_counts}")
         if self.local_rank == 0:
@@ -488,8 +488,7 @@ class ISRGTrainer(nnUNetTrainer):
                 gt_segmentations_folder=join(self.preprocessed_dataset_folder_base, "gt_segmentations"),
                 attribute_table=self.attribute_table, device=self.device, log=self.print_to_log_file,
                 save_probabilities=save_probabilities, gather=self._gather_validation_results,
-                run_info={"trainer": name, "fold": self.fold, "attribute_class_counts": self.attribute_class_counts},
-                plot_title=f"{name} fold {self.fold}",
+                run_info={"trainer": name, "fold": self.fold}, plot_title=f"{name} fold {self.fold}",
                 attribute_support=self.attribute_support, cvpr25="boxes" in self.prompt_kinds,
                 attribute_class_counts=self.attribute_class_counts)
         if outcome is None:
