@@ -64,10 +64,15 @@ class Box:
         flat = [i for i in range(3) if round(self.lo[i]) == round(self.hi[i])]
         return flat[0] if len(flat) == 1 else None
 
+    def _voxel_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """(3,) the first and (3,) the last voxel index the box holds on each axis (inclusive)."""
+        return np.ceil(np.asarray(self.lo) - 0.5), np.floor(np.asarray(self.hi) + 0.5)
+
     def voxel_slices(self, shape: Sequence[int]) -> tuple[slice, slice, slice]:
         """The box's voxels as slices of an array of ``shape``, clipped to it (PromptError if none)."""
-        lo = np.maximum(np.ceil(np.asarray(self.lo) - 0.5), 0).astype(int)
-        hi = np.minimum(np.floor(np.asarray(self.hi) + 0.5), np.asarray(shape) - 1).astype(int)
+        first, last = self._voxel_range()
+        lo = np.maximum(first, 0).astype(int)
+        hi = np.minimum(last, np.asarray(shape) - 1).astype(int)
         if np.any(hi < lo):
             raise PromptError(f"box {list(self.lo)}-{list(self.hi)} lies outside the image of shape (z, y, x) "
                               f"{tuple(shape)}")
@@ -77,6 +82,27 @@ class Box:
         """(2, 3) int: the first and the last voxel (z, y, x) of :meth:`voxel_slices`."""
         sl = self.voxel_slices(shape)
         return np.array([[s.start for s in sl], [s.stop - 1 for s in sl]])
+
+    def excludes(self, points: np.ndarray) -> np.ndarray:
+        """(N,) bool: which voxel points (N, 3) (z, y, x) a positive box says are not lesion: every
+        voxel outside a 3D box; for a 2D box, the voxels of its slice outside it (a box drawn on one
+        slice speaks for that slice only)."""
+        first, last = self._voxel_range()
+        voxels = np.round(np.asarray(points, dtype=float).reshape(-1, 3))
+        within = (voxels >= first) & (voxels <= last)
+        speaks = within[:, self.slice_axis] if self.slice_axis is not None else True
+        return speaks & ~within.all(1)
+
+    def excluded_voxels(self, region: Sequence[Sequence[int]]) -> np.ndarray:
+        """:meth:`excludes` for every voxel of ``region`` ((start, stop) per axis, half open): a bool
+        array of the region's shape."""
+        first, last = self._voxel_range()
+        within = [(np.arange(a, b) >= f) & (np.arange(a, b) <= l) for (a, b), f, l in zip(region, first, last)]
+        inside = within[0][:, None, None] & within[1][None, :, None] & within[2][None, None, :]
+        if self.slice_axis is None:
+            return ~inside
+        on_slice = within[self.slice_axis].reshape([-1 if a == self.slice_axis else 1 for a in range(3)])
+        return on_slice & ~inside
 
     def mask(self, shape: Sequence[int]) -> np.ndarray:
         out = np.zeros(tuple(shape), dtype=bool)

@@ -26,6 +26,23 @@ def test_box_from_any_two_opposite_corners_covers_the_voxels_between_them():
         Box.from_corners((1, 2), (3, 4, 5))
 
 
+def test_a_box_excludes_every_voxel_outside_it_and_a_2d_box_only_those_of_its_slice():
+    box = Box.from_corners((2.4, 1, 3), (4, 5.6, 3.5))          # voxels z 2-4, y 1-6, x 3-4 (rounded)
+    region = ((0, 8), (0, 8), (0, 8))
+    inside = np.zeros((8, 8, 8), dtype=bool)
+    inside[2:5, 1:7, 3:5] = True
+    assert np.array_equal(box.excluded_voxels(region), ~inside)
+    # a part of the grid: the same voxels, offset
+    assert np.array_equal(box.excluded_voxels(((3, 6), (5, 8), (2, 4))), ~inside[3:6, 5:8, 2:4])
+    assert box.excludes(np.array([[3, 4, 3], [4.4, 6.4, 4.4], [5, 4, 3], [3, 0, 4]])).tolist() == [False, False, True, True]
+    flat = Box.from_corners((3, 1, 1), (3, 4, 5))               # a 2D box on axial slice 3
+    expected = np.zeros((8, 8, 8), dtype=bool)
+    expected[3] = True
+    expected[3, 1:5, 1:6] = False                               # on slice 3, the voxels outside the box
+    assert np.array_equal(flat.excluded_voxels(region), expected)
+    assert flat.excludes(np.array([[3, 6, 2], [2, 6, 2], [3, 2, 2]])).tolist() == [True, False, False]
+
+
 def test_bounding_and_jittered_boxes_hold_the_lesion_within_the_stated_jitter():
     mask = np.zeros((30, 40, 40), bool)
     mask[10:20, 12:32, 5:15] = True                  # extents 10, 20, 10 voxels

@@ -54,6 +54,25 @@ def test_a_box_in_voxel_or_world_corners_gives_the_box(stand_in, image):
     assert flat.mask.sum() == 15 * 15 and flat.mask[17].sum() == 15 * 15
 
 
+def test_a_box_bounds_its_lesion_until_a_positive_click_outside_it_overrides_it(stand_in, image):
+    s = _session(stand_in, image)
+    a, b = (12, 20, 30), (22, 34, 44)
+    box = Box.from_corners(a, b).mask(SHAPE)
+    s.add_box(a, b)
+    near_face = s.add_click((17, 22, 37))          # the stand-in's ball (radius 5.5) spills 3 voxels over y = 20
+    assert np.array_equal(near_face.mask, box)
+    beyond = s.add_click((17, 12, 37))             # the reader says the box was drawn too tight
+    assert beyond.mask[17, 12, 37] and beyond.mask[17, 17, 37] and (beyond.mask & ~box).sum() > 100
+    assert np.array_equal(s.undo().mask, box)
+    # a 2D box on axial slice 17 bounds that slice only: the ball around a click near its edge
+    # is cut on slice 17 and whole on the slices above and below
+    flat = _session(stand_in, image)
+    flat.add_box((17, 20, 30), (17, 34, 44))
+    mask = flat.add_click((17, 21, 37)).mask
+    assert np.array_equal(mask[17], Box.from_corners((17, 20, 30), (17, 34, 44)).mask(SHAPE)[17])
+    assert mask[16, 16:20, 37].all() and mask[18, 16:20, 37].all()
+
+
 def test_a_box_larger_than_the_crop_is_zoomed_out_to_and_comes_out_whole(stand_in, image):
     s = _session(stand_in, image)
     a, b = (4, 6, 10), (35, 66, 60)                              # 32 x 61 x 51 voxels: about 2x the crop

@@ -43,9 +43,10 @@ from nnunet_isrg.attributes import balanced_probabilities
 from nnunet_isrg.clicks import PADDING
 from nnunet_isrg.inference.embedding_cache import EmbeddingCache
 from nnunet_isrg.inference.preprocessed_volume import ArrayVolume, PreprocessedVolume
+from nnunet_isrg.inference.region_preprocessing import FILL_LOGIT
 from nnunet_isrg.inference.tile_refinement import LogitCanvas, border_tiles, mask_prompt_from, upsample_logits
 from nnunet_isrg.inference.views import DEFAULT_ZOOM_FACTORS, BoxT, View, centred_bbox
-from nnunet_isrg.prompts import BOX_HIGH, BOX_LOW
+from nnunet_isrg.prompts import BOX_HIGH, BOX_LOW, Box
 
 Click = tuple[Sequence[float], bool]  # ((z, y, x) voxel of the preprocessed volume, positive?)
 Stroke = tuple[np.ndarray, bool]       # ((M, 3) voxels (z, y, x) of the preprocessed volume, positive?)
@@ -119,6 +120,18 @@ class Strokes(NamedTuple):
         corners = [c for v, p in self.voxels if p for c in (v.min(0), v.max(0))]
         corners += [c for b, p in self.boxes if p for c in b]
         return np.array(corners, dtype=float).reshape(-1, 3)
+
+
+def _bound_to_box(canvas: LogitCanvas, box: Box, clicks: np.ndarray, strokes: Strokes) -> None:
+    """A positive box bounds its lesion: the voxels it excludes (:meth:`Box.excludes`) are not lesion,
+    whatever the network drew there (it sees the box as two corner tokens and a coarse region map,
+    and its mask spills over the box's faces). A positive click or stroke where the box excludes overrides the box: the
+    reader drew it too tight, and the network's mask stands."""
+    positives = [clicks] + [v for v, p in strokes.voxels if p]
+    if box.excludes(np.concatenate(positives)).any():
+        return
+    outside = torch.from_numpy(box.excluded_voxels(canvas.box))
+    canvas.logits = torch.where(outside, canvas.logits.clamp(max=FILL_LOGIT), canvas.logits)
 
 
 def _inside(box: BoxT, outer: BoxT) -> bool:
@@ -202,7 +215,9 @@ class LesionPredictor:
         the centre of its corners) and the crop stays there for the later prompts: the clicks after a
         box mark errors, often outside the lesion, and the box, the cached embedding and the mask
         prompt of the crop they would otherwise move away from say more about the lesion; the views
-        zoom out until every click, box corner and positive stroke lies inside.
+        zoom out until every click, box corner and positive stroke lies inside. The box bounds the
+        lesion (nothing outside a 3D box, nothing on a 2D box's slice outside it) unless a positive
+        click or stroke lies where it excludes.
 
         ``state``: the ``state`` of the lesion's previous prediction, None for its first prompt, or
         ``"continue"`` (default) for this predictor's last prediction (None after :meth:`reset`).
@@ -228,6 +243,8 @@ class LesionPredictor:
         else:
             canvas, tiles = self._refine(view, out, part, home, ladder[0][1], points, labels, marks)
         canvas.paste(home.box, ladder[0][1]["mask_logits"][0, 0].float().cpu())
+        if box is not None:
+            _bound_to_box(canvas, Box(*corners), points[labels == 1], marks)
         self._last_state = PromptState({v: o["low_res_logits"] for v, o in ladder}, home)
         return LesionPrediction(
             logits=canvas.logits, bbox=[list(b) for b in canvas.box], volume_shape=self.shape,
