@@ -88,7 +88,7 @@ class Box:
         voxel outside a 3D box; for a 2D box, the voxels of its slice outside it (a box drawn on one
         slice speaks for that slice only)."""
         first, last = self._voxel_range()
-        voxels = np.round(np.asarray(points, dtype=float).reshape(-1, 3))
+        voxels = np.floor(np.asarray(points, dtype=float).reshape(-1, 3) + 0.5)   # the voxels holding them
         within = (voxels >= first) & (voxels <= last)
         speaks = within[:, self.slice_axis] if self.slice_axis is not None else True
         return speaks & ~within.all(1)

@@ -34,7 +34,8 @@ def test_a_box_excludes_every_voxel_outside_it_and_a_2d_box_only_those_of_its_sl
     assert np.array_equal(box.excluded_voxels(region), ~inside)
     # a part of the grid: the same voxels, offset
     assert np.array_equal(box.excluded_voxels(((3, 6), (5, 8), (2, 4))), ~inside[3:6, 5:8, 2:4])
-    assert box.excludes(np.array([[3, 4, 3], [4.4, 6.4, 4.4], [5, 4, 3], [3, 0, 4]])).tolist() == [False, False, True, True]
+    points = np.array([[3, 4, 3], [4.4, 6.4, 4.4], [5, 4, 3], [3, 0, 4], [3, 4, 4.5], [3, 4, 2.5]])
+    assert box.excludes(points).tolist() == [False, False, True, True, True, False]   # 4.5 is voxel 5, 2.5 voxel 3
     flat = Box.from_corners((3, 1, 1), (3, 4, 5))               # a 2D box on axial slice 3
     expected = np.zeros((8, 8, 8), dtype=bool)
     expected[3] = True

@@ -125,8 +125,8 @@ class Strokes(NamedTuple):
 def _bound_to_box(canvas: LogitCanvas, box: Box, clicks: np.ndarray, strokes: Strokes) -> None:
     """A positive box bounds its lesion: the voxels it excludes (:meth:`Box.excludes`) are not lesion,
     whatever the network drew there (it sees the box as two corner tokens and a coarse region map,
-    and its mask spills over the box's faces). A positive click or stroke where the box excludes overrides the box: the
-    reader drew it too tight, and the network's mask stands."""
+    and its mask spills over the box's faces). A positive click or stroke where the box excludes
+    overrides the box: the reader drew it too tight, and the network's mask stands."""
     positives = [clicks] + [v for v, p in strokes.voxels if p]
     if box.excludes(np.concatenate(positives)).any():
         return

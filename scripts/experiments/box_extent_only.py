@@ -68,7 +68,8 @@ def main() -> int:
             rows.append((diameter[case], dice(inscribed_ellipsoid(gt), gt), box_first["dice"][0],
                          click_first["dice"][0]))
     if not rows:
-        raise SystemExit(f"no reports_cvpr25 under {results}/fold_*/validation: run the nodules' cross-validation first")
+        raise SystemExit(f"no reports_cvpr25 under {results}/fold_*/validation: "
+                         "run the nodules' cross-validation first")
     table = np.array(rows)
     edges = [0.0, *np.quantile(table[:, 0], [0.25, 0.5, 0.75]), np.inf]
     print(f"{len(table)} nodules, folds {args.folds}")
