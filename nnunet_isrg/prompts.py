@@ -64,13 +64,13 @@ class Box:
         flat = [i for i in range(3) if round(self.lo[i]) == round(self.hi[i])]
         return flat[0] if len(flat) == 1 else None
 
-    def _voxel_range(self) -> tuple[np.ndarray, np.ndarray]:
+    def voxel_range(self) -> tuple[np.ndarray, np.ndarray]:
         """(3,) the first and (3,) the last voxel index the box holds on each axis (inclusive)."""
         return np.ceil(np.asarray(self.lo) - 0.5), np.floor(np.asarray(self.hi) + 0.5)
 
     def voxel_slices(self, shape: Sequence[int]) -> tuple[slice, slice, slice]:
         """The box's voxels as slices of an array of ``shape``, clipped to it (PromptError if none)."""
-        first, last = self._voxel_range()
+        first, last = self.voxel_range()
         lo = np.maximum(first, 0).astype(int)
         hi = np.minimum(last, np.asarray(shape) - 1).astype(int)
         if np.any(hi < lo):
@@ -87,22 +87,31 @@ class Box:
         """(N,) bool: which voxel points (N, 3) (z, y, x) a positive box says are not lesion: every
         voxel outside a 3D box; for a 2D box, the voxels of its slice outside it (a box drawn on one
         slice speaks for that slice only)."""
-        first, last = self._voxel_range()
+        first, last = self.voxel_range()
         voxels = np.floor(np.asarray(points, dtype=float).reshape(-1, 3) + 0.5)   # the voxels holding them
         within = (voxels >= first) & (voxels <= last)
         speaks = within[:, self.slice_axis] if self.slice_axis is not None else True
         return speaks & ~within.all(1)
 
-    def excluded_voxels(self, region: Sequence[Sequence[int]]) -> np.ndarray:
-        """:meth:`excludes` for every voxel of ``region`` ((start, stop) per axis, half open): a bool
-        array of the region's shape."""
-        first, last = self._voxel_range()
-        within = [(np.arange(a, b) >= f) & (np.arange(a, b) <= l) for (a, b), f, l in zip(region, first, last)]
-        inside = within[0][:, None, None] & within[1][None, :, None] & within[2][None, None, :]
-        if self.slice_axis is None:
-            return ~inside
-        on_slice = within[self.slice_axis].reshape([-1 if a == self.slice_axis else 1 for a in range(3)])
-        return on_slice & ~inside
+    def bound(self, values, region: Sequence[Sequence[int]], fill) -> None:
+        """Sets the voxels of ``values`` that the box excludes (:meth:`excludes`) to ``fill``, in place.
+        ``values``: a numpy array or torch tensor over ``region`` ((start, stop) per axis, half open,
+        in the box's voxels); only slices are written, so no array of the region's size is made."""
+        first, last = self.voxel_range()
+        start, stop = (np.array([r[i] for r in region]) for i in (0, 1))
+        lo = np.clip(first - start, 0, stop - start).astype(int)
+        hi = np.clip(last + 1 - start, 0, stop - start).astype(int)
+        base = [slice(None)] * 3
+        if self.slice_axis is not None:            # a 2D box: its slice, if the region holds it
+            if lo[self.slice_axis] >= hi[self.slice_axis]:
+                return
+            base[self.slice_axis] = slice(lo[self.slice_axis], hi[self.slice_axis])
+        for axis in (a for a in range(3) if a != self.slice_axis):
+            for part in (slice(0, lo[axis]), slice(hi[axis], None)):
+                index = list(base)
+                index[axis] = part
+                values[tuple(index)] = fill
+            base[axis] = slice(lo[axis], hi[axis])   # the faces already written stay out of the next axes
 
     def mask(self, shape: Sequence[int]) -> np.ndarray:
         out = np.zeros(tuple(shape), dtype=bool)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from nnunet_isrg.prompts import Box, PromptError, bounding_box, jittered_box, lasso_mask, scribble_voxels
 
@@ -26,21 +27,32 @@ def test_box_from_any_two_opposite_corners_covers_the_voxels_between_them():
         Box.from_corners((1, 2), (3, 4, 5))
 
 
+def _bounded(box: Box, region) -> np.ndarray:
+    values = np.ones([b - a for a, b in region], dtype=bool)
+    box.bound(values, region, False)
+    return values
+
+
 def test_a_box_excludes_every_voxel_outside_it_and_a_2d_box_only_those_of_its_slice():
     box = Box.from_corners((2.4, 1, 3), (4, 5.6, 3.5))          # voxels z 2-4, y 1-6, x 3-4 (rounded)
     region = ((0, 8), (0, 8), (0, 8))
     inside = np.zeros((8, 8, 8), dtype=bool)
     inside[2:5, 1:7, 3:5] = True
-    assert np.array_equal(box.excluded_voxels(region), ~inside)
-    # a part of the grid: the same voxels, offset
-    assert np.array_equal(box.excluded_voxels(((3, 6), (5, 8), (2, 4))), ~inside[3:6, 5:8, 2:4])
+    assert np.array_equal(_bounded(box, region), inside)
+    # a part of the grid (the same voxels, offset), one beyond the box (all excluded), a torch tensor
+    assert np.array_equal(_bounded(box, ((3, 6), (5, 8), (2, 4))), inside[3:6, 5:8, 2:4])
+    assert not _bounded(box, ((5, 8), (0, 8), (0, 8))).any()
+    logits = torch.full((8, 8, 8), 3.0)
+    box.bound(logits, region, -20.0)
+    assert torch.equal(logits > 0, torch.from_numpy(inside))
     points = np.array([[3, 4, 3], [4.4, 6.4, 4.4], [5, 4, 3], [3, 0, 4], [3, 4, 4.5], [3, 4, 2.5]])
     assert box.excludes(points).tolist() == [False, False, True, True, True, False]   # 4.5 is voxel 5, 2.5 voxel 3
     flat = Box.from_corners((3, 1, 1), (3, 4, 5))               # a 2D box on axial slice 3
-    expected = np.zeros((8, 8, 8), dtype=bool)
-    expected[3] = True
-    expected[3, 1:5, 1:6] = False                               # on slice 3, the voxels outside the box
-    assert np.array_equal(flat.excluded_voxels(region), expected)
+    expected = np.ones((8, 8, 8), dtype=bool)
+    expected[3] = False
+    expected[3, 1:5, 1:6] = True                                # on slice 3, only the box's voxels
+    assert np.array_equal(_bounded(flat, region), expected)
+    assert _bounded(flat, ((4, 8), (0, 8), (0, 8))).all()       # a region without its slice: untouched
     assert flat.excludes(np.array([[3, 6, 2], [2, 6, 2], [3, 2, 2]])).tolist() == [True, False, False]
 
 

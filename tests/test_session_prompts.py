@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from nnunet_isrg.inference.model_loading import load_trained_model
 from nnunet_isrg.inference.session import ISRGSession, SessionError
@@ -209,3 +210,48 @@ def test_boxes_on_thick_slices_reach_the_network_grid_whole_and_a_2d_box_stays_o
     s.add_box((5, 20, 30), (5, 34, 44))                          # 2D, on axial slice 5
     lo_z, hi_z = seen[-1][:, axis_z]
     assert lo_z == hi_z == pytest.approx(grid.original_to_region(np.array([5.0, 27.0, 37.0]))[axis_z], abs=0.5)
+
+
+def _image(shape, spacing_xyz, seed=2) -> sitk.Image:
+    img = sitk.GetImageFromArray(np.random.default_rng(seed).normal(40, 20, shape).astype(np.float32))
+    img.SetSpacing(spacing_xyz)
+    return img
+
+
+def test_a_box_bounds_its_lesion_in_the_image_s_own_voxels_on_thicker_or_thinner_slices(stand_in):
+    """On 3 mm slices (two 1.5 mm grid slices each) a 2D box bounds the reader's slice and a positive
+    click outside it on that slice overrides it; on 0.5 mm slices a 3D box three slices thick (one grid
+    slice) bounds the lesion above and below it, not only on that grid slice."""
+    thick = _session(stand_in, _image((16, 72, 72), (1.5, 1.5, 3.0)))
+    box = Box.from_corners((8, 20, 30), (8, 34, 44))
+    thick.add_box(box.lo, box.hi)
+    mask = thick.add_click((8, 22, 37)).mask               # the ball spills over y = 20 on slice 8
+    assert mask[8, 20:25, 37].all() and not (mask[8] & ~box.mask(mask.shape)[8]).any()
+    assert mask[7, 18:20, 37].all()                        # the slices beside it are not bounded
+    beyond = thick.add_click((8, 12, 37)).mask             # outside the box, on its slice
+    assert beyond[8, 12, 37] and beyond[8, 17, 37]
+
+    thin = _session(stand_in, _image((90, 72, 72), (1.5, 1.5, 0.5)))
+    state = thin.add_box((44, 20, 30), (46, 34, 44))
+    thin_mask = thin.add_click((45, 27, 37)).mask           # a ball of 8 mm radius: 16 slices each way
+    assert thin_mask[44:47].any() and not thin_mask[:44].any() and not thin_mask[47:].any()
+    assert state.mask[44:47].any() and not (state.mask & ~Box.from_corners((44, 20, 30), (46, 34, 44)).mask(
+        state.mask.shape)).any()
+
+
+def test_a_bounded_lesion_is_cut_only_at_the_view_faces_its_box_reaches(stand_in):
+    """The crop sits at the box's centre (view y 15-46 of 64); a click near its y- face draws a ball
+    (radius 5.5) across that face. Bounded by a box that stops inside the view, the lesion is not cut
+    there; by a box of the same centre that goes on beyond both y faces (the stand-in fills the box),
+    it is cut at both."""
+    from nnunet_isrg.inference.lesion_predictor import LesionPredictor
+
+    predictor = LesionPredictor(stand_in.network, stand_in.schema, torch.zeros(1, 64, 64, 64), zoom_factors=())
+    for lo_y, hi_y, cut in ((17, 44, []), (8, 53, ["y-", "y+"])):
+        box = ((20, lo_y, 20), (44, hi_y, 44))
+        predictor.predict([], state=None, box=box)
+        bounded = predictor.predict([((32, 18, 32), True)], box=box)
+        assert bounded.field_of_view[1][0] in (14, 15)    # the ball (from y = 12.5) crosses the face
+        assert bounded.truncated_faces == cut and not bounded.mask[:, :lo_y].any()
+        unbounded = predictor.predict([((32, 18, 32), True)], box=box, bound_to_box=False)
+        assert "y-" in unbounded.truncated_faces and unbounded.mask[:, 14:17].any()

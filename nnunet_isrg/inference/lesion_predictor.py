@@ -45,7 +45,7 @@ from nnunet_isrg.inference.embedding_cache import EmbeddingCache
 from nnunet_isrg.inference.preprocessed_volume import ArrayVolume, PreprocessedVolume
 from nnunet_isrg.inference.region_preprocessing import FILL_LOGIT
 from nnunet_isrg.inference.tile_refinement import LogitCanvas, border_tiles, mask_prompt_from, upsample_logits
-from nnunet_isrg.inference.views import DEFAULT_ZOOM_FACTORS, BoxT, View, centred_bbox
+from nnunet_isrg.inference.views import AXIS_NAMES, DEFAULT_ZOOM_FACTORS, BoxT, View, centred_bbox
 from nnunet_isrg.prompts import BOX_HIGH, BOX_LOW, Box
 
 Click = tuple[Sequence[float], bool]  # ((z, y, x) voxel of the preprocessed volume, positive?)
@@ -59,6 +59,7 @@ CONTINUE = "continue"
 DEFAULT_MAX_TILES = 16
 
 __all__ = ["LesionPredictor", "LesionPrediction", "PromptState", "Click", "Stroke", "RegionBox", "Strokes", "CONTINUE",
+           "box_overridden",
            "DEFAULT_ZOOM_FACTORS", "DEFAULT_MAX_TILES", "centred_bbox"]
 
 
@@ -122,16 +123,25 @@ class Strokes(NamedTuple):
         return np.array(corners, dtype=float).reshape(-1, 3)
 
 
-def _bound_to_box(canvas: LogitCanvas, box: Box, clicks: np.ndarray, strokes: Strokes) -> None:
-    """A positive box bounds its lesion: the voxels it excludes (:meth:`Box.excludes`) are not lesion,
-    whatever the network drew there (it sees the box as two corner tokens and a coarse region map,
-    and its mask spills over the box's faces). A positive click or stroke where the box excludes
-    overrides the box: the reader drew it too tight, and the network's mask stands."""
-    positives = [clicks] + [v for v, p in strokes.voxels if p]
-    if box.excludes(np.concatenate(positives)).any():
-        return
-    outside = torch.from_numpy(box.excluded_voxels(canvas.box))
-    canvas.logits = torch.where(outside, canvas.logits.clamp(max=FILL_LOGIT), canvas.logits)
+def box_overridden(box: Box, clicks: np.ndarray, strokes: Sequence[np.ndarray]) -> bool:
+    """Whether a positive click (N, 3) or a positive stroke's voxels (M, 3) lie where a positive box
+    excludes (:meth:`Box.excludes`): the reader drew the box too tight, and it bounds nothing."""
+    points = [np.asarray(p, dtype=float).reshape(-1, 3) for p in (clicks, *strokes)]
+    return bool(box.excludes(np.concatenate(points)).any())
+
+
+def _faces_reached(box: Box, view: View, faces: Sequence[str], crop_size: Sequence[int]) -> list[str]:
+    """Those of ``faces`` (a view's, as :meth:`View.cut_faces` names them) that a lesion bounded by the
+    3D ``box`` can still touch: the box reaches the view's first (last) voxel on that axis."""
+    first, last = box.voxel_range()
+    kept = []
+    for face in faces:
+        axis = AXIS_NAMES.index(face[0])
+        lo, hi = view.box[axis]
+        cell = (hi - lo) / crop_size[axis]       # volume voxels per view voxel (1 unless zoomed out)
+        if (first[axis] < lo + cell) if face[1] == "-" else (last[axis] > hi - 1 - cell):
+            kept.append(face)
+    return kept
 
 
 def _inside(box: BoxT, outer: BoxT) -> bool:
@@ -208,16 +218,23 @@ class LesionPredictor:
     # ------------------------------------------------------------------ prediction
     def predict(self, clicks: Sequence[Click], state: Union[PromptState, None, Literal["continue"]] = CONTINUE,
                 box: tuple[Sequence[float], Sequence[float]] | None = None, strokes: Sequence[Stroke] = (),
-                box_regions: Sequence[RegionBox] = ()) -> LesionPrediction:
+                box_regions: Sequence[RegionBox] = (), bound_to_box: bool | None = None) -> LesionPrediction:
         """The lesion given all its prompts so far: clicks, a 3D box (its lower and higher corner),
         strokes (scribbles and lassos as voxels) and box regions (boxes marking voxels, e.g. a negative
         box). The lesion's first prompt places the crop (a click; a box: its centre; a positive stroke:
         the centre of its corners) and the crop stays there for the later prompts: the clicks after a
         box mark errors, often outside the lesion, and the box, the cached embedding and the mask
         prompt of the crop they would otherwise move away from say more about the lesion; the views
-        zoom out until every click, box corner and positive stroke lies inside. The box bounds the
-        lesion (nothing outside a 3D box, nothing on a 2D box's slice outside it) unless a positive
-        click or stroke lies where it excludes.
+        zoom out until every click, box corner and positive stroke lies inside.
+
+        The box bounds the lesion: the mask holds nothing outside a 3D box, nor on a 2D box's slice
+        outside it, whatever the network drew there (it sees the box as two corner tokens and a
+        coarse region map, and its mask spills over the box's faces); a 3D box's lesion is truncated
+        only at faces the box reaches. The network's own outputs are kept as they are: the mask
+        prompts of the next prompt, the IoU estimate and the zoom decisions. ``bound_to_box``: None
+        (default) bounds unless a positive click or stroke lies where the box excludes
+        (:func:`box_overridden`); the session decides that in the image's own voxels, where the
+        reader drew them, and passes the answer.
 
         ``state``: the ``state`` of the lesion's previous prediction, None for its first prompt, or
         ``"continue"`` (default) for this predictor's last prediction (None after :meth:`reset`).
@@ -244,7 +261,14 @@ class LesionPredictor:
             canvas, tiles = self._refine(view, out, part, home, ladder[0][1], points, labels, marks)
         canvas.paste(home.box, ladder[0][1]["mask_logits"][0, 0].float().cpu())
         if box is not None:
-            _bound_to_box(canvas, Box(*corners), points[labels == 1], marks)
+            bounding = Box(*corners)
+            if bound_to_box is None:
+                positives = [v for v, p in marks.voxels if p] + [b for b, p in marks.boxes if p]
+                bound_to_box = not box_overridden(bounding, points[labels == 1], positives)
+            if bound_to_box:
+                bounding.bound(canvas.logits, canvas.box, FILL_LOGIT)
+                if bounding.slice_axis is None:
+                    truncated = _faces_reached(bounding, view, truncated, self.crop_size)
         self._last_state = PromptState({v: o["low_res_logits"] for v, o in ladder}, home)
         return LesionPrediction(
             logits=canvas.logits, bbox=[list(b) for b in canvas.box], volume_shape=self.shape,

@@ -47,7 +47,7 @@ import torch
 from nnunet_isrg.attributes import AttributeLabelError, normalise_class, untrained_attributes
 from nnunet_isrg.inference.embedding_cache import DEFAULT_MAX_BYTES, EmbeddingCache
 from nnunet_isrg.inference.lesion_predictor import (DEFAULT_MAX_TILES, DEFAULT_ZOOM_FACTORS, LesionPrediction,
-                                                    LesionPredictor, PromptState)
+                                                    LesionPredictor, PromptState, box_overridden)
 from nnunet_isrg.inference.model_loading import Folds, LoadedModel, load_trained_model
 from nnunet_isrg.inference.preprocessed_volume import ImageVolume
 from nnunet_isrg.inference.region_preprocessing import bounding_box, paste_mask
@@ -610,11 +610,19 @@ class ISRGSession:
         # a lesion's first prompt starts without mask prompts; later ones from the lesion's own last one
         first = len(clicks) + (box is not None) + len(lesion.strokes) == 1
         previous = None if first else lesion.outcome.prompts
+        # the box bounds the lesion in the image's own voxels, where the reader drew it and the prompts
+        # that may override it: on another grid its faces and slice fall between the network's voxels
+        drawn = None if lesion.box is None else Box(lesion.box.lo, lesion.box.hi)
+        bound = drawn is not None and not box_overridden(
+            drawn, [c.voxel_zyx for c in lesion.clicks if c.positive],
+            [s.voxels for s in lesion.strokes if s.positive and s.kind != "box"])
         pred: LesionPrediction = self._predictor.predict(clicks, state=previous, box=box, strokes=strokes,
-                                                         box_regions=regions)
+                                                         box_regions=regions, bound_to_box=bound)
         pasted = paste_mask(grid, pred.logits, pred.bbox, self.model.configuration_manager)
         if pasted is not None:
             slices, mask = pasted
+            if bound:
+                drawn.bound(mask, [(s.start, s.stop) for s in slices], False)
             pasted = _shrink(slices, mask & ~self._claimed(slices, exclude=lesion.lesion_id))
         slices, mask = pasted if pasted is not None else (None, None)
         # faces are named after the predictor's (transposed) axes; the session speaks the image's (z, y, x)
@@ -630,7 +638,8 @@ class ISRGSession:
         corners = grid.original_box_to_region(*box.voxel_corners(self.image_shape))
         if box.slice_axis is not None:
             axis = list(grid.transpose_forward).index(box.slice_axis)
-            corners[:, axis] = np.rint(grid.original_to_region(np.asarray(box.lo))[axis])
+            # the grid slice holding the drawn slice's centre, as for a click on it
+            corners[:, axis] = np.floor(grid.original_to_region(np.asarray(box.lo))[axis] + 0.5)
         return corners
 
     def _claimed(self, slices: tuple, exclude: int) -> np.ndarray:
