@@ -61,7 +61,8 @@ class Box:
     @property
     def slice_axis(self) -> int | None:
         """The axis (0 z, 1 y, 2 x) a 2D box is drawn across (its two corners on one slice), else None."""
-        flat = [i for i in range(3) if round(self.lo[i]) == round(self.hi[i])]
+        first, last = self.voxel_range()
+        flat = [i for i in range(3) if first[i] == last[i]]   # one voxel thick, as the box holds voxels
         return flat[0] if len(flat) == 1 else None
 
     def voxel_range(self) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,10 @@ def test_box_from_any_two_opposite_corners_covers_the_voxels_between_them():
     # a 2D box: both corners on axial slice 3
     flat = Box.from_corners((3, 2, 2), (3, 5, 6))
     assert flat.slice_axis == 0 and flat.mask((6, 8, 8)).sum() == 4 * 5
+    # one voxel thick is what makes a box 2D: z 2.6-3.4 is voxel 3 alone, z 2.5 on a face holds 2 and 3
+    assert Box.from_corners((2.6, 1, 1), (3.4, 4, 4)).slice_axis == 0
+    half = Box.from_corners((2.5, 1, 1), (2.5, 4, 4))
+    assert half.slice_axis is None and half.mask((6, 8, 8)).sum() == 2 * 4 * 4
     # clipped to the image; wholly outside it is an error naming the shape
     assert Box.from_corners((-3, -3, -3), (1, 1, 1)).mask((4, 4, 4)).sum() == 8
     with pytest.raises(PromptError, match=r"outside the image of shape \(z, y, x\) \(4, 4, 4\)"):
