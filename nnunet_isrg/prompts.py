@@ -94,6 +94,12 @@ class Box:
         speaks = within[:, self.slice_axis] if self.slice_axis is not None else True
         return speaks & ~within.all(1)
 
+    def overridden_by(self, *positives: np.ndarray) -> bool:
+        """Whether any of the positive prompts' voxel points (each (N, 3), z y x: clicks, a stroke's
+        voxels) lies where the box :meth:`excludes`: the reader drew it too tight, and it bounds nothing."""
+        points = [np.asarray(p, dtype=float).reshape(-1, 3) for p in positives]
+        return bool(points) and bool(self.excludes(np.concatenate(points)).any())
+
     def bound(self, values, region: Sequence[Sequence[int]], fill) -> None:
         """Sets the voxels of ``values`` that the box excludes (:meth:`excludes`) to ``fill``, in place.
         ``values``: a numpy array or torch tensor over ``region`` ((start, stop) per axis, half open,

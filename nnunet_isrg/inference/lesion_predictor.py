@@ -59,7 +59,6 @@ CONTINUE = "continue"
 DEFAULT_MAX_TILES = 16
 
 __all__ = ["LesionPredictor", "LesionPrediction", "PromptState", "Click", "Stroke", "RegionBox", "Strokes", "CONTINUE",
-           "box_overridden",
            "DEFAULT_ZOOM_FACTORS", "DEFAULT_MAX_TILES", "centred_bbox"]
 
 
@@ -121,13 +120,6 @@ class Strokes(NamedTuple):
         corners = [c for v, p in self.voxels if p for c in (v.min(0), v.max(0))]
         corners += [c for b, p in self.boxes if p for c in b]
         return np.array(corners, dtype=float).reshape(-1, 3)
-
-
-def box_overridden(box: Box, clicks: np.ndarray, strokes: Sequence[np.ndarray]) -> bool:
-    """Whether a positive click (N, 3) or a positive stroke's voxels (M, 3) lie where a positive box
-    excludes (:meth:`Box.excludes`): the reader drew the box too tight, and it bounds nothing."""
-    points = [np.asarray(p, dtype=float).reshape(-1, 3) for p in (clicks, *strokes)]
-    return bool(box.excludes(np.concatenate(points)).any())
 
 
 def _faces_reached(box: Box, view: View, faces: Sequence[str], crop_size: Sequence[int]) -> list[str]:
@@ -233,7 +225,7 @@ class LesionPredictor:
         only at faces the box reaches. The network's own outputs are kept as they are: the mask
         prompts of the next prompt, the IoU estimate and the zoom decisions. ``bound_to_box``: None
         (default) bounds unless a positive click or stroke lies where the box excludes
-        (:func:`box_overridden`); the session decides that in the image's own voxels, where the
+        (:meth:`Box.overridden_by`); the session decides that in the image's own voxels, where the
         reader drew them, and passes the answer.
 
         ``state``: the ``state`` of the lesion's previous prediction, None for its first prompt, or
@@ -263,8 +255,8 @@ class LesionPredictor:
         if box is not None:
             bounding = Box(*corners)
             if bound_to_box is None:
-                positives = [v for v, p in marks.voxels if p] + [b for b, p in marks.boxes if p]
-                bound_to_box = not box_overridden(bounding, points[labels == 1], positives)
+                bound_to_box = not bounding.overridden_by(points[labels == 1], *(v for v, p in marks.voxels if p),
+                                                          *(b for b, p in marks.boxes if p))
             if bound_to_box:
                 bounding.bound(canvas.logits, canvas.box, FILL_LOGIT)
                 if bounding.slice_axis is None:

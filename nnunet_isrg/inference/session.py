@@ -47,7 +47,7 @@ import torch
 from nnunet_isrg.attributes import AttributeLabelError, normalise_class, untrained_attributes
 from nnunet_isrg.inference.embedding_cache import DEFAULT_MAX_BYTES, EmbeddingCache
 from nnunet_isrg.inference.lesion_predictor import (DEFAULT_MAX_TILES, DEFAULT_ZOOM_FACTORS, LesionPrediction,
-                                                    LesionPredictor, PromptState, box_overridden)
+                                                    LesionPredictor, PromptState)
 from nnunet_isrg.inference.model_loading import Folds, LoadedModel, load_trained_model
 from nnunet_isrg.inference.preprocessed_volume import ImageVolume
 from nnunet_isrg.inference.region_preprocessing import bounding_box, paste_mask
@@ -613,15 +613,15 @@ class ISRGSession:
         # the box bounds the lesion in the image's own voxels, where the reader drew it and the prompts
         # that may override it: on another grid its faces and slice fall between the network's voxels
         drawn = None if lesion.box is None else Box(lesion.box.lo, lesion.box.hi)
-        bound = drawn is not None and not box_overridden(
-            drawn, [c.voxel_zyx for c in lesion.clicks if c.positive],
-            [s.voxels for s in lesion.strokes if s.positive and s.kind != "box"])
+        bounded = drawn is not None and not drawn.overridden_by(
+            [c.voxel_zyx for c in lesion.clicks if c.positive],
+            *(s.voxels for s in lesion.strokes if s.positive and s.kind != "box"))
         pred: LesionPrediction = self._predictor.predict(clicks, state=previous, box=box, strokes=strokes,
-                                                         box_regions=regions, bound_to_box=bound)
+                                                         box_regions=regions, bound_to_box=bounded)
         pasted = paste_mask(grid, pred.logits, pred.bbox, self.model.configuration_manager)
         if pasted is not None:
             slices, mask = pasted
-            if bound:
+            if bounded:
                 drawn.bound(mask, [(s.start, s.stop) for s in slices], False)
             pasted = _shrink(slices, mask & ~self._claimed(slices, exclude=lesion.lesion_id))
         slices, mask = pasted if pasted is not None else (None, None)
